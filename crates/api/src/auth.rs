@@ -1,0 +1,184 @@
+//! Admin caller authentication: `authorization: Bearer <JWT>` verified against trusted public
+//! keys. The algorithm is pinned to each key's type, so `alg: none` or an HMAC token "signed"
+//! with a public key can never verify.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use service_accounts_domain::admin::Principal;
+use service_accounts_domain::ids::{OrgId, UserId};
+use tonic::metadata::MetadataMap;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+
+struct TrustedKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Verifies admin JWTs. Holds any number of keys, each with the issuer and audience it signs for.
+#[derive(Default)]
+pub struct AdminAuthenticator {
+    keys: Vec<TrustedKey>,
+}
+
+/// A JWKS that cannot be trusted as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyConfigError {
+    #[error("the JWKS has no keys")]
+    Empty,
+    #[error("key {kid:?}: {reason}")]
+    Unsupported { kid: Option<String>, reason: String },
+}
+
+/// Why a caller is not authenticated. The message is safe to return: it never echoes the token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>` metadata")]
+    Missing,
+    #[error("the authorization metadata is not a bearer JWT")]
+    Malformed,
+    #[error("the credential is not signed by a trusted key")]
+    UntrustedKey,
+    #[error("the credential is not valid: {0}")]
+    Invalid(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        tonic::Status::unauthenticated(error.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    org_id: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+impl AdminAuthenticator {
+    /// Trusts every key of `jwks` for tokens with this issuer and audience.
+    pub fn trust(
+        &mut self,
+        jwks: &JwkSet,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<(), KeyConfigError> {
+        if jwks.keys.is_empty() {
+            return Err(KeyConfigError::Empty);
+        }
+        for jwk in &jwks.keys {
+            self.keys.push(trusted_key(jwk, issuer, audience)?);
+        }
+        Ok(())
+    }
+
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AuthError> {
+        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed);
+        }
+        let token = token.trim();
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let mut last_error = AuthError::UntrustedKey;
+        let candidates = self.keys.iter().filter(|key| {
+            key.algorithm == header.alg && (header.kid.is_none() || header.kid == key.kid)
+        });
+        for key in candidates {
+            match decode::<Claims>(token, &key.key, &key.validation) {
+                Ok(data) => return principal(data.claims),
+                Err(error) => last_error = invalid(error),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+fn invalid(error: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    let reason = match error.kind() {
+        ErrorKind::InvalidSignature => return AuthError::UntrustedKey,
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not valid yet",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+        ErrorKind::Json(_) => "claims are malformed",
+        _ => "rejected",
+    };
+    AuthError::Invalid(reason.into())
+}
+
+fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    let user_id =
+        UserId::parse(&claims.sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+    let org_id =
+        OrgId::parse(&claims.org_id).map_err(|e| AuthError::Invalid(format!("org_id: {e}")))?;
+    Ok(Principal {
+        user_id,
+        org_id,
+        roles: claims.roles,
+    })
+}
+
+fn trusted_key(jwk: &Jwk, issuer: &str, audience: &str) -> Result<TrustedKey, KeyConfigError> {
+    let kid = jwk.common.key_id.clone();
+    let unsupported = |reason: &str| KeyConfigError::Unsupported {
+        kid: kid.clone(),
+        reason: reason.to_owned(),
+    };
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(unsupported("is an encryption key (use: enc)"));
+    }
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            // The verifier slices 32 bytes out of `x`; refuse anything else up front.
+            let x = URL_SAFE_NO_PAD
+                .decode(&p.x)
+                .map_err(|_| unsupported("x is not base64url"))?;
+            if x.len() != 32 {
+                return Err(unsupported("an Ed25519 key's x must be 32 bytes"));
+            }
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(unsupported("symmetric (HMAC) keys are not accepted"));
+        }
+        _ => {
+            return Err(unsupported(
+                "only Ed25519, P-256 (ES256) and RSA (RS256) keys are supported",
+            ));
+        }
+    };
+    if let Some(declared) = jwk.common.key_algorithm
+        && format!("{declared:?}") != format!("{algorithm:?}")
+    {
+        return Err(unsupported(&format!(
+            "declares alg {declared:?}, but its key type implies {algorithm:?}"
+        )));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| unsupported(&e.to_string()))?;
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECONDS;
+    Ok(TrustedKey {
+        kid,
+        algorithm,
+        key,
+        validation,
+    })
+}

@@ -1,0 +1,144 @@
+//! Command line and environment configuration. Every flag can also be set by the environment
+//! variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "service-accounts",
+    version,
+    about = "Service-accounts control plane: admin and token-introspection gRPC services.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve` (the default command).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(StorageArgs),
+    /// Print an admin JWT signed with the local development key, for grpcurl.
+    AdminToken(AdminTokenArgs),
+}
+
+/// Where the data lives. Shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory for the embedded SQLite database and the development admin key.
+    #[arg(long, env = "SERVICE_ACCOUNTS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `postgres://user@host/db` for production, `sqlite://path?mode=rwc` for
+    /// embedded. Default: SQLite at `<data-dir>/service-accounts.db`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Maximum pooled database connections.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub db_max_connections: u32,
+}
+
+impl StorageArgs {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir.join("service-accounts.db")))
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
+    }
+}
+
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Address to listen on for gRPC.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: SocketAddr,
+
+    /// JWKS file with the public keys that sign admin JWTs (Ed25519, ES256 or RS256 keys).
+    /// When set, the development key is not trusted (see --admin-trust-dev-key).
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS", requires_all = ["admin_jwt_issuer", "admin_jwt_audience"])]
+    pub admin_jwks: Option<PathBuf>,
+
+    /// Required `iss` of admin JWTs (with --admin-jwks).
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWT_ISSUER")]
+    pub admin_jwt_issuer: Option<String>,
+
+    /// Required `aud` of admin JWTs (with --admin-jwks).
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWT_AUDIENCE")]
+    pub admin_jwt_audience: Option<String>,
+
+    /// Also trust the development key in the data dir when --admin-jwks is set. Never in
+    /// production.
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_TRUST_DEV_KEY")]
+    pub admin_trust_dev_key: bool,
+
+    /// How often coalesced last-used times are written to storage.
+    #[arg(long, env = "SERVICE_ACCOUNTS_LAST_USED_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub last_used_flush_interval: Duration,
+
+    /// How long in-flight RPCs may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SERVICE_ACCOUNTS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdminTokenArgs {
+    /// The data dir whose development key signs the token.
+    #[arg(long, env = "SERVICE_ACCOUNTS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The org the admin acts in (the `org_id` claim).
+    #[arg(long)]
+    pub org_id: String,
+    /// The admin's user id (the `sub` claim).
+    #[arg(long)]
+    pub user_id: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Roles to put in the token.
+    #[arg(long = "role", default_value = "org_admin")]
+    pub roles: Vec<String>,
+}

@@ -1,0 +1,95 @@
+//! `TokenIntrospection`: the hot path. No authentication of its own (it is an internal service;
+//! network policy or mTLS restricts who reaches it), no logging per call.
+
+use std::sync::Arc;
+
+use service_accounts_domain::Error;
+use service_accounts_domain::introspection::{
+    Checks, Denial, InactiveReason, Introspection, Introspector,
+};
+use service_accounts_domain::store::TokenStore;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::status;
+use crate::pb;
+use crate::pb::token_introspection_server::TokenIntrospection;
+
+pub struct IntrospectionApi<S> {
+    introspector: Arc<Introspector<S>>,
+}
+
+impl<S: TokenStore> IntrospectionApi<S> {
+    pub fn new(introspector: Arc<Introspector<S>>) -> Self {
+        Self { introspector }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let req = request.into_inner();
+        let checks = Checks::parse(&req.app_id, &req.required_scopes).map_err(status)?;
+        let result = self
+            .introspector
+            .introspect(&req.token, &checks)
+            .await
+            .map_err(|error| match error {
+                // Fail closed: whatever went wrong in storage, never answer "active".
+                Error::Store(store_error) => {
+                    tracing::warn!(error = %store_error, "introspection could not read storage");
+                    Status::unavailable("token storage is unavailable; retry later")
+                }
+                other => status(other),
+            })?;
+        Ok(Response::new(response(result)))
+    }
+}
+
+fn response(result: Introspection) -> pb::IntrospectResponse {
+    match result {
+        Introspection::Inactive(reason) => pb::IntrospectResponse {
+            active: false,
+            inactive_reason: inactive_reason(reason) as i32,
+            allowed: false,
+            denial_reason: pb::DenialReason::TokenInactive as i32,
+            ..Default::default()
+        },
+        Introspection::Active { grant, denial } => {
+            let (denial_reason, missing_scopes) = match denial {
+                None => (pb::DenialReason::Unspecified, Vec::new()),
+                Some(Denial::AppNotGranted) => (pb::DenialReason::AppNotGranted, Vec::new()),
+                Some(Denial::ScopesMissing(missing)) => (
+                    pb::DenialReason::ScopeMissing,
+                    missing.iter().map(|s| s.as_str().to_owned()).collect(),
+                ),
+            };
+            pb::IntrospectResponse {
+                active: true,
+                inactive_reason: pb::InactiveReason::Unspecified as i32,
+                org_id: grant.org_id.to_string(),
+                service_account_id: grant.service_account_id.to_string(),
+                service_account_display_name: grant.service_account_display_name.clone(),
+                token_id: grant.token_id.to_string(),
+                scopes: grant.scopes.names().map(str::to_owned).collect(),
+                app_access: Some(convert::app_access(&grant.app_access)),
+                expire_time: grant.expire_time.map(convert::timestamp),
+                allowed: denial_reason == pb::DenialReason::Unspecified,
+                denial_reason: denial_reason as i32,
+                missing_scopes,
+            }
+        }
+    }
+}
+
+fn inactive_reason(reason: InactiveReason) -> pb::InactiveReason {
+    match reason {
+        InactiveReason::Malformed => pb::InactiveReason::Malformed,
+        InactiveReason::Unknown => pb::InactiveReason::Unknown,
+        InactiveReason::Revoked => pb::InactiveReason::Revoked,
+        InactiveReason::Expired => pb::InactiveReason::Expired,
+    }
+}

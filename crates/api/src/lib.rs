@@ -1,0 +1,12 @@
+//! gRPC transport for the service-accounts control plane: request parsing, admin
+//! authentication, error mapping, and the server wiring used by the `service-accounts` binary.
+
+mod admin_api;
+pub mod auth;
+pub mod config;
+mod convert;
+pub mod dev_key;
+mod error;
+mod introspection_api;
+pub mod pb;
+pub mod server;

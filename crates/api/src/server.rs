@@ -1,0 +1,233 @@
+//! Wires storage, use cases and gRPC services together, and runs them until shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use service_accounts_domain::StoreError;
+use service_accounts_domain::admin::AdminService;
+use service_accounts_domain::introspection::Introspector;
+use service_accounts_persistence::Database;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::admin_api::AdminApi;
+use crate::auth::{AdminAuthenticator, KeyConfigError};
+use crate::dev_key::{self, DevKey, DevKeyError};
+use crate::introspection_api::IntrospectionApi;
+use crate::pb;
+use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
+use crate::pb::token_introspection_server::TokenIntrospectionServer;
+
+/// Admin requests are small; the largest legitimate one grants 1000 app ids.
+const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
+/// An introspection request is a 50-character token and a few short strings.
+const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Who may sign admin JWTs.
+#[derive(Debug, Clone)]
+pub struct AdminTrust {
+    /// A JWKS file with the issuer and audience its keys sign for.
+    pub jwks: Option<JwksTrust>,
+    /// Trust the development key in the data dir even though a JWKS is configured.
+    pub trust_dev_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksTrust {
+    pub path: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub data_dir: PathBuf,
+    pub admin_trust: AdminTrust,
+    pub last_used_flush_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start or stopped abnormally. Each is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot connect to the database: {0}")]
+    Database(StoreError),
+    #[error("database migration failed: {0}")]
+    Migration(StoreError),
+    #[error("cannot use admin JWKS {path}: {reason}")]
+    Jwks { path: PathBuf, reason: String },
+    #[error(transparent)]
+    DevKey(#[from] DevKeyError),
+    #[error("gRPC server failed: {0}")]
+    Transport(String),
+}
+
+/// Connects to the database and applies pending migrations.
+pub async fn open_database(url: &str, max_connections: u32) -> Result<Database, ServeError> {
+    let db = service_accounts_persistence::connect(url, max_connections)
+        .await
+        .map_err(ServeError::Database)?;
+    let applied = db.migrate().await.map_err(ServeError::Migration)?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrations applied");
+    }
+    Ok(db)
+}
+
+pub fn authenticator(
+    trust: &AdminTrust,
+    data_dir: &std::path::Path,
+) -> Result<AdminAuthenticator, ServeError> {
+    let mut auth = AdminAuthenticator::default();
+    if let Some(jwks) = &trust.jwks {
+        let fail = |reason: String| ServeError::Jwks {
+            path: jwks.path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&jwks.path).map_err(|e| fail(e.to_string()))?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        auth.trust(&set, &jwks.issuer, &jwks.audience)
+            .map_err(|e: KeyConfigError| fail(e.to_string()))?;
+    }
+    if trust.jwks.is_none() || trust.trust_dev_key {
+        let key = DevKey::load_or_create(data_dir)?;
+        auth.trust(&key.jwks(), dev_key::ISSUER, dev_key::AUDIENCE)
+            .map_err(|e| ServeError::Jwks {
+                path: data_dir.to_owned(),
+                reason: e.to_string(),
+            })?;
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "trusting the local development admin key; configure --admin-jwks for production"
+        );
+    }
+    Ok(auth)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight RPCs (bounded by the grace period),
+/// flushes last-used times and closes the database.
+pub async fn serve(
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let auth = Arc::new(authenticator(&options.admin_trust, &options.data_dir)?);
+    let db = open_database(&options.database_url, options.db_max_connections).await?;
+
+    let introspector = Arc::new(Introspector::new(db.clone()));
+    let admin = AdminApi::new(AdminService::new(db.clone()), auth);
+    let introspection = IntrospectionApi::new(introspector.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ServiceAccountAdminServer<AdminApi<Database>>>()
+        .await;
+    health
+        .set_serving::<TokenIntrospectionServer<IntrospectionApi<Database>>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let flusher = tokio::spawn(flush_last_used(
+        introspector.clone(),
+        options.last_used_flush_interval,
+        stopped.clone(),
+    ));
+
+    let local_addr = listener.local_addr().ok();
+    let mut stopped_server = stopped.clone();
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ServiceAccountAdminServer::new(admin)
+                .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+        )
+        .add_service(
+            TokenIntrospectionServer::new(introspection)
+                .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
+        );
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            until_stopped(&mut stopped_server).await;
+        },
+    ));
+    tracing::info!(address = ?local_addr, "serving gRPC");
+
+    let outcome = tokio::select! {
+        result = &mut server => Err(ServeError::Transport(match result {
+            Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        })),
+        () = shutdown => {
+            tracing::info!("shutting down: draining in-flight RPCs");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_not_serving::<ServiceAccountAdminServer<AdminApi<Database>>>().await;
+            health.set_not_serving::<TokenIntrospectionServer<IntrospectionApi<Database>>>().await;
+            let _ = stop.send(true);
+            match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    tracing::warn!(grace = ?options.shutdown_grace, "grace period over; cutting remaining RPCs");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop.send(true);
+    let _ = flusher.await;
+    match introspector.flush_last_used().await {
+        Ok(written) => tracing::info!(written, "last-used times flushed"),
+        Err(error) => tracing::error!(%error, "last-used times could not be flushed at shutdown"),
+    }
+    if let Err(error) = db.close().await {
+        tracing::warn!(%error, "closing the database");
+    }
+    outcome
+}
+
+async fn flush_last_used(
+    introspector: Arc<Introspector<Database>>,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = introspector.flush_last_used().await {
+                    tracing::warn!(%error, "last-used flush failed; will retry");
+                }
+            }
+            () = until_stopped(&mut stopped) => return,
+        }
+    }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means "stop".
+    let _ = stopped.wait_for(|stopped| *stopped).await;
+}

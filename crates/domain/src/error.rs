@@ -1,0 +1,123 @@
+//! The domain's error type and the field-violation collector used by request parsing.
+
+use std::fmt;
+
+/// Why a single value was rejected by a `parse` constructor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub fn new(description: impl Into<String>) -> Self {
+        Self(description.into())
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One bad field of a request, named by its path in the API (`app_access.app_ids[2]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Collects every violation of a request so that callers see all problems at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `result`'s error against `field`, returning the value when it parsed.
+    pub fn check<T>(&mut self, field: impl Into<String>, result: Result<T, Invalid>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(invalid) => {
+                self.add(field, invalid.0);
+                None
+            }
+        }
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded, else the `InvalidArgument` error carrying them all.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// A failure of a storage adapter, in terms the domain can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or timed out; retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was broken; the payload names the rule.
+    #[error("unique constraint violated: {0:?}")]
+    Conflict(Conflict),
+    /// A conditional write found the row changed since it was read.
+    #[error("row changed concurrently")]
+    Stale,
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+/// The uniqueness rules the domain knows about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    ServiceAccountDisplayName,
+    TokenHash,
+}
+
+/// Everything a use case can fail with. `api` maps each variant to one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0:?}")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The resource does not exist in the caller's org (another org's looks exactly the same).
+    #[error("{kind} not found")]
+    NotFound { kind: &'static str },
+    #[error("{message}")]
+    AlreadyExists {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Optimistic concurrency gave up after retries; the client may retry.
+    #[error("the resource changed concurrently; retry")]
+    Aborted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+}

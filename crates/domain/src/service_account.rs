@@ -1,0 +1,180 @@
+//! Service accounts and their app access.
+
+use std::collections::BTreeSet;
+
+use crate::error::Invalid;
+use crate::ids::{OrgId, ServiceAccountId, UserId};
+use crate::time::Timestamp;
+
+pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+pub const MAX_APP_ID_CHARS: usize = 64;
+/// Explicit grants per account; beyond this an admin wants `all_apps`.
+pub const MAX_APP_IDS: usize = 1000;
+
+/// A display name: trimmed, 1-128 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let trimmed = s.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            return Err(Invalid::new("is required"));
+        }
+        if chars > MAX_DISPLAY_NAME_CHARS {
+            return Err(Invalid::new(format!(
+                "must be at most {MAX_DISPLAY_NAME_CHARS} characters, got {chars}"
+            )));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(Invalid::new("must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form uniqueness is checked on: names that differ only in case collide.
+    pub fn uniqueness_key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+/// A description: at most 1024 characters, may be empty.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let chars = s.chars().count();
+        if chars > MAX_DESCRIPTION_CHARS {
+            return Err(Invalid::new(format!(
+                "must be at most {MAX_DESCRIPTION_CHARS} characters, got {chars}"
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An app id, owned by other services: 1-64 characters of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppId(String);
+
+impl AppId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=MAX_APP_ID_CHARS).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Invalid::new(format!(
+                "app id {s:?} must be 1-{MAX_APP_ID_CHARS} characters of [A-Za-z0-9_-]"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which apps an account's tokens may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAccess {
+    /// Every app of the org, including apps added later.
+    AllApps,
+    /// Exactly these apps (possibly none yet).
+    Apps(BTreeSet<AppId>),
+}
+
+impl AppAccess {
+    pub fn none() -> Self {
+        AppAccess::Apps(BTreeSet::new())
+    }
+
+    pub fn allows(&self, app: &AppId) -> bool {
+        match self {
+            AppAccess::AllApps => true,
+            AppAccess::Apps(apps) => apps.contains(app),
+        }
+    }
+
+    /// Checks an explicit list's size (the shape of each id is checked by [`AppId::parse`]).
+    pub fn explicit(apps: BTreeSet<AppId>) -> Result<Self, Invalid> {
+        if apps.len() > MAX_APP_IDS {
+            return Err(Invalid::new(format!(
+                "at most {MAX_APP_IDS} app ids; use all_apps for more"
+            )));
+        }
+        Ok(AppAccess::Apps(apps))
+    }
+}
+
+/// A service account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceAccount {
+    pub id: ServiceAccountId,
+    pub org_id: OrgId,
+    pub display_name: DisplayName,
+    pub description: Description,
+    pub app_access: AppAccess,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+    pub created_by: UserId,
+    /// Bumped on every change; stores update only the revision they read (optimistic locking).
+    pub revision: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_are_trimmed_and_bounded() {
+        assert_eq!(DisplayName::parse("  CI  ").unwrap().as_str(), "CI");
+        assert!(DisplayName::parse("   ").is_err());
+        assert!(DisplayName::parse(&"é".repeat(128)).is_ok());
+        assert!(DisplayName::parse(&"é".repeat(129)).is_err());
+        assert!(DisplayName::parse("a\nb").is_err());
+        assert_eq!(
+            DisplayName::parse("CI Pipeline").unwrap().uniqueness_key(),
+            DisplayName::parse("ci pipeline").unwrap().uniqueness_key()
+        );
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        assert!(Description::parse("").is_ok());
+        assert!(Description::parse(&"x".repeat(1024)).is_ok());
+        assert!(Description::parse(&"x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn app_ids_have_a_fixed_shape() {
+        assert!(AppId::parse("app_1-X").is_ok());
+        assert!(AppId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "a/b", "é", &"a".repeat(65)] {
+            assert!(AppId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn all_apps_allows_any_app_and_explicit_only_listed_ones() {
+        let a = AppId::parse("a").unwrap();
+        let b = AppId::parse("b").unwrap();
+        assert!(AppAccess::AllApps.allows(&a));
+        let explicit = AppAccess::explicit([a.clone()].into()).unwrap();
+        assert!(explicit.allows(&a));
+        assert!(!explicit.allows(&b));
+        assert!(!AppAccess::none().allows(&a));
+    }
+}

@@ -1,0 +1,221 @@
+//! Bearer tokens: `emb_sa_` + 37 random characters + a 6-character CRC32 checksum, all from the
+//! URL-safe base64 alphabet (50 characters in all). Only the SHA-256 of the whole token is ever
+//! stored; the checksum lets us reject typos and random strings without touching storage, and
+//! lets secret scanners match tokens with almost no false positives.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::ids::{ServiceAccountId, TokenId, UserId};
+use crate::scope::Scopes;
+use crate::time::Timestamp;
+
+pub const PREFIX: &str = "emb_sa_";
+pub const LENGTH: usize = 50;
+const RANDOM_CHARS: usize = 37; // 37 × 6 = 222 bits of randomness
+const CHECKSUM_CHARS: usize = 6; // 4 CRC32 bytes, unpadded base64
+const BODY_LENGTH: usize = PREFIX.len() + RANDOM_CHARS;
+const _: () = assert!(BODY_LENGTH + CHECKSUM_CHARS == LENGTH);
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// A token's plaintext. Its `Debug` is redacted so it cannot leak through `{:?}` in a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(String);
+
+impl TokenSecret {
+    /// A new token from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut random = [0u8; RANDOM_CHARS];
+        // The OS RNG failing is not recoverable and must never degrade to a weaker source.
+        OsRng
+            .try_fill_bytes(&mut random)
+            .expect("the operating system's random number generator failed");
+        let mut token = String::with_capacity(LENGTH);
+        token.push_str(PREFIX);
+        // 64 symbols: masking a uniform byte to 6 bits keeps each character uniform.
+        token.extend(random.iter().map(|b| ALPHABET[(b & 0x3f) as usize] as char));
+        token.push_str(&checksum(&token));
+        Self(token)
+    }
+
+    /// Checks the format and checksum. Cheap, and never touches storage.
+    pub fn parse(candidate: &str) -> Result<Self, MalformedToken> {
+        if candidate.len() != LENGTH || !candidate.starts_with(PREFIX) {
+            return Err(MalformedToken);
+        }
+        let rest = &candidate.as_bytes()[PREFIX.len()..];
+        if !rest.iter().all(|b| ALPHABET.contains(b)) {
+            return Err(MalformedToken);
+        }
+        let (body, tail) = candidate.split_at(BODY_LENGTH);
+        if checksum(body).as_bytes() != tail.as_bytes() {
+            return Err(MalformedToken);
+        }
+        Ok(Self(candidate.to_owned()))
+    }
+
+    /// The plaintext, for the one response that returns it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// A non-secret hint: the prefix and the checksum tail, e.g. `emb_sa_…Xy12Ab`.
+    pub fn hint(&self) -> String {
+        format!("{PREFIX}…{}", &self.0[BODY_LENGTH..])
+    }
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSecret(<redacted>)")
+    }
+}
+
+fn checksum(body: &str) -> String {
+    URL_SAFE_NO_PAD.encode(crc32fast::hash(body.as_bytes()).to_be_bytes())
+}
+
+/// Not a service-account token (wrong prefix, length, alphabet or checksum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedToken;
+
+/// SHA-256 of a whole token: what storage keeps and looks tokens up by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// Constant-time equality, for comparing a presented token's hash with a stored one.
+    pub fn ct_eq(&self, other: &TokenHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+/// A token's metadata, as admins see it. Never holds the secret or its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: TokenId,
+    pub service_account_id: ServiceAccountId,
+    pub display_name: crate::service_account::DisplayName,
+    pub scopes: Scopes,
+    pub create_time: Timestamp,
+    pub created_by: UserId,
+    pub expire_time: Option<Timestamp>,
+    pub revoke_time: Option<Timestamp>,
+    pub revoked_by: Option<UserId>,
+    pub last_used_time: Option<Timestamp>,
+    pub hint: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_have_the_documented_shape() {
+        for _ in 0..1000 {
+            let token = TokenSecret::generate();
+            let s = token.expose();
+            assert_eq!(s.len(), 50);
+            assert!(s.starts_with("emb_sa_"));
+            assert!(
+                s[7..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(TokenSecret::parse(s), Ok(token.clone()));
+        }
+    }
+
+    #[test]
+    fn checksum_is_crc32_of_the_first_44_characters_in_unpadded_base64() {
+        let token = TokenSecret::generate();
+        let s = token.expose();
+        let crc = crc32fast::hash(&s.as_bytes()[..44]).to_be_bytes();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&s[44..]).unwrap(), crc);
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(TokenSecret::generate().expose().to_owned()));
+        }
+    }
+
+    #[test]
+    fn every_single_character_change_is_rejected() {
+        let token = TokenSecret::generate();
+        let s = token.expose().as_bytes().to_vec();
+        for i in 0..s.len() {
+            for &replacement in ALPHABET.iter().chain(b"emb_sa!. ".iter()) {
+                if replacement == s[i] {
+                    continue;
+                }
+                let mut changed = s.clone();
+                changed[i] = replacement;
+                let changed = String::from_utf8(changed).unwrap();
+                assert_eq!(
+                    TokenSecret::parse(&changed),
+                    Err(MalformedToken),
+                    "position {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_prefixes_and_non_ascii_are_rejected() {
+        let token = TokenSecret::generate();
+        let s = token.expose();
+        assert!(TokenSecret::parse("").is_err());
+        assert!(TokenSecret::parse(&s[..49]).is_err());
+        assert!(TokenSecret::parse(&format!("{s}A")).is_err());
+        assert!(TokenSecret::parse(&s.replace("emb_sa_", "emb_xx_")).is_err());
+        assert!(TokenSecret::parse(&format!("émb_sa_{}", &s[8..])).is_err());
+        // The product page's example is illustrative: its checksum does not verify.
+        assert!(TokenSecret::parse("emb_sa_AbCdEf0123456789-_XyZ9876543210abcdef1234567").is_err());
+    }
+
+    #[test]
+    fn hash_is_sha256_of_the_whole_token_and_compares_in_constant_time() {
+        let token = TokenSecret::generate();
+        let expected: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        assert_eq!(token.hash().as_bytes(), &expected);
+        assert!(token.hash().ct_eq(&token.hash()));
+        assert!(!token.hash().ct_eq(&TokenSecret::generate().hash()));
+    }
+
+    #[test]
+    fn hint_and_debug_reveal_no_random_characters() {
+        let token = TokenSecret::generate();
+        let hint = token.hint();
+        assert_eq!(hint, format!("emb_sa_…{}", &token.expose()[44..]));
+        assert!(!hint.contains(&token.expose()[7..44]));
+        assert!(!format!("{token:?}").contains(&token.expose()[7..]));
+        assert_eq!(format!("{:?}", token.hash()), "TokenHash(<redacted>)");
+    }
+}

@@ -1,0 +1,96 @@
+//! Rows to domain values. Stored data was validated on the way in; a row that no longer parses
+//! is reported as a storage error rather than trusted.
+
+use std::collections::BTreeSet;
+
+use service_accounts_domain::StoreError;
+use service_accounts_domain::audit::AuditEvent;
+use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
+use service_accounts_domain::scope::Scopes;
+use service_accounts_domain::service_account::{
+    AppAccess, AppId, Description, DisplayName, ServiceAccount,
+};
+use service_accounts_domain::token::Token;
+
+use crate::entity::{audit_event, service_account, token};
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Other(format!("stored {what} does not parse: {value:?}"))
+}
+
+pub(crate) fn account_id(s: &str) -> Result<ServiceAccountId, StoreError> {
+    ServiceAccountId::parse(s).map_err(|_| corrupt("service account id", s))
+}
+
+pub(crate) fn org_id(s: &str) -> Result<OrgId, StoreError> {
+    OrgId::parse(s).map_err(|_| corrupt("org id", s))
+}
+
+pub(crate) fn user_id(s: &str) -> Result<UserId, StoreError> {
+    UserId::parse(s).map_err(|_| corrupt("user id", s))
+}
+
+pub(crate) fn token_id(s: &str) -> Result<TokenId, StoreError> {
+    TokenId::parse(s).map_err(|_| corrupt("token id", s))
+}
+
+pub(crate) fn app_access(all_apps: bool, app_ids: Vec<String>) -> Result<AppAccess, StoreError> {
+    if all_apps {
+        return Ok(AppAccess::AllApps);
+    }
+    let apps = app_ids
+        .iter()
+        .map(|id| AppId::parse(id).map_err(|_| corrupt("app id", id)))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok(AppAccess::Apps(apps))
+}
+
+pub(crate) fn service_account(
+    row: service_account::Model,
+    app_ids: Vec<String>,
+) -> Result<ServiceAccount, StoreError> {
+    Ok(ServiceAccount {
+        id: account_id(&row.id)?,
+        org_id: org_id(&row.org_id)?,
+        display_name: DisplayName::parse(&row.display_name)
+            .map_err(|_| corrupt("display name", &row.display_name))?,
+        description: Description::parse(&row.description)
+            .map_err(|_| corrupt("description", &row.description))?,
+        app_access: app_access(row.all_apps, app_ids)?,
+        create_time: row.created_at,
+        update_time: row.updated_at,
+        created_by: user_id(&row.created_by)?,
+        revision: row.revision,
+    })
+}
+
+pub(crate) fn token(row: token::Model) -> Result<Token, StoreError> {
+    Ok(Token {
+        id: token_id(&row.id)?,
+        service_account_id: account_id(&row.service_account_id)?,
+        display_name: DisplayName::parse(&row.display_name)
+            .map_err(|_| corrupt("display name", &row.display_name))?,
+        scopes: Scopes::from_stored(&row.scopes),
+        create_time: row.created_at,
+        created_by: user_id(&row.created_by)?,
+        expire_time: row.expire_at,
+        revoke_time: row.revoked_at,
+        revoked_by: row.revoked_by.as_deref().map(user_id).transpose()?,
+        last_used_time: row.last_used_at,
+        hint: row.hint,
+    })
+}
+
+pub(crate) fn audit_event(row: audit_event::Model) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: AuditEventId::parse(&row.id).map_err(|_| corrupt("audit event id", &row.id))?,
+        org_id: org_id(&row.org_id)?,
+        actor: user_id(&row.actor)?,
+        action: row.action,
+        target_type: row.target_type,
+        target_id: row.target_id,
+        request_id: row.request_id,
+        create_time: row.created_at,
+        details: row.details,
+    })
+}

@@ -1,0 +1,6 @@
+//! sea-orm entities, one per table created by the migrations.
+
+pub mod audit_event;
+pub mod service_account;
+pub mod service_account_app;
+pub mod token;

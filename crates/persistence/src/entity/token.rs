@@ -1,0 +1,27 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "tokens")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub service_account_id: String,
+    pub org_id: String,
+    pub display_name: String,
+    /// SHA-256 of the whole token; the plaintext is never stored.
+    pub token_hash: Vec<u8>,
+    /// Scope names separated by single spaces.
+    pub scopes: String,
+    pub hint: String,
+    pub created_at: DateTimeUtc,
+    pub created_by: String,
+    pub expire_at: Option<DateTimeUtc>,
+    pub revoked_at: Option<DateTimeUtc>,
+    pub revoked_by: Option<String>,
+    pub last_used_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,51 @@
+//! Maps sea-orm errors onto the domain's `StoreError`, recognising our unique indexes by name.
+
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+use service_accounts_domain::StoreError;
+use service_accounts_domain::error::Conflict;
+
+/// PostgreSQL reports the index name; SQLite reports `table.column` pairs. Match either.
+const CONFLICTS: &[(&[&str], Conflict)] = &[
+    (
+        &[
+            "service_accounts_org_display_name_key",
+            "service_accounts.display_name_key",
+        ],
+        Conflict::ServiceAccountDisplayName,
+    ),
+    (
+        &["tokens_token_hash_key", "tokens.token_hash"],
+        Conflict::TokenHash,
+    ),
+];
+
+pub(crate) fn store_error(error: DbErr) -> StoreError {
+    if let Some(SqlErr::UniqueConstraintViolation(message)) = error.sql_err() {
+        for (needles, conflict) in CONFLICTS {
+            if needles.iter().any(|n| message.contains(n)) {
+                return StoreError::Conflict(*conflict);
+            }
+        }
+    }
+    if is_unavailable(&error) {
+        return StoreError::Unavailable(error.to_string());
+    }
+    StoreError::Other(error.to_string())
+}
+
+fn is_unavailable(error: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => matches!(
+            **e,
+            Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+        ),
+        _ => false,
+    }
+}

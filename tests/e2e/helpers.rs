@@ -1,0 +1,465 @@
+//! Test harness: a real server on an ephemeral port, over real SQLite or PostgreSQL, called with
+//! the generated tonic clients.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database};
+use service_accounts_api::dev_key::DevKey;
+use service_accounts_api::pb;
+use service_accounts_api::pb::service_account_admin_client::ServiceAccountAdminClient;
+use service_accounts_api::pb::token_introspection_client::TokenIntrospectionClient;
+use service_accounts_api::server::{self, AdminTrust, ServeOptions};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server to create test databases on, or `None` to skip (never under `CI`).
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but TEST_DATABASE_URL is not: PostgreSQL tests must run in CI")
+        }
+        _ => {
+            eprintln!("skipping PostgreSQL test: TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+/// A database created for one test and dropped when the test ends, even if it panics.
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>, // (admin url, database name)
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend, dir: &TempDir) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self {
+                url: service_accounts_api::config::sqlite_url(&dir.path().join("test.db")),
+                postgres: None,
+            }),
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url()?;
+                let name = format!("sa_test_{}", uuid::Uuid::now_v7().simple());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("connect to TEST_DATABASE_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let url = replace_database(&admin_url, &name);
+                Some(Self {
+                    url,
+                    postgres: Some((admin_url, name)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside async context; use a private runtime on its own thread.
+        let result = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                admin.close().await.map_err(std::io::Error::other)
+            })
+        })
+        .join();
+        if !matches!(result, Ok(Ok(()))) {
+            eprintln!("warning: could not drop a test database: {result:?}");
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// Every log line the test binary emits, so tests can prove what never reaches logs.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = BufferWriter(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    })
+}
+
+#[derive(Clone)]
+struct BufferWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for BufferWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Options a test may change before the server starts.
+pub struct Setup {
+    pub backend: Backend,
+    pub admin_trust: AdminTrust,
+    pub last_used_flush_interval: Duration,
+}
+
+impl Setup {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            admin_trust: AdminTrust {
+                jwks: None,
+                trust_dev_key: false,
+            },
+            last_used_flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub data_dir: TempDir,
+    pub database: TestDatabase,
+    pub options: ServeOptions,
+    dev_key: DevKey,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), server::ServeError>>>,
+}
+
+/// Starts a server on SQLite or PostgreSQL; `None` when PostgreSQL is not configured here.
+pub async fn spawn(backend: Backend) -> Option<TestApp> {
+    spawn_with(Setup::new(backend)).await
+}
+
+pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
+    log_buffer();
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let database = TestDatabase::create(setup.backend, &data_dir).await?;
+    let options = ServeOptions {
+        database_url: database.url.clone(),
+        db_max_connections: 4,
+        data_dir: data_dir.path().to_owned(),
+        admin_trust: setup.admin_trust,
+        last_used_flush_interval: setup.last_used_flush_interval,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
+    let mut app = TestApp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir,
+        database,
+        options,
+        dev_key,
+        stop: None,
+        server: None,
+    };
+    app.start().await;
+    Some(app)
+}
+
+impl TestApp {
+    /// (Re)starts the server on a fresh ephemeral port with the same data.
+    pub async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        self.addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let options = self.options.clone();
+        self.server = Some(tokio::spawn(server::serve(options, listener, async move {
+            let _ = stopped.await;
+        })));
+        self.stop = Some(stop);
+        // Wait until the server answers (migrations run before it listens for RPCs).
+        for _ in 0..200 {
+            if let Ok(mut client) = self.health_client().await {
+                let check = client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if check.is_ok() {
+                    return;
+                }
+            }
+            if self.server.as_ref().is_some_and(|s| s.is_finished()) {
+                let result = self.server.take().unwrap().await;
+                panic!("server exited during start: {result:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns the server's result.
+    pub async fn stop(&mut self) -> Result<(), server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn admin(&self) -> ServiceAccountAdminClient<Channel> {
+        ServiceAccountAdminClient::new(self.channel().await)
+    }
+
+    pub async fn introspection(&self) -> TokenIntrospectionClient<Channel> {
+        TokenIntrospectionClient::new(self.channel().await)
+    }
+
+    pub async fn health_client(
+        &self,
+    ) -> Result<tonic_health::pb::health_client::HealthClient<Channel>, tonic::transport::Error>
+    {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await?;
+        Ok(tonic_health::pb::health_client::HealthClient::new(channel))
+    }
+
+    /// An admin JWT for `user` in `org` signed by the server's development key.
+    pub fn jwt(&self, org: &str, user: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        self.dev_key
+            .mint(org, user, &roles, Duration::from_secs(300))
+            .expect("mint")
+    }
+
+    /// An org admin of `org`.
+    pub fn admin_jwt(&self, org: &str) -> String {
+        self.jwt(org, &format!("admin-of-{org}"), &["org_admin"])
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A request carrying `authorization: Bearer <jwt>`.
+pub fn authed<T>(message: T, jwt: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
+    request
+}
+
+/// The field paths of a status's `BadRequest` details.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[track_caller]
+pub fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, fields: &[&str]) {
+    let status = result.expect_err("expected INVALID_ARGUMENT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), fields, "{status:?}");
+}
+
+#[track_caller]
+pub fn assert_code(result: Result<impl std::fmt::Debug, Status>, code: Code) -> Status {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+/// Creates an account with explicit apps (`None` = all apps) and returns it.
+pub async fn create_account(
+    app: &TestApp,
+    jwt: &str,
+    name: &str,
+    apps: Option<&[&str]>,
+) -> pb::ServiceAccount {
+    let access = match apps {
+        None => pb::AppAccess {
+            all_apps: true,
+            app_ids: vec![],
+        },
+        Some(apps) => pb::AppAccess {
+            all_apps: false,
+            app_ids: apps.iter().map(|a| a.to_string()).collect(),
+        },
+    };
+    app.admin()
+        .await
+        .create_service_account(authed(
+            pb::CreateServiceAccountRequest {
+                display_name: name.into(),
+                description: format!("{name} description"),
+                app_access: Some(access),
+            },
+            jwt,
+        ))
+        .await
+        .expect("create account")
+        .into_inner()
+        .service_account
+        .expect("account")
+}
+
+/// Issues a token with `scopes` and returns (metadata, secret).
+pub async fn create_token(
+    app: &TestApp,
+    jwt: &str,
+    account_id: &str,
+    scopes: &[&str],
+) -> (pb::Token, String) {
+    let response = app
+        .admin()
+        .await
+        .create_token(authed(
+            pb::CreateTokenRequest {
+                service_account_id: account_id.into(),
+                display_name: "test token".into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                expire_time: None,
+            },
+            jwt,
+        ))
+        .await
+        .expect("create token")
+        .into_inner();
+    (response.token.expect("token"), response.secret)
+}
+
+pub async fn introspect(
+    app: &TestApp,
+    token: &str,
+    app_id: &str,
+    scopes: &[&str],
+) -> pb::IntrospectResponse {
+    app.introspection()
+        .await
+        .introspect(pb::IntrospectRequest {
+            token: token.into(),
+            app_id: app_id.into(),
+            required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        })
+        .await
+        .expect("introspect")
+        .into_inner()
+}
+
+pub async fn audit_actions(app: &TestApp, jwt: &str) -> Vec<String> {
+    app.admin()
+        .await
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            },
+            jwt,
+        ))
+        .await
+        .expect("list audit events")
+        .into_inner()
+        .audit_events
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+pub fn data_path(app: &TestApp) -> PathBuf {
+    app.data_dir.path().to_owned()
+}
+
+/// Runs a test body against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::postgres_admin_url().is_some() {
+                        super::$name($crate::helpers::Backend::Postgres).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A timestamp as a comparable (seconds, nanos) pair; panics if unset.
+#[track_caller]
+pub fn instant(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
+    let t = t.as_ref().expect("timestamp set");
+    (t.seconds, t.nanos)
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real server on an ephemeral port, real SQLite and PostgreSQL, and the
+//! generated tonic clients.
+
+mod helpers;
+
+mod accounts;
+mod app_access;
+mod auth;
+mod introspection;
+mod operations;
+mod tokens;

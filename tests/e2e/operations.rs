@@ -1,0 +1,260 @@
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use service_accounts_api::pb;
+use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_service-accounts");
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let mut health = app.health_client().await.unwrap();
+    for service in [
+        "",
+        "embrace.serviceaccounts.v1.ServiceAccountAdmin",
+        "embrace.serviceaccounts.v1.TokenIntrospection",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(app.channel().await);
+    let requests = tokio_stream::iter([
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "embrace.serviceaccounts.v1.TokenIntrospection".into(),
+            )),
+        },
+    ]);
+    let mut responses = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "embrace.serviceaccounts.v1.ServiceAccountAdmin",
+        "embrace.serviceaccounts.v1.TokenIntrospection",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+
+    // grpcurl also speaks the older v1alpha protocol.
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    let mut alpha = AlphaClient::new(app.channel().await);
+    let mut alpha_responses = alpha
+        .server_reflection_info(tokio_stream::iter([AlphaReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alpha_responses.next().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn scopes_are_listed_from_the_catalogue() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let scopes = app
+        .admin()
+        .await
+        .list_scopes(authed(pb::ListScopesRequest {}, &app.admin_jwt("org-a")))
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes;
+    let names: Vec<&str> = scopes.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["mcp:tools:call", "mcp:read", "mcp:write"]);
+    assert!(scopes.iter().all(|s| !s.description.is_empty()));
+    assert_eq!(scopes[1].requires, ["mcp:tools:call"]);
+}
+
+#[tokio::test]
+async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let migrate = Command::new(BINARY)
+        .args(["migrate", "--data-dir"])
+        .arg(data_dir.path())
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+
+    let server = Command::new(BINARY)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shutdown-grace",
+            "5s",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = Command::new(BINARY)
+        .args([
+            "admin-token",
+            "--org-id",
+            "org-cli",
+            "--user-id",
+            "operator",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{token:?}");
+    let jwt = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    assert_eq!(jwt.split('.').count(), 3);
+
+    let channel = async {
+        for _ in 0..200 {
+            if let Ok(channel) =
+                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect()
+                    .await
+            {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not start");
+    }
+    .await;
+    let mut admin = pb::service_account_admin_client::ServiceAccountAdminClient::new(channel);
+    let created = admin
+        .create_service_account(authed(
+            pb::CreateServiceAccountRequest {
+                display_name: "From the CLI".into(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_account
+        .unwrap();
+    assert_eq!(created.org_id, "org-cli");
+    assert_eq!(created.created_by, "operator");
+
+    // SIGTERM: graceful shutdown, exit 0. (Idle client connections can hold hyper's graceful
+    // shutdown until the grace period ends; see the README's operations notes.)
+    drop(admin);
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = server.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(!logs.contains(&jwt), "{logs}");
+}
+
+#[test]
+fn startup_mistakes_are_one_line_errors_not_panics() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "migrate".into(),
+                "--database-url".into(),
+                "postgres://nobody@127.0.0.1:1/none".into(),
+            ],
+            "cannot connect to the database",
+        ),
+        (
+            vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--database-url".into(),
+                "mysql://x".into(),
+            ],
+            "cannot connect to the database",
+        ),
+        (
+            vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin-jwks".into(),
+                "/nonexistent/jwks.json".into(),
+                "--admin-jwt-issuer".into(),
+                "i".into(),
+                "--admin-jwt-audience".into(),
+                "a".into(),
+            ],
+            "cannot use admin JWKS",
+        ),
+        (
+            vec!["--listen".into(), "not-an-address".into()],
+            "invalid value",
+        ),
+        (
+            vec!["--admin-jwks".into(), "x.json".into()],
+            "--admin-jwt-issuer",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(BINARY)
+            .args(&args)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
