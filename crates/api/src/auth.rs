@@ -182,3 +182,47 @@ fn trusted_key(jwk: &Jwk, issuer: &str, audience: &str) -> Result<TrustedKey, Ke
         validation,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Public keys from RFC 7517, appendix A.1.
+    const RFC_EC: &str = r#"{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM","kid":"1"}"#;
+    const RFC_RSA: &str = r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}"#;
+
+    fn key(json: &str) -> Result<TrustedKey, KeyConfigError> {
+        trusted_key(&serde_json::from_str(json).unwrap(), "iss", "aud")
+    }
+
+    #[test]
+    fn algorithms_are_pinned_to_the_key_type() {
+        assert_eq!(key(RFC_EC).unwrap().algorithm, Algorithm::ES256);
+        assert_eq!(key(RFC_RSA).unwrap().algorithm, Algorithm::RS256);
+        let ed = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        assert_eq!(key(ed).unwrap().algorithm, Algorithm::EdDSA);
+    }
+
+    #[test]
+    fn symmetric_encryption_mislabelled_and_truncated_keys_are_refused() {
+        assert!(key(r#"{"kty":"oct","k":"c2VjcmV0"}"#).is_err());
+        assert!(key(&RFC_EC.replace(r#""kid":"1""#, r#""kid":"1","use":"enc""#)).is_err());
+        assert!(key(&RFC_RSA.replace("RS256", "HS256")).is_err());
+        assert!(key(r#"{"kty":"OKP","crv":"Ed25519","x":"AAAA"}"#).is_err());
+        assert!(matches!(
+            AdminAuthenticator::default().trust(&JwkSet { keys: vec![] }, "i", "a"),
+            Err(KeyConfigError::Empty)
+        ));
+    }
+
+    #[test]
+    fn metadata_without_a_bearer_jwt_is_unauthenticated() {
+        let auth = AdminAuthenticator::default();
+        let mut metadata = MetadataMap::new();
+        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Missing)));
+        metadata.insert("authorization", "Bearer".parse().unwrap());
+        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Malformed)));
+        metadata.insert("authorization", "Bearer a.b.c".parse().unwrap());
+        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Malformed)));
+    }
+}
