@@ -152,6 +152,7 @@ impl Write for BufferWriter {
 pub struct Setup {
     pub backend: Backend,
     pub admin_trust: AdminTrust,
+    pub cache_capacity: u64,
     pub last_used_flush_interval: Duration,
 }
 
@@ -163,6 +164,7 @@ impl Setup {
                 jwks: None,
                 trust_dev_key: false,
             },
+            cache_capacity: 10_000,
             last_used_flush_interval: Duration::from_millis(200),
         }
     }
@@ -192,6 +194,8 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         db_max_connections: 4,
         data_dir: data_dir.path().to_owned(),
         admin_trust: setup.admin_trust,
+        cache_capacity: setup.cache_capacity,
+        cache_max_age: Duration::from_secs(60),
         last_used_flush_interval: setup.last_used_flush_interval,
         shutdown_grace: Duration::from_secs(5),
     };

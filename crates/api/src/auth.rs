@@ -199,7 +199,8 @@ mod tests {
     fn algorithms_are_pinned_to_the_key_type() {
         assert_eq!(key(RFC_EC).unwrap().algorithm, Algorithm::ES256);
         assert_eq!(key(RFC_RSA).unwrap().algorithm, Algorithm::RS256);
-        let ed = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let ed =
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
         assert_eq!(key(ed).unwrap().algorithm, Algorithm::EdDSA);
     }
 
@@ -219,10 +220,19 @@ mod tests {
     fn metadata_without_a_bearer_jwt_is_unauthenticated() {
         let auth = AdminAuthenticator::default();
         let mut metadata = MetadataMap::new();
-        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Missing)));
+        assert!(matches!(
+            auth.authenticate(&metadata),
+            Err(AuthError::Missing)
+        ));
         metadata.insert("authorization", "Bearer".parse().unwrap());
-        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Malformed)));
+        assert!(matches!(
+            auth.authenticate(&metadata),
+            Err(AuthError::Malformed)
+        ));
         metadata.insert("authorization", "Bearer a.b.c".parse().unwrap());
-        assert!(matches!(auth.authenticate(&metadata), Err(AuthError::Malformed)));
+        assert!(matches!(
+            auth.authenticate(&metadata),
+            Err(AuthError::Malformed)
+        ));
     }
 }

@@ -100,6 +100,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_TRUST_DEV_KEY")]
     pub admin_trust_dev_key: bool,
 
+    /// Introspection cache size in entries (one per recently seen token); 0 disables it.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
+    pub introspection_cache_capacity: u64,
+
+    /// Maximum age of an introspection cache entry: a backstop; changes invalidate entries at once.
+    #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub introspection_cache_max_age: Duration,
+
     /// How often coalesced last-used times are written to storage.
     #[arg(long, env = "SERVICE_ACCOUNTS_LAST_USED_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub last_used_flush_interval: Duration,

@@ -69,6 +69,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             }),
             trust_dev_key: args.admin_trust_dev_key,
         },
+        cache_capacity: args.introspection_cache_capacity,
+        cache_max_age: args.introspection_cache_max_age,
         last_used_flush_interval: args.last_used_flush_interval,
         shutdown_grace: args.shutdown_grace,
     };

@@ -8,8 +8,10 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
+use service_accounts_domain::grant_cache::GrantCache;
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_persistence::Database;
+use service_accounts_persistence::changes::{self, Change};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -50,6 +52,8 @@ pub struct ServeOptions {
     pub db_max_connections: u32,
     pub data_dir: PathBuf,
     pub admin_trust: AdminTrust,
+    pub cache_capacity: u64,
+    pub cache_max_age: Duration,
     pub last_used_flush_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -121,8 +125,16 @@ pub async fn serve(
     let auth = Arc::new(authenticator(&options.admin_trust, &options.data_dir)?);
     let db = open_database(&options.database_url, options.db_max_connections).await?;
 
-    let introspector = Arc::new(Introspector::new(db.clone()));
-    let admin = AdminApi::new(AdminService::new(db.clone()), auth);
+    let cache = Arc::new(GrantCache::new(
+        options.cache_capacity,
+        options.cache_max_age,
+    ));
+    let watcher = options
+        .database_url
+        .starts_with("postgres")
+        .then(|| watch_changes(&options.database_url, cache.clone()));
+    let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
+    let admin = AdminApi::new(AdminService::new(db.clone(), cache), auth);
     let introspection = IntrospectionApi::new(introspector.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -197,6 +209,9 @@ pub async fn serve(
         }
     };
     let _ = stop.send(true);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     let _ = flusher.await;
     match introspector.flush_last_used().await {
         Ok(written) => tracing::info!(written, "last-used times flushed"),
@@ -206,6 +221,25 @@ pub async fn serve(
         tracing::warn!(%error, "closing the database");
     }
     outcome
+}
+
+/// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,
+/// and while the subscription is down the cache is not trusted at all.
+fn watch_changes(database_url: &str, cache: Arc<GrantCache>) -> tokio::task::JoinHandle<()> {
+    cache.distrust();
+    changes::watch(database_url, move |change| match change {
+        Change::Subscribed => {
+            tracing::info!("subscribed to change notifications; introspection cache enabled");
+            cache.trust();
+        }
+        Change::Account(account) => cache.invalidate_account(account),
+        Change::Lost => {
+            tracing::warn!(
+                "change notifications lost; introspection cache disabled until resubscribed"
+            );
+            cache.distrust();
+        }
+    })
 }
 
 async fn flush_last_used(

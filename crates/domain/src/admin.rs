@@ -1,11 +1,13 @@
 //! The admin use cases: what an org admin may do, and the rules that apply.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde_json::json;
 
 use crate::audit::{AuditAction, AuditEvent};
 use crate::error::{Conflict, Error, StoreError};
+use crate::grant_cache::GrantCache;
 use crate::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use crate::page::{Listing, Page, PageRequest};
 use crate::scope::Scopes;
@@ -104,11 +106,14 @@ const MAX_ATTEMPTS: usize = 5;
 
 pub struct AdminService<S> {
     store: S,
+    /// Invalidated after every committed change that can alter an introspection result, before
+    /// the RPC returns, so this replica never serves the old answer.
+    cache: Arc<GrantCache>,
 }
 
 impl<S: AdminStore> AdminService<S> {
-    pub fn new(store: S) -> Self {
-        Self { store }
+    pub fn new(store: S, cache: Arc<GrantCache>) -> Self {
+        Self { store, cache }
     }
 
     pub async fn create_service_account(
@@ -206,6 +211,7 @@ impl<S: AdminStore> AdminService<S> {
             .delete_service_account(&admin.org_id, id, &event)
             .await?
         {
+            self.cache.invalidate_account(id);
             Ok(())
         } else {
             Err(Error::NotFound {
@@ -350,6 +356,7 @@ impl<S: AdminStore> AdminService<S> {
                     &event,
                 )
                 .await?;
+            self.cache.invalidate_account(account_id);
         }
         self.store
             .get_token(&admin.org_id, account_id, token_id)
@@ -395,7 +402,10 @@ impl<S: AdminStore> AdminService<S> {
                 .update_service_account(&account, expected_revision, &event)
                 .await
             {
-                Ok(()) => return Ok(account),
+                Ok(()) => {
+                    self.cache.invalidate_account(id);
+                    return Ok(account);
+                }
                 Err(StoreError::Stale) => continue,
                 Err(other) => return Err(name_taken(other)),
             }

@@ -1,8 +1,10 @@
 //! Introspection: bearer token in, identity and a decision out. The hot path of the platform.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Violations};
+use crate::grant_cache::{GrantCache, Lookup};
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
 use crate::last_used::LastUsed;
 use crate::scope::{Scope, Scopes};
@@ -103,38 +105,61 @@ pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Intr
     Introspection::Active { grant, denial }
 }
 
-/// The introspection use case.
+/// The introspection use case: cache first, storage on a miss.
 pub struct Introspector<S> {
     store: S,
+    cache: Arc<GrantCache>,
     last_used: LastUsed,
 }
 
 impl<S: TokenStore> Introspector<S> {
-    pub fn new(store: S) -> Self {
+    pub fn new(store: S, cache: Arc<GrantCache>) -> Self {
         Self {
             store,
+            cache,
             last_used: LastUsed::default(),
         }
     }
 
-    /// Malformed tokens are answered without touching storage. A storage failure is an error
-    /// (the caller must not guess "active").
+    /// Malformed tokens are answered without touching the cache or storage. A storage failure
+    /// is an error (the caller must not guess "active").
     pub async fn introspect(&self, token: &str, checks: &Checks) -> Result<Introspection, Error> {
         let Ok(secret) = TokenSecret::parse(token) else {
             return Ok(Introspection::Inactive(InactiveReason::Malformed));
         };
         let hash = secret.hash();
-        let Some(grant) = self.store.find_token(&hash).await? else {
+        let (grant, last_recorded) = match self.cache.get(&hash) {
+            Lookup::Known {
+                grant,
+                last_recorded,
+            } => (Some(grant), Some(last_recorded)),
+            Lookup::Unknown => (None, None),
+            Lookup::Miss => {
+                let fill = self.cache.begin_fill();
+                let grant = self.store.find_token(&hash).await?.map(Arc::new);
+                if let Some(fill) = fill {
+                    self.cache.insert(hash, grant.clone(), fill);
+                }
+                (grant, None)
+            }
+        };
+        let Some(grant) = grant else {
             return Ok(Introspection::Inactive(InactiveReason::Unknown));
         };
-        // The store looked the hash up by index; confirm the match in constant time anyway.
+        // The lookup was by hash; confirm the match in constant time anyway.
         if !grant.token_hash.ct_eq(&hash) {
             return Ok(Introspection::Inactive(InactiveReason::Unknown));
         }
         let now = time::now();
-        let result = evaluate(Arc::new(grant), checks, now);
+        let result = evaluate(grant, checks, now);
         if let Introspection::Active { grant, .. } = &result {
-            self.last_used.record(grant.token_id, now);
+            // Hits record at most once a second per token, keeping the shared map off the hot path.
+            let second = now.timestamp();
+            let first_this_second =
+                last_recorded.is_none_or(|last| last.swap(second, Ordering::Relaxed) != second);
+            if first_this_second {
+                self.last_used.record(grant.token_id, now);
+            }
         }
         Ok(result)
     }
@@ -142,6 +167,10 @@ impl<S: TokenStore> Introspector<S> {
     /// Writes coalesced last-used times; see [`LastUsed::flush`].
     pub async fn flush_last_used(&self) -> Result<usize, crate::StoreError> {
         self.last_used.flush(&self.store).await
+    }
+
+    pub fn cache(&self) -> &Arc<GrantCache> {
+        &self.cache
     }
 
     pub fn store(&self) -> &S {

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod error;
+pub mod grant_cache;
 pub mod ids;
 pub mod introspection;
 pub mod last_used;

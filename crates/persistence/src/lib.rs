@@ -1,6 +1,7 @@
 //! sea-orm implementation of the domain's store ports, for SQLite (embedded default) and
 //! PostgreSQL (production) from one codebase.
 
+pub mod changes;
 mod convert;
 mod entity;
 mod error;

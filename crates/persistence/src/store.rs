@@ -20,6 +20,7 @@ use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{Token, TokenHash};
 use service_accounts_migrations::{Migrator, MigratorTrait};
 
+use crate::changes::notify;
 use crate::convert;
 use crate::entity::{audit_event, service_account, service_account_app as app, token};
 use crate::error::store_error;
@@ -259,6 +260,7 @@ impl AdminStore for Database {
             .await
             .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
+        notify(&txn, account.id).await.map_err(store_error)?;
         txn.commit().await.map_err(store_error)
     }
 
@@ -269,6 +271,7 @@ impl AdminStore for Database {
         event: &AuditEvent,
     ) -> StoreResult<bool> {
         let txn = self.write_transaction().await?;
+        let deleted = id;
         let id = id.to_string();
         let exists = service_account::Entity::find_by_id(id.as_str())
             .filter(service_account::Column::OrgId.eq(org.as_str()))
@@ -295,6 +298,7 @@ impl AdminStore for Database {
             .await
             .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
+        notify(&txn, deleted).await.map_err(store_error)?;
         txn.commit().await.map_err(store_error)?;
         Ok(true)
     }
@@ -405,6 +409,7 @@ impl AdminStore for Database {
             return Ok(false);
         }
         insert_event(&txn, event).await.map_err(store_error)?;
+        notify(&txn, account).await.map_err(store_error)?;
         txn.commit().await.map_err(store_error)?;
         Ok(true)
     }

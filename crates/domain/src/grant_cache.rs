@@ -1,0 +1,245 @@
+//! The introspection cache: token hash → stored grant (or "no such token"), so that a hit costs
+//! no storage round trip.
+//!
+//! Coherence rules, which the tests hold it to:
+//! - Every change that can alter an introspection result invalidates the account's entries
+//!   before the admin RPC returns (same replica), or when the change notification arrives
+//!   (other replicas).
+//! - A fill that raced with an invalidation is never served: entries remember the invalidation
+//!   epoch read *before* their storage read, and an entry older than its account's last
+//!   invalidation (or the last flush) counts as a miss.
+//! - While the cross-replica invalidation channel is down, the cache is distrusted: nothing is
+//!   served from it or stored in it until the channel is back (then it starts empty).
+//! - Entries also expire after a maximum age, as a backstop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use crate::ids::ServiceAccountId;
+use crate::introspection::TokenGrant;
+use crate::token::TokenHash;
+
+#[derive(Clone)]
+struct Entry {
+    filled_at: u64,
+    grant: Option<Arc<TokenGrant>>,
+    /// Second of the last recorded use, so last-used is recorded at most once a second per entry.
+    last_recorded: Arc<AtomicI64>,
+}
+
+/// What the cache knows about a token hash.
+pub enum Lookup {
+    Miss,
+    /// Storage had no token with this hash.
+    Unknown,
+    Known {
+        grant: Arc<TokenGrant>,
+        last_recorded: Arc<AtomicI64>,
+    },
+}
+
+/// A ticket for storing what storage returned; see [`GrantCache::begin_fill`].
+#[derive(Debug, Clone, Copy)]
+pub struct Fill(u64);
+
+pub struct GrantCache {
+    entries: Cache<TokenHash, Entry>,
+    /// Epoch of each account's last invalidation; kept longer than any entry can live.
+    invalidated: Cache<ServiceAccountId, u64>,
+    epoch: AtomicU64,
+    flushed_at: AtomicU64,
+    trusted: AtomicBool,
+}
+
+impl GrantCache {
+    /// `capacity` 0 disables caching.
+    pub fn new(capacity: u64, max_age: Duration) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(max_age)
+                .build(),
+            invalidated: Cache::builder().time_to_live(max_age * 2).build(),
+            epoch: AtomicU64::new(1),
+            flushed_at: AtomicU64::new(0),
+            trusted: AtomicBool::new(true),
+        }
+    }
+
+    pub fn get(&self, hash: &TokenHash) -> Lookup {
+        if !self.trusted.load(Ordering::Acquire) {
+            return Lookup::Miss;
+        }
+        let Some(entry) = self.entries.get(hash) else {
+            return Lookup::Miss;
+        };
+        if entry.filled_at < self.flushed_at.load(Ordering::Acquire) {
+            return Lookup::Miss;
+        }
+        match entry.grant {
+            None => Lookup::Unknown,
+            Some(grant) => {
+                let invalidated = self.invalidated.get(&grant.service_account_id).unwrap_or(0);
+                if entry.filled_at < invalidated {
+                    return Lookup::Miss;
+                }
+                Lookup::Known {
+                    grant,
+                    last_recorded: entry.last_recorded,
+                }
+            }
+        }
+    }
+
+    /// Call before reading storage; `None` while the cache is distrusted (do not fill).
+    pub fn begin_fill(&self) -> Option<Fill> {
+        self.trusted
+            .load(Ordering::Acquire)
+            .then(|| Fill(self.epoch.load(Ordering::SeqCst)))
+    }
+
+    pub fn insert(&self, hash: TokenHash, grant: Option<Arc<TokenGrant>>, fill: Fill) {
+        self.entries.insert(
+            hash,
+            Entry {
+                filled_at: fill.0,
+                grant,
+                last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
+            },
+        );
+    }
+
+    /// Every cached token of `account` is re-read from storage on its next use.
+    pub fn invalidate_account(&self, account: ServiceAccountId) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.invalidated.insert(account, epoch);
+    }
+
+    /// Everything is re-read from storage on its next use.
+    pub fn invalidate_all(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.flushed_at.store(epoch, Ordering::Release);
+        self.entries.invalidate_all();
+    }
+
+    /// The invalidation channel is down: serve nothing from the cache until [`Self::trust`].
+    pub fn distrust(&self) {
+        self.trusted.store(false, Ordering::Release);
+        self.invalidate_all();
+    }
+
+    /// The invalidation channel is back. Changes may have been missed meanwhile, so start empty.
+    pub fn trust(&self) {
+        self.invalidate_all();
+        self.trusted.store(true, Ordering::Release);
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{OrgId, TokenId};
+    use crate::scope::Scopes;
+    use crate::service_account::AppAccess;
+    use crate::token::TokenSecret;
+
+    fn grant(account: ServiceAccountId) -> (TokenHash, Arc<TokenGrant>) {
+        let hash = TokenSecret::generate().hash();
+        let grant = Arc::new(TokenGrant {
+            token_id: TokenId::generate(),
+            token_hash: hash,
+            org_id: OrgId::parse("org").unwrap(),
+            service_account_id: account,
+            service_account_display_name: "bot".into(),
+            scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
+            app_access: AppAccess::AllApps,
+            expire_time: None,
+            revoke_time: None,
+        });
+        (hash, grant)
+    }
+
+    fn cache() -> GrantCache {
+        GrantCache::new(1000, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn hits_after_fill_and_misses_after_account_invalidation() {
+        let cache = cache();
+        let account = ServiceAccountId::generate();
+        let other = ServiceAccountId::generate();
+        let (hash, g) = grant(account);
+        let (other_hash, other_grant) = grant(other);
+        cache.insert(hash, Some(g), cache.begin_fill().unwrap());
+        cache.insert(other_hash, Some(other_grant), cache.begin_fill().unwrap());
+        assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
+        cache.invalidate_account(account);
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+        assert!(matches!(cache.get(&other_hash), Lookup::Known { .. }));
+    }
+
+    #[test]
+    fn a_fill_that_read_storage_before_an_invalidation_is_never_served() {
+        let cache = cache();
+        let account = ServiceAccountId::generate();
+        let (hash, g) = grant(account);
+        let fill = cache.begin_fill().unwrap(); // introspection starts reading storage
+        cache.invalidate_account(account); // an admin change commits and invalidates
+        cache.insert(hash, Some(g.clone()), fill); // the stale read lands afterwards
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+        // A read that started after the invalidation is served.
+        cache.insert(hash, Some(g), cache.begin_fill().unwrap());
+        assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
+    }
+
+    #[test]
+    fn unknown_tokens_are_cached_until_a_flush() {
+        let cache = cache();
+        let hash = TokenSecret::generate().hash();
+        cache.insert(hash, None, cache.begin_fill().unwrap());
+        assert!(matches!(cache.get(&hash), Lookup::Unknown));
+        let fill = cache.begin_fill().unwrap();
+        cache.invalidate_all();
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+        cache.insert(hash, None, fill);
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_distrusted_cache_serves_and_stores_nothing_and_restarts_empty() {
+        let cache = cache();
+        let (hash, g) = grant(ServiceAccountId::generate());
+        cache.insert(hash, Some(g.clone()), cache.begin_fill().unwrap());
+        let in_flight = cache.begin_fill().unwrap();
+        cache.distrust();
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+        assert!(cache.begin_fill().is_none());
+        cache.trust();
+        cache.insert(hash, Some(g), in_flight);
+        assert!(
+            matches!(cache.get(&hash), Lookup::Miss),
+            "a fill from before the outage"
+        );
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let cache = GrantCache::new(0, Duration::from_secs(60));
+        let (hash, g) = grant(ServiceAccountId::generate());
+        cache.insert(hash, Some(g), cache.begin_fill().unwrap());
+        cache.entries.run_pending_tasks();
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
+    }
+}
