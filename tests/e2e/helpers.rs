@@ -47,6 +47,14 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// Another handle on a database some other test app owns (it is not dropped through this one).
+    pub fn shared(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            postgres: None,
+        }
+    }
+
     pub async fn create(backend: Backend, dir: &TempDir) -> Option<Self> {
         match backend {
             Backend::Sqlite => Some(Self {
@@ -102,7 +110,7 @@ impl Drop for TestDatabase {
     }
 }
 
-fn replace_database(url: &str, name: &str) -> String {
+pub fn replace_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (url, String::new()),
@@ -214,6 +222,36 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
 }
 
 impl TestApp {
+    /// A second replica: another server on the same database (and development key).
+    pub async fn replica(&self) -> TestApp {
+        self.replica_on(&self.database.url).await
+    }
+
+    /// A replica that reaches the database through `database_url` (for example a proxy).
+    pub async fn replica_on(&self, database_url: &str) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            self.data_dir.path().join("admin-dev-key.pem"),
+            data_dir.path().join("admin-dev-key.pem"),
+        )
+        .expect("copy dev key");
+        let mut options = self.options.clone();
+        options.database_url = database_url.to_owned();
+        options.data_dir = data_dir.path().to_owned();
+        let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
+        let mut replica = TestApp {
+            addr: self.addr,
+            data_dir,
+            database: TestDatabase::shared(database_url),
+            options,
+            dev_key,
+            stop: None,
+            server: None,
+        };
+        replica.start().await;
+        replica
+    }
+
     /// (Re)starts the server on a fresh ephemeral port with the same data.
     pub async fn start(&mut self) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

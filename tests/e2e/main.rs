@@ -6,6 +6,7 @@ mod helpers;
 mod accounts;
 mod app_access;
 mod auth;
+mod coherence;
 mod introspection;
 mod operations;
 mod tokens;

@@ -48,3 +48,112 @@ impl LastUsed {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::grant_cache::GrantCache;
+    use crate::ids::{OrgId, ServiceAccountId};
+    use crate::introspection::{Checks, Introspection, Introspector, TokenGrant};
+    use crate::scope::Scopes;
+    use crate::service_account::AppAccess;
+    use crate::store::StoreResult;
+    use crate::token::{TokenHash, TokenSecret};
+
+    /// An in-memory token store that counts writes per token.
+    #[derive(Default)]
+    struct CountingStore {
+        grants: StdMutex<HashMap<[u8; 32], TokenGrant>>,
+        writes: StdMutex<HashMap<TokenId, usize>>,
+        flushes: StdMutex<usize>,
+    }
+
+    impl TokenStore for Arc<CountingStore> {
+        async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenGrant>> {
+            Ok(self.grants.lock().unwrap().get(hash.as_bytes()).cloned())
+        }
+
+        async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+            *self.flushes.lock().unwrap() += 1;
+            let mut writes = self.writes.lock().unwrap();
+            for (token, _) in uses {
+                *writes.entry(*token).or_default() += 1;
+            }
+            Ok(())
+        }
+    }
+
+    fn issue(store: &CountingStore) -> (String, TokenId) {
+        let secret = TokenSecret::generate();
+        let token_id = TokenId::generate();
+        store.grants.lock().unwrap().insert(
+            *secret.hash().as_bytes(),
+            TokenGrant {
+                token_id,
+                token_hash: secret.hash(),
+                org_id: OrgId::parse("org").unwrap(),
+                service_account_id: ServiceAccountId::generate(),
+                service_account_display_name: "bot".into(),
+                scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
+                app_access: AppAccess::AllApps,
+                expire_time: None,
+                revoke_time: None,
+            },
+        );
+        (secret.expose().to_owned(), token_id)
+    }
+
+    #[tokio::test]
+    async fn thousands_of_uses_become_one_write_per_token_per_flush() {
+        let store = Arc::new(CountingStore::default());
+        let tokens: Vec<(String, TokenId)> = (0..3).map(|_| issue(&store)).collect();
+        let introspector = Arc::new(Introspector::new(
+            store.clone(),
+            Arc::new(GrantCache::new(100, std::time::Duration::from_secs(60))),
+        ));
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let introspector = introspector.clone();
+            let tokens = tokens.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..500 {
+                    let (secret, _) = &tokens[(worker + i) % tokens.len()];
+                    let result = introspector
+                        .introspect(secret, &Checks::default())
+                        .await
+                        .unwrap();
+                    assert!(matches!(result, Introspection::Active { .. }));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(introspector.flush_last_used().await.unwrap(), 3);
+        assert_eq!(
+            introspector.flush_last_used().await.unwrap(),
+            0,
+            "nothing new to write"
+        );
+        let writes = store.writes.lock().unwrap().clone();
+        assert_eq!(writes.len(), 3);
+        assert!(writes.values().all(|&n| n == 1), "{writes:?}");
+        assert_eq!(*store.flushes.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn recording_keeps_the_latest_time_per_token() {
+        let last_used = LastUsed::default();
+        let token = TokenId::generate();
+        let early = crate::time::now();
+        let late = early + chrono::TimeDelta::seconds(5);
+        last_used.record(token, late);
+        last_used.record(token, early);
+        assert_eq!(last_used.pending(), 1);
+        let pending = last_used.pending.lock().unwrap().get(&token).copied();
+        assert_eq!(pending, Some(late));
+    }
+}
