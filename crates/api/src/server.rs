@@ -14,7 +14,7 @@ use service_accounts_persistence::Database;
 use service_accounts_persistence::changes::{self, Change};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin_api::AdminApi;
@@ -178,12 +178,11 @@ pub async fn serve(
             TokenIntrospectionServer::new(introspection)
                 .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
         );
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
-            until_stopped(&mut stopped_server).await;
-        },
-    ));
+    // Small unary responses must not wait for Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        until_stopped(&mut stopped_server).await;
+    }));
     tracing::info!(address = ?local_addr, "serving gRPC");
 
     let outcome = tokio::select! {

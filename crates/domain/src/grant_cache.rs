@@ -26,6 +26,9 @@ use crate::token::TokenHash;
 struct Entry {
     filled_at: u64,
     grant: Option<Arc<TokenGrant>>,
+    /// The account's last invalidation epoch, shared by all of its entries: a hit checks it
+    /// with one atomic load instead of a second map lookup.
+    account_invalidated: Option<Arc<AtomicU64>>,
     /// Second of the last recorded use, so last-used is recorded at most once a second per entry.
     last_recorded: Arc<AtomicI64>,
 }
@@ -47,8 +50,9 @@ pub struct Fill(u64);
 
 pub struct GrantCache {
     entries: Cache<TokenHash, Entry>,
-    /// Epoch of each account's last invalidation; kept longer than any entry can live.
-    invalidated: Cache<ServiceAccountId, u64>,
+    /// Each account's last invalidation epoch. Idle-expiry longer than an entry's maximum age,
+    /// refreshed by every fill, so the cell outlives every entry that shares it.
+    invalidated: Cache<ServiceAccountId, Arc<AtomicU64>>,
     epoch: AtomicU64,
     flushed_at: AtomicU64,
     trusted: AtomicBool,
@@ -62,7 +66,7 @@ impl GrantCache {
                 .max_capacity(capacity)
                 .time_to_live(max_age)
                 .build(),
-            invalidated: Cache::builder().time_to_live(max_age * 2).build(),
+            invalidated: Cache::builder().time_to_idle(max_age * 2).build(),
             epoch: AtomicU64::new(1),
             flushed_at: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
@@ -79,11 +83,11 @@ impl GrantCache {
         if entry.filled_at < self.flushed_at.load(Ordering::Acquire) {
             return Lookup::Miss;
         }
-        match entry.grant {
-            None => Lookup::Unknown,
-            Some(grant) => {
-                let invalidated = self.invalidated.get(&grant.service_account_id).unwrap_or(0);
-                if entry.filled_at < invalidated {
+        match (entry.grant, entry.account_invalidated) {
+            (None, _) => Lookup::Unknown,
+            (Some(_), None) => Lookup::Miss,
+            (Some(grant), Some(invalidated)) => {
+                if entry.filled_at < invalidated.load(Ordering::SeqCst) {
                     return Lookup::Miss;
                 }
                 Lookup::Known {
@@ -102,11 +106,15 @@ impl GrantCache {
     }
 
     pub fn insert(&self, hash: TokenHash, grant: Option<Arc<TokenGrant>>, fill: Fill) {
+        let account_invalidated = grant
+            .as_ref()
+            .map(|g| self.account_cell(g.service_account_id));
         self.entries.insert(
             hash,
             Entry {
                 filled_at: fill.0,
                 grant,
+                account_invalidated,
                 last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
             },
         );
@@ -115,7 +123,13 @@ impl GrantCache {
     /// Every cached token of `account` is re-read from storage on its next use.
     pub fn invalidate_account(&self, account: ServiceAccountId) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.invalidated.insert(account, epoch);
+        self.account_cell(account)
+            .fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    fn account_cell(&self, account: ServiceAccountId) -> Arc<AtomicU64> {
+        self.invalidated
+            .get_with(account, || Arc::new(AtomicU64::new(0)))
     }
 
     /// Everything is re-read from storage on its next use.

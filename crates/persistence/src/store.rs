@@ -439,15 +439,10 @@ impl AdminStore for Database {
 
 impl TokenStore for Database {
     async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenGrant>> {
-        let Some(row) = token::Entity::find()
+        // One round trip for the token and its account; a second only for explicit app lists.
+        let Some((row, Some(account))) = token::Entity::find()
             .filter(token::Column::TokenHash.eq(hash.as_bytes().to_vec()))
-            .one(&self.db)
-            .await
-            .map_err(store_error)?
-        else {
-            return Ok(None);
-        };
-        let Some(account) = service_account::Entity::find_by_id(row.service_account_id.as_str())
+            .find_also_related(service_account::Entity)
             .one(&self.db)
             .await
             .map_err(store_error)?

@@ -22,6 +22,19 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::service_account::Entity",
+        from = "Column::ServiceAccountId",
+        to = "super::service_account::Column::Id"
+    )]
+    ServiceAccount,
+}
+
+impl Related<super::service_account::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ServiceAccount.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

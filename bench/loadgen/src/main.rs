@@ -1,0 +1,475 @@
+//! Load generator for `bench/introspect.sh`: drives `Introspect` or `Health/Check` over a few
+//! HTTP/2 connections with many concurrent streams, closed-loop (as fast as the server answers)
+//! or open-loop at a constant rate (latency measured from each request's scheduled start, so a
+//! stalled server is charged for the requests it delayed: no coordinated omission), and reports
+//! HdrHistogram percentiles.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use prost::Message;
+use service_accounts_api::pb;
+use service_accounts_api::pb::service_account_admin_client::ServiceAccountAdminClient;
+use service_accounts_api::pb::token_introspection_client::TokenIntrospectionClient;
+use service_accounts_domain::token::TokenSecret;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Parser)]
+#[command(about = "Load generator for the service-accounts introspection benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive one RPC and print throughput and latency percentiles.
+    Load(LoadArgs),
+    /// Write fresh tokens: a CSV for PostgreSQL's COPY into `tokens`, and the plaintexts.
+    GenTokens(GenTokensArgs),
+    /// Measure how long a revoke on one replica takes to show on another.
+    Propagation(PropagationArgs),
+    /// Print a length-prefixed gRPC request body (for h2load's -d).
+    GrpcBody(GrpcBodyArgs),
+    /// Create a service account and tokens through the admin API; print the account id.
+    Seed(SeedArgs),
+    /// Print the resident set size of a process, in KiB.
+    Rss {
+        #[arg(long)]
+        pid: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct SeedArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, env = "ADMIN_JWT", hide_env_values = true)]
+    jwt: String,
+    #[arg(long, default_value = "bench")]
+    name: String,
+    #[arg(long, default_value_t = 0)]
+    tokens: usize,
+    /// Where to write the plaintext tokens, one per line.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Rpc {
+    Introspect,
+    Health,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+    /// File with one token per line, used round-robin (for `introspect`).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent in-flight requests (streams), spread over the connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Requests per second for open-loop mode; 0 = closed loop, as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Load-generator threads (1 = a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// A label printed with the result.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(clap::Args)]
+struct GenTokensArgs {
+    #[arg(long)]
+    count: usize,
+    #[arg(long)]
+    service_account_id: String,
+    #[arg(long)]
+    org_id: String,
+    /// CSV for `COPY tokens (id, service_account_id, org_id, display_name, token_hash, scopes,
+    /// hint, created_at, created_by) FROM … WITH (FORMAT csv)`.
+    #[arg(long)]
+    csv: PathBuf,
+    /// The plaintext tokens, one per line.
+    #[arg(long)]
+    plaintexts: PathBuf,
+    /// Also write `<n>,<hash hex>` lines for pgbench's lookup table.
+    #[arg(long)]
+    hashes: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct PropagationArgs {
+    /// The replica that revokes.
+    #[arg(long)]
+    writer: String,
+    /// The replica that is polled.
+    #[arg(long)]
+    reader: String,
+    /// Admin JWT for the writer.
+    #[arg(long, env = "ADMIN_JWT", hide_env_values = true)]
+    jwt: String,
+    #[arg(long)]
+    service_account_id: String,
+    #[arg(long, default_value_t = 200)]
+    trials: usize,
+}
+
+#[derive(clap::Args)]
+struct GrpcBodyArgs {
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+    #[arg(long, default_value = "")]
+    token: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    // The load generator shares the machine with the server: by default it keeps to one thread
+    // so that the server gets the rest.
+    let threads = match &cli.command {
+        Command::Load(args) => args.threads,
+        _ => 1,
+    };
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Load(args) => load(args).await,
+        Command::GenTokens(args) => gen_tokens(args),
+        Command::Propagation(args) => propagation(args).await,
+        Command::GrpcBody(args) => grpc_body(args),
+        Command::Seed(args) => seed(args).await,
+        Command::Rss { pid } => {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .ok_or("no VmRSS")?;
+            println!("{}", line.split_whitespace().nth(1).ok_or("bad VmRSS")?);
+            Ok(())
+        }
+    }
+}
+
+async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let tokens: Arc<Vec<String>> = Arc::new(match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    });
+    if args.rpc == Rpc::Introspect && tokens.is_empty() {
+        return Err("--tokens is required for introspect".into());
+    }
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
+    }
+    let start = Instant::now() + Duration::from_millis(100);
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let interval = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / args.rate));
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let tokens = tokens.clone();
+        let next = next.clone();
+        let errors = errors.clone();
+        let rpc = args.rpc;
+        workers.push(tokio::spawn(async move {
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut introspection = TokenIntrospectionClient::new(channel.clone());
+            let mut health = HealthClient::new(channel);
+            let mut measured = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let scheduled = match interval {
+                    Some(interval) => start + interval * i as u32,
+                    None => Instant::now(),
+                };
+                if scheduled >= end {
+                    break;
+                }
+                if interval.is_some() {
+                    tokio::time::sleep_until(scheduled.into()).await;
+                }
+                let sent = if interval.is_some() {
+                    scheduled
+                } else {
+                    Instant::now()
+                };
+                let ok = match rpc {
+                    Rpc::Introspect => introspection
+                        .introspect(pb::IntrospectRequest {
+                            token: tokens[i as usize % tokens.len()].clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    Rpc::Health => health
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .is_ok(),
+                };
+                let done = Instant::now();
+                if sent >= measure_from && done <= end {
+                    if ok {
+                        histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
+                        measured += 1;
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (histogram, measured)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut total = 0;
+    for worker in workers {
+        let (h, n) = worker.await?;
+        histogram.add(&h)?;
+        total += n;
+    }
+    let seconds = args.duration.as_secs_f64();
+    let mut line = String::new();
+    write!(
+        line,
+        "{{\"label\":\"{}\",\"rpc\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"concurrency\":{},\"requests\":{},\"errors\":{},\"rps\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        args.label,
+        match args.rpc {
+            Rpc::Introspect => "introspect",
+            Rpc::Health => "health",
+        },
+        if args.rate > 0 {
+            format!("open-loop@{}", args.rate)
+        } else {
+            "closed-loop".into()
+        },
+        args.connections,
+        args.concurrency,
+        total,
+        errors.load(Ordering::Relaxed),
+        total as f64 / seconds,
+        histogram.mean(),
+        histogram.value_at_quantile(0.50),
+        histogram.value_at_quantile(0.90),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max(),
+    )?;
+    println!("{line}");
+    Ok(())
+}
+
+fn gen_tokens(args: GenTokensArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{BufWriter, Write};
+    let mut csv = BufWriter::new(std::fs::File::create(&args.csv)?);
+    let mut plaintexts = BufWriter::new(std::fs::File::create(&args.plaintexts)?);
+    let mut hashes = args
+        .hashes
+        .as_ref()
+        .map(std::fs::File::create)
+        .transpose()?
+        .map(BufWriter::new);
+    let now = "2026-01-01 00:00:00+00";
+    for n in 1..=args.count {
+        let secret = TokenSecret::generate();
+        let hash: String = secret
+            .hash()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let id = service_accounts_domain::ids::TokenId::generate();
+        writeln!(
+            csv,
+            "{id},{},{},bench {n},\\x{hash},mcp:tools:call,{},{now},bench",
+            args.service_account_id,
+            args.org_id,
+            secret.hint()
+        )?;
+        writeln!(plaintexts, "{}", secret.expose())?;
+        if let Some(hashes) = hashes.as_mut() {
+            writeln!(hashes, "{n},\\x{hash}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut admin =
+        ServiceAccountAdminClient::new(Channel::from_shared(args.writer)?.connect().await?);
+    let mut reader =
+        TokenIntrospectionClient::new(Channel::from_shared(args.reader)?.connect().await?);
+    let jwt = args.jwt.clone();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..args.trials {
+        let created = admin
+            .create_token(authed(
+                &jwt,
+                pb::CreateTokenRequest {
+                    service_account_id: args.service_account_id.clone(),
+                    display_name: "propagation".into(),
+                    scopes: vec!["mcp:tools:call".into()],
+                    expire_time: None,
+                },
+            ))
+            .await?
+            .into_inner();
+        let token_id = created.token.ok_or("no token")?.token_id;
+        let introspect = || pb::IntrospectRequest {
+            token: created.secret.clone(),
+            ..Default::default()
+        };
+        // Twice: the second answer comes from the reader's cache.
+        for _ in 0..2 {
+            if !reader.introspect(introspect()).await?.into_inner().active {
+                return Err("a fresh token was not active on the reader".into());
+            }
+        }
+        admin
+            .revoke_token(authed(
+                &jwt,
+                pb::RevokeTokenRequest {
+                    service_account_id: args.service_account_id.clone(),
+                    token_id,
+                },
+            ))
+            .await?;
+        let revoked = Instant::now();
+        loop {
+            if !reader.introspect(introspect()).await?.into_inner().active {
+                histogram.saturating_record(revoked.elapsed().as_micros() as u64);
+                break;
+            }
+            if revoked.elapsed() > Duration::from_secs(10) {
+                return Err("the reader never saw the revocation".into());
+            }
+        }
+    }
+    println!(
+        "{{\"trials\":{},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+        histogram.len(),
+        histogram.mean(),
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.9),
+        histogram.value_at_quantile(0.99),
+        histogram.max()
+    );
+    Ok(())
+}
+
+async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut admin =
+        ServiceAccountAdminClient::new(Channel::from_shared(args.target)?.connect().await?);
+    let jwt = args.jwt.clone();
+    let account = admin
+        .create_service_account(authed(
+            &jwt,
+            pb::CreateServiceAccountRequest {
+                display_name: args.name.clone(),
+                description: "benchmark".into(),
+                app_access: Some(pb::AppAccess {
+                    all_apps: true,
+                    app_ids: vec![],
+                }),
+            },
+        ))
+        .await?
+        .into_inner()
+        .service_account
+        .ok_or("no account")?;
+    let mut secrets = String::new();
+    for n in 0..args.tokens {
+        let created = admin
+            .create_token(authed(
+                &jwt,
+                pb::CreateTokenRequest {
+                    service_account_id: account.service_account_id.clone(),
+                    display_name: format!("bench {n}"),
+                    scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],
+                    expire_time: None,
+                },
+            ))
+            .await?
+            .into_inner();
+        secrets.push_str(&created.secret);
+        secrets.push('\n');
+    }
+    if let Some(out) = args.out {
+        std::fs::write(out, secrets)?;
+    }
+    println!("{}", account.service_account_id);
+    Ok(())
+}
+
+fn grpc_body(args: GrpcBodyArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let message = match args.rpc {
+        Rpc::Introspect => pb::IntrospectRequest {
+            token: args.token,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        Rpc::Health => HealthCheckRequest {
+            service: String::new(),
+        }
+        .encode_to_vec(),
+    };
+    let mut body = vec![0u8];
+    body.extend((message.len() as u32).to_be_bytes());
+    body.extend(message);
+    std::fs::write(args.out, body)?;
+    Ok(())
+}
+
+fn authed<T>(jwt: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {jwt}").parse().expect("ascii JWT"),
+    );
+    request
+}
