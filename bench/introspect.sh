@@ -114,6 +114,8 @@ scenario_set() { # scenario_set BACKEND PORT: a, c, d and the open-loop run on o
   half=$(python3 -c "print(int($(field "$backend-a-16" rps) / 2))")
   STREAMS=16 CONNS=2 load "$backend-a-open-half" "$port" introspect --tokens "$WORK/$backend-hits.txt" \
     --rate "$half"
+  STREAMS=16 CONNS=2 load "$backend-a-open-quarter" "$port" introspect --tokens "$WORK/$backend-hits.txt" \
+    --rate "$((half / 2))"
 }
 
 flood_file "$WORK/flood.txt"
@@ -143,6 +145,8 @@ say "b) Introspect misses: cache disabled, random tokens out of $MISS_TOKENS"
 start pg_nocache 50103 --database-url "$PG_URL" --introspection-cache-capacity 0 \
   --db-max-connections "$CONCURRENCY"
 load pg-b-misses 50103 introspect --tokens "$WORK/miss.txt"
+# Free its connections for pgbench (max_connections is 100 here).
+kill "$PID_pg_nocache"; wait "$PID_pg_nocache" 2>/dev/null || true
 
 say "b) the same lookup as raw SQL with pgbench"
 cat > "$WORK/lookup.sql" <<'SQL'
@@ -207,7 +211,8 @@ def ratio(a, b, key="rps"):
 for backend in ("sqlite", "pg"):
     print(f"{backend}: a/d = {ratio(f'{backend}-a-hits', f'{backend}-d-health'):.2f}   "
           f"c/d = {ratio(f'{backend}-c-flood', f'{backend}-d-health'):.2f}   "
-          f"hit p99 at half rate = {r[f'{backend}-a-open-half']['p99_us']} us")
+          f"hit p99 at half rate = {r[f'{backend}-a-open-half']['p99_us']} us, "
+          f"at a quarter = {r[f'{backend}-a-open-quarter']['p99_us']} us")
 for backend in ("sqlite", "pg"):
     a, d = r[f"{backend}-a-hits"], r[f"{backend}-d-health"]
     print(f"{backend}: server CPU per request: introspect hit {a['server_cpu_us_per_req']} us, "

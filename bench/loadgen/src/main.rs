@@ -230,10 +230,14 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                 if scheduled >= end {
                     break;
                 }
-                if interval.is_some() {
+                // A worker that is early waits for the slot and is timed from its actual send
+                // (tokio's timer wakes up to a millisecond late: that lateness is ours, not the
+                // server's). A worker that is late because a response was slow is timed from the
+                // slot it missed, so a stalled server is charged for it (no coordinated omission).
+                let sent = if interval.is_some() && Instant::now() < scheduled {
                     tokio::time::sleep_until(scheduled.into()).await;
-                }
-                let sent = if interval.is_some() {
+                    Instant::now()
+                } else if interval.is_some() {
                     scheduled
                 } else {
                     Instant::now()
