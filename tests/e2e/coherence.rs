@@ -6,9 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use service_accounts_api::pb;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -252,94 +249,14 @@ fn database_name(url: &str) -> String {
     path.split('?').next().unwrap().to_owned()
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can cut and restore.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let cut = cut.clone();
-            let connections = connections.clone();
-            async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        return;
-                    };
-                    if cut.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let upstream = upstream.clone();
-                    connections.lock().await.push(tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    }));
-                }
-            }
-        });
-        Self {
-            addr,
-            cut,
-            connections,
-            accept,
-        }
-    }
-
-    /// Drops every open connection and refuses new ones.
-    async fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().await.drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_outage_fails_closed_then_recovers() {
     let Some(admin_url) = postgres_admin_url() else {
         return;
     };
     let a = spawn(Backend::Postgres).await.unwrap();
-    let upstream = {
-        let authority = admin_url.split("://").nth(1).unwrap();
-        let host_port = authority.split('/').next().unwrap();
-        let host_port = host_port.rsplit('@').next().unwrap();
-        if host_port.contains(':') {
-            host_port.to_owned()
-        } else {
-            format!("{host_port}:5432")
-        }
-    };
-    let proxy = Proxy::start(upstream.clone()).await;
-    let proxied_url = a
-        .database
-        .url
-        .replacen(&upstream, &proxy.addr.to_string(), 1);
-    assert_ne!(
-        proxied_url, a.database.url,
-        "TEST_DATABASE_URL names host:port explicitly"
-    );
+    let (proxy, proxied_url) =
+        Proxy::in_front_of(&admin_url, &a.database.url, Duration::ZERO).await;
     let b = a.replica_on(&proxied_url).await;
 
     let jwt = a.admin_jwt("org-a");
@@ -349,7 +266,7 @@ async fn storage_outage_fails_closed_then_recovers() {
     let (_, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
     wait_for_cache(&b, &secret).await;
 
-    proxy.cut().await;
+    proxy.cut();
     // B loses its change subscription with its connections, so its cache is no longer
     // trustworthy, and storage cannot answer: the only honest answer is UNAVAILABLE.
     let started = Instant::now();

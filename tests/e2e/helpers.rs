@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, Database};
@@ -206,6 +207,7 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         cache_max_age: Duration::from_secs(60),
         last_used_flush_interval: setup.last_used_flush_interval,
         shutdown_grace: Duration::from_secs(5),
+        readiness_interval: Duration::from_millis(200),
     };
     let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
     let mut app = TestApp {
@@ -265,7 +267,7 @@ impl TestApp {
         })));
         self.stop = Some(stop);
         // Wait until the server answers (migrations run before it listens for RPCs).
-        for _ in 0..200 {
+        for _ in 0..600 {
             if let Ok(mut client) = self.health_client().await {
                 let check = client
                     .check(tonic_health::pb::HealthCheckRequest {
@@ -504,4 +506,120 @@ macro_rules! on_both_backends {
 pub fn instant(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
     let t = t.as_ref().expect("timestamp set");
     (t.seconds, t.nanos)
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can slow down, cut and restore.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to the server of `admin_url`, and `database_url` rewritten to go through it.
+    /// `delay` holds back every chunk the client sends.
+    pub async fn in_front_of(
+        admin_url: &str,
+        database_url: &str,
+        delay: Duration,
+    ) -> (Self, String) {
+        let authority = admin_url.split("://").nth(1).unwrap();
+        let host_port = authority.split('/').next().unwrap();
+        let host_port = host_port.rsplit('@').next().unwrap();
+        let upstream = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        let proxy = Self::start(upstream.clone(), delay).await;
+        let proxied = database_url.replacen(&upstream, &proxy.addr.to_string(), 1);
+        assert_ne!(
+            proxied, database_url,
+            "TEST_DATABASE_URL must name host:port"
+        );
+        (proxy, proxied)
+    }
+
+    async fn start(upstream: String, delay: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let cut = cut.clone();
+            let connections = connections.clone();
+            async move {
+                loop {
+                    let Ok((inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    connections.lock().unwrap().push(tokio::spawn(async move {
+                        let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        pipe(inbound, outbound, delay).await;
+                    }));
+                }
+            }
+        });
+        Self {
+            addr,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pipe(inbound: tokio::net::TcpStream, outbound: tokio::net::TcpStream, delay: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let to_server = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(to_server, to_client);
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
 }

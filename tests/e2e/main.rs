@@ -8,5 +8,6 @@ mod app_access;
 mod auth;
 mod coherence;
 mod introspection;
+mod lifecycle;
 mod operations;
 mod tokens;

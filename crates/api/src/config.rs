@@ -120,6 +120,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVICE_ACCOUNTS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often storage is checked; health is NOT_SERVING while it does not answer.
+    #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub readiness_interval: Duration,
+
     /// Log format.
     #[arg(
         long,

@@ -2,10 +2,12 @@
 //! network policy or mTLS restricts who reaches it), no logging per call.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use service_accounts_domain::Error;
+use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::introspection::{
-    Checks, Denial, InactiveReason, Introspection, Introspector,
+    Checks, Denial, InactiveReason, Introspection, Introspector, TokenGrant,
 };
 use service_accounts_domain::store::TokenStore;
 use tonic::{Request, Response, Status};
@@ -17,11 +19,36 @@ use crate::pb::token_introspection_server::TokenIntrospection;
 
 pub struct IntrospectionApi<S> {
     introspector: Arc<Introspector<S>>,
+    /// Tokens whose use after revocation or expiry was logged in the last minute.
+    warned: moka::sync::Cache<TokenId, ()>,
 }
 
 impl<S: TokenStore> IntrospectionApi<S> {
     pub fn new(introspector: Arc<Introspector<S>>) -> Self {
-        Self { introspector }
+        Self {
+            introspector,
+            warned: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// A revoked or expired token still being presented is worth an operator's attention (a
+    /// leaked old token?), but at most once a minute per token.
+    fn warn_dead_token(&self, reason: InactiveReason, grant: &TokenGrant) {
+        if self.warned.contains_key(&grant.token_id) {
+            return;
+        }
+        self.warned.insert(grant.token_id, ());
+        tracing::warn!(
+            reason = ?reason,
+            org_id = %grant.org_id,
+            service_account_id = %grant.service_account_id,
+            service_account = %grant.service_account_display_name,
+            token_id = %grant.token_id,
+            "a revoked or expired token was presented"
+        );
     }
 }
 
@@ -45,19 +72,24 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
                 }
                 other => status(other),
             })?;
+        if let Introspection::Dead { reason, grant } = &result {
+            self.warn_dead_token(*reason, grant);
+        }
         Ok(Response::new(response(result)))
     }
 }
 
 fn response(result: Introspection) -> pb::IntrospectResponse {
     match result {
-        Introspection::Inactive(reason) => pb::IntrospectResponse {
-            active: false,
-            inactive_reason: inactive_reason(reason) as i32,
-            allowed: false,
-            denial_reason: pb::DenialReason::TokenInactive as i32,
-            ..Default::default()
-        },
+        Introspection::Inactive(reason) | Introspection::Dead { reason, .. } => {
+            pb::IntrospectResponse {
+                active: false,
+                inactive_reason: inactive_reason(reason) as i32,
+                allowed: false,
+                denial_reason: pb::DenialReason::TokenInactive as i32,
+                ..Default::default()
+            }
+        }
         Introspection::Active { grant, denial } => {
             let (denial_reason, missing_scopes) = match denial {
                 None => (pb::DenialReason::Unspecified, Vec::new()),

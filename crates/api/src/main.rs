@@ -73,6 +73,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         cache_max_age: args.introspection_cache_max_age,
         last_used_flush_interval: args.last_used_flush_interval,
         shutdown_grace: args.shutdown_grace,
+        readiness_interval: args.readiness_interval,
     };
     if args.storage.is_embedded() {
         std::fs::create_dir_all(&args.storage.data_dir).map_err(|e| {

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub cache_max_age: Duration,
     pub last_used_flush_interval: Duration,
     pub shutdown_grace: Duration,
+    /// How often storage is pinged for the health status.
+    pub readiness_interval: Duration,
 }
 
 /// Why the server could not start or stopped abnormally. Each is one line for the operator.
@@ -158,6 +160,12 @@ pub async fn serve(
         .map_err(|e| ServeError::Transport(e.to_string()))?;
 
     let (stop, stopped) = watch::channel(false);
+    let readiness = tokio::spawn(watch_storage(
+        db.clone(),
+        health.clone(),
+        options.readiness_interval,
+        stopped.clone(),
+    ));
     let flusher = tokio::spawn(flush_last_used(
         introspector.clone(),
         options.last_used_flush_interval,
@@ -193,9 +201,7 @@ pub async fn serve(
         })),
         () = shutdown => {
             tracing::info!("shutting down: draining in-flight RPCs");
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_not_serving::<ServiceAccountAdminServer<AdminApi<Database>>>().await;
-            health.set_not_serving::<TokenIntrospectionServer<IntrospectionApi<Database>>>().await;
+            set_health(&health, ServingStatus::NotServing).await;
             let _ = stop.send(true);
             match tokio::time::timeout(options.shutdown_grace, &mut server).await {
                 Ok(_) => Ok(()),
@@ -208,6 +214,7 @@ pub async fn serve(
         }
     };
     let _ = stop.send(true);
+    let _ = readiness.await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -220,6 +227,59 @@ pub async fn serve(
         tracing::warn!(%error, "closing the database");
     }
     outcome
+}
+
+/// Health follows storage: NOT_SERVING while the database does not answer, so that load
+/// balancers route around a replica that could only fail.
+async fn watch_storage(
+    db: Database,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = until_stopped(&mut stopped) => return,
+        }
+        let healthy = tokio::time::timeout(interval, db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if healthy == serving || *stopped.borrow() {
+            continue;
+        }
+        serving = healthy;
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if healthy {
+            tracing::info!("storage answers again; health is SERVING");
+        } else {
+            tracing::warn!("storage does not answer; health is NOT_SERVING");
+        }
+        set_health(&health, status).await;
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <ServiceAccountAdminServer<AdminApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <TokenIntrospectionServer<IntrospectionApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }
 
 /// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,

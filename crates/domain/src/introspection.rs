@@ -75,6 +75,12 @@ pub enum Denial {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Introspection {
     Inactive(InactiveReason),
+    /// A known token that is revoked or expired. The grant is for the operator's log (a leaked
+    /// old token being tried is worth a warning); it is never returned to the caller.
+    Dead {
+        reason: InactiveReason,
+        grant: Arc<TokenGrant>,
+    },
     Active {
         /// Shared, so a cache can hand out the same grant without copying it.
         grant: Arc<TokenGrant>,
@@ -86,10 +92,16 @@ pub enum Introspection {
 /// Decides what a stored grant means at `now` for `checks`. Pure, so it is tested directly.
 pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Introspection {
     if grant.revoke_time.is_some() {
-        return Introspection::Inactive(InactiveReason::Revoked);
+        return Introspection::Dead {
+            reason: InactiveReason::Revoked,
+            grant,
+        };
     }
     if grant.expire_time.is_some_and(|expiry| expiry <= now) {
-        return Introspection::Inactive(InactiveReason::Expired);
+        return Introspection::Dead {
+            reason: InactiveReason::Expired,
+            grant,
+        };
     }
     let missing: Vec<Scope> = checks
         .required_scopes
@@ -219,10 +231,13 @@ mod tests {
         let g_mut = Arc::make_mut(&mut g);
         g_mut.revoke_time = Some(time::now());
         g_mut.expire_time = Some(time::now() - TimeDelta::hours(1));
-        assert_eq!(
+        assert!(matches!(
             evaluate(g, &Checks::default(), time::now()),
-            Introspection::Inactive(InactiveReason::Revoked)
-        );
+            Introspection::Dead {
+                reason: InactiveReason::Revoked,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -230,10 +245,13 @@ mod tests {
         let now = time::now();
         let mut g = grant();
         Arc::make_mut(&mut g).expire_time = Some(now);
-        assert_eq!(
+        assert!(matches!(
             evaluate(g.clone(), &Checks::default(), now),
-            Introspection::Inactive(InactiveReason::Expired)
-        );
+            Introspection::Dead {
+                reason: InactiveReason::Expired,
+                ..
+            }
+        ));
         let before = now - TimeDelta::microseconds(1);
         assert!(matches!(
             evaluate(g, &Checks::default(), before),

@@ -119,6 +119,23 @@ async fn insert_event(db: &impl ConnectionTrait, event: &AuditEvent) -> Result<(
     Ok(())
 }
 
+/// Commits a mutation and, once it is durable, logs its audit event for operators.
+async fn commit_audited(txn: DatabaseTransaction, event: &AuditEvent) -> StoreResult<()> {
+    txn.commit().await.map_err(store_error)?;
+    tracing::info!(
+        target: "audit",
+        action = %event.action,
+        org_id = %event.org_id,
+        actor = %event.actor,
+        target_type = %event.target_type,
+        target_id = %event.target_id,
+        request_id = %event.request_id,
+        details = %event.details,
+        "admin change committed"
+    );
+    Ok(())
+}
+
 /// Replaces the account's explicit app list with the one in `access`.
 async fn write_apps(
     db: &impl ConnectionTrait,
@@ -172,7 +189,7 @@ impl AdminStore for Database {
             .await
             .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)
+        commit_audited(txn, event).await
     }
 
     async fn get_service_account(
@@ -261,7 +278,7 @@ impl AdminStore for Database {
             .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
         notify(&txn, account.id).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)
+        commit_audited(txn, event).await
     }
 
     async fn delete_service_account(
@@ -299,7 +316,7 @@ impl AdminStore for Database {
             .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
         notify(&txn, deleted).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)?;
+        commit_audited(txn, event).await?;
         Ok(true)
     }
 
@@ -341,7 +358,7 @@ impl AdminStore for Database {
         .await
         .map_err(store_error)?;
         insert_event(&txn, event).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)?;
+        commit_audited(txn, event).await?;
         Ok(true)
     }
 
@@ -410,7 +427,7 @@ impl AdminStore for Database {
         }
         insert_event(&txn, event).await.map_err(store_error)?;
         notify(&txn, account).await.map_err(store_error)?;
-        txn.commit().await.map_err(store_error)?;
+        commit_audited(txn, event).await?;
         Ok(true)
     }
 

@@ -1,0 +1,117 @@
+//! Shutdown drains in-flight calls and loses no last-used update; health follows storage.
+
+use std::time::{Duration, Instant};
+
+use service_accounts_api::pb;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_calls_and_flushes_last_used() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let direct = spawn(Backend::Postgres).await.unwrap();
+    let jwt = direct.admin_jwt("org-a");
+    let id = create_account(&direct, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (_, secret) = create_token(&direct, &jwt, &id, &["mcp:tools:call"]).await;
+
+    // A replica whose every storage round trip takes 300 ms, with no cache: calls stay in flight.
+    let (_proxy, slow_url) =
+        Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(300)).await;
+    let mut setup_replica = direct.replica_on(&slow_url).await;
+    setup_replica.stop().await.unwrap();
+    setup_replica.options.cache_capacity = 0;
+    setup_replica.options.last_used_flush_interval = Duration::from_secs(3600);
+    setup_replica.start().await;
+    let replica = setup_replica;
+
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let mut client = replica.introspection().await;
+        let secret = secret.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .introspect(pb::IntrospectRequest {
+                    token: secret,
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut replica = replica;
+    let stopping = Instant::now();
+    replica.stop().await.expect("clean shutdown");
+    eprintln!(
+        "shutdown with 16 calls in flight took {:?}",
+        stopping.elapsed()
+    );
+    for call in calls {
+        let response = call.await.unwrap().expect("an in-flight call was cut");
+        assert!(response.into_inner().active);
+    }
+
+    // The replica's flush interval never came round: only the shutdown flush can have written.
+    let tokens = direct
+        .admin()
+        .await
+        .list_tokens(authed(
+            pb::ListTokensRequest {
+                service_account_id: id,
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(
+        tokens[0].last_used_time.is_some(),
+        "last-used lost at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_storage_is_unreachable() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let direct = spawn(Backend::Postgres).await.unwrap();
+    let (proxy, url) = Proxy::in_front_of(&admin_url, &direct.database.url, Duration::ZERO).await;
+    let replica = direct.replica_on(&url).await;
+    assert_eq!(status(&replica).await, ServingStatus::Serving);
+    proxy.cut();
+    wait_for_status(&replica, ServingStatus::NotServing).await;
+    proxy.restore();
+    wait_for_status(&replica, ServingStatus::Serving).await;
+}
+
+async fn status(app: &TestApp) -> ServingStatus {
+    app.health_client()
+        .await
+        .unwrap()
+        .check(HealthCheckRequest {
+            service: "embrace.serviceaccounts.v1.TokenIntrospection".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+async fn wait_for_status(app: &TestApp, wanted: ServingStatus) {
+    let started = Instant::now();
+    while status(app).await != wanted {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "health never became {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
