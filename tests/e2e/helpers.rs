@@ -208,6 +208,7 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         last_used_flush_interval: setup.last_used_flush_interval,
         shutdown_grace: Duration::from_secs(5),
         readiness_interval: Duration::from_millis(200),
+        rpc_telemetry: false,
     };
     let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
     let mut app = TestApp {

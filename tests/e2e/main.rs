@@ -10,4 +10,5 @@ mod coherence;
 mod introspection;
 mod lifecycle;
 mod operations;
+mod telemetry;
 mod tokens;

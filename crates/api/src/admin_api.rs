@@ -31,6 +31,7 @@ impl<S: AdminStore> AdminApi<S> {
 
     fn admin<T>(&self, request: &Request<T>) -> Result<Admin, Status> {
         let principal = self.auth.authenticate(request.metadata())?;
+        tracing::Span::current().record("org_id", principal.org_id.as_str());
         Admin::authorize(principal, request_id(request.metadata())).map_err(status)
     }
 }

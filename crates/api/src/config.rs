@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub readiness_interval: Duration,
 
+    /// OTLP/gRPC endpoint (for example http://otel-collector:4317) to export traces and
+    /// metrics to. Unset: nothing is exported. The standard OTEL_* variables tune the exporters.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format.
     #[arg(
         long,

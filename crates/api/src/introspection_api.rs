@@ -12,21 +12,26 @@ use service_accounts_domain::introspection::{
 use service_accounts_domain::store::TokenStore;
 use tonic::{Request, Response, Status};
 
+use opentelemetry::KeyValue;
+
 use crate::convert;
 use crate::error::status;
 use crate::pb;
 use crate::pb::token_introspection_server::TokenIntrospection;
+use crate::telemetry::ServiceMetrics;
 
 pub struct IntrospectionApi<S> {
     introspector: Arc<Introspector<S>>,
+    metrics: ServiceMetrics,
     /// Tokens whose use after revocation or expiry was logged in the last minute.
     warned: moka::sync::Cache<TokenId, ()>,
 }
 
 impl<S: TokenStore> IntrospectionApi<S> {
-    pub fn new(introspector: Arc<Introspector<S>>) -> Self {
+    pub fn new(introspector: Arc<Introspector<S>>, metrics: ServiceMetrics) -> Self {
         Self {
             introspector,
+            metrics,
             warned: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -75,7 +80,20 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
         if let Introspection::Dead { reason, grant } = &result {
             self.warn_dead_token(*reason, grant);
         }
-        Ok(Response::new(response(result)))
+        let response = response(result);
+        if response.active {
+            let span = tracing::Span::current();
+            span.record("org_id", response.org_id.as_str());
+            span.record("service_account_id", response.service_account_id.as_str());
+        }
+        self.metrics.introspections.add(
+            1,
+            &[
+                KeyValue::new("outcome", outcome(&response)),
+                KeyValue::new("allowed", response.allowed),
+            ],
+        );
+        Ok(Response::new(response))
     }
 }
 
@@ -114,6 +132,19 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
                 missing_scopes,
             }
         }
+    }
+}
+
+fn outcome(response: &pb::IntrospectResponse) -> &'static str {
+    if response.active {
+        return "active";
+    }
+    match response.inactive_reason() {
+        pb::InactiveReason::Malformed => "malformed",
+        pb::InactiveReason::Unknown => "unknown",
+        pb::InactiveReason::Revoked => "revoked",
+        pb::InactiveReason::Expired => "expired",
+        pb::InactiveReason::Unspecified => "unspecified",
     }
 }
 

@@ -10,3 +10,4 @@ mod error;
 mod introspection_api;
 pub mod pb;
 pub mod server;
+pub mod telemetry;

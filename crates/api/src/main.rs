@@ -1,20 +1,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use service_accounts_api::config::{
-    AdminTokenArgs, Cli, Command, LogFormat, ServeArgs, StorageArgs,
-};
+use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeArgs, StorageArgs};
 use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::server::{self, AdminTrust, JwksTrust, ServeOptions};
-use tracing_subscriber::EnvFilter;
+use service_accounts_api::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_format = match &cli.command {
-        Some(Command::Serve(args)) => args.log_format,
-        _ => cli.serve.log_format,
+    let (log_format, otlp_endpoint) = match &cli.command {
+        Some(Command::Serve(args)) => (args.log_format, args.otlp_endpoint.clone()),
+        None => (cli.serve.log_format, cli.serve.otlp_endpoint.clone()),
+        _ => (cli.serve.log_format, None),
     };
-    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,12 +24,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        // Inside the runtime: the OTLP exporters spawn their connections on it.
+        let telemetry = telemetry::init(log_format, otlp_endpoint.as_deref())?;
+        let result = match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(args).await,
             Some(Command::Migrate(args)) => migrate(args).await,
             Some(Command::AdminToken(args)) => admin_token(args),
-        }
+        };
+        telemetry.shutdown();
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,17 +41,6 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -74,6 +65,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         last_used_flush_interval: args.last_used_flush_interval,
         shutdown_grace: args.shutdown_grace,
         readiness_interval: args.readiness_interval,
+        rpc_telemetry: args.otlp_endpoint.is_some(),
     };
     if args.storage.is_embedded() {
         std::fs::create_dir_all(&args.storage.data_dir).map_err(|e| {

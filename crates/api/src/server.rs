@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use opentelemetry::KeyValue;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
 use service_accounts_domain::grant_cache::GrantCache;
@@ -24,6 +25,7 @@ use crate::introspection_api::IntrospectionApi;
 use crate::pb;
 use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
 use crate::pb::token_introspection_server::TokenIntrospectionServer;
+use crate::telemetry::{self, RpcLayer, ServiceMetrics};
 
 /// Admin requests are small; the largest legitimate one grants 1000 app ids.
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
@@ -58,6 +60,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// How often storage is pinged for the health status.
     pub readiness_interval: Duration,
+    /// Give every RPC a span and a duration measurement (when traces and metrics are exported).
+    pub rpc_telemetry: bool,
 }
 
 /// Why the server could not start or stopped abnormally. Each is one line for the operator.
@@ -136,8 +140,9 @@ pub async fn serve(
         .starts_with("postgres")
         .then(|| watch_changes(&options.database_url, cache.clone()));
     let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
-    let admin = AdminApi::new(AdminService::new(db.clone(), cache), auth);
-    let introspection = IntrospectionApi::new(introspector.clone());
+    let admin = AdminApi::new(AdminService::new(db.clone(), cache.clone()), auth);
+    let metrics = ServiceMetrics::new();
+    let introspection = IntrospectionApi::new(introspector.clone(), metrics.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -168,13 +173,18 @@ pub async fn serve(
     ));
     let flusher = tokio::spawn(flush_last_used(
         introspector.clone(),
+        metrics.clone(),
         options.last_used_flush_interval,
         stopped.clone(),
     ));
 
     let local_addr = listener.local_addr().ok();
     let mut stopped_server = stopped.clone();
+    let _gauges = register_gauges(&cache, &db);
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::option_layer(
+            options.rpc_telemetry.then(RpcLayer::new),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -220,8 +230,14 @@ pub async fn serve(
     }
     let _ = flusher.await;
     match introspector.flush_last_used().await {
-        Ok(written) => tracing::info!(written, "last-used times flushed"),
-        Err(error) => tracing::error!(%error, "last-used times could not be flushed at shutdown"),
+        Ok(written) => {
+            record_flush(&metrics, Ok(written));
+            tracing::info!(written, "last-used times flushed");
+        }
+        Err(error) => {
+            record_flush(&metrics, Err(()));
+            tracing::error!(%error, "last-used times could not be flushed at shutdown");
+        }
     }
     if let Err(error) = db.close().await {
         tracing::warn!(%error, "closing the database");
@@ -303,6 +319,7 @@ fn watch_changes(database_url: &str, cache: Arc<GrantCache>) -> tokio::task::Joi
 
 async fn flush_last_used(
     introspector: Arc<Introspector<Database>>,
+    metrics: ServiceMetrics,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -311,8 +328,12 @@ async fn flush_last_used(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(error) = introspector.flush_last_used().await {
-                    tracing::warn!(%error, "last-used flush failed; will retry");
+                match introspector.flush_last_used().await {
+                    Ok(written) => record_flush(&metrics, Ok(written)),
+                    Err(error) => {
+                        record_flush(&metrics, Err(()));
+                        tracing::warn!(%error, "last-used flush failed; will retry");
+                    }
                 }
             }
             () = until_stopped(&mut stopped) => return,
@@ -323,4 +344,79 @@ async fn flush_last_used(
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which also means "stop".
     let _ = stopped.wait_for(|stopped| *stopped).await;
+}
+
+fn record_flush(metrics: &ServiceMetrics, result: Result<usize, ()>) {
+    match result {
+        Ok(0) => {}
+        Ok(written) => {
+            metrics
+                .last_used_flushes
+                .add(1, &[KeyValue::new("result", "ok")]);
+            metrics.last_used_tokens.add(written as u64, &[]);
+        }
+        Err(()) => metrics
+            .last_used_flushes
+            .add(1, &[KeyValue::new("result", "error")]),
+    }
+}
+
+/// Cache and pool gauges, sampled at export time. Kept alive for as long as the server runs.
+fn register_gauges(
+    cache: &Arc<GrantCache>,
+    db: &Database,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    let meter = telemetry::meter();
+    let stats_cache = cache.clone();
+    let lookups = meter
+        .u64_observable_counter("service_accounts.introspection.cache.lookups")
+        .with_description("Introspection cache lookups, by result (hit, miss)")
+        .with_callback(move |observer| {
+            let stats = stats_cache.stats();
+            observer.observe(stats.hits, &[KeyValue::new("result", "hit")]);
+            observer.observe(stats.misses, &[KeyValue::new("result", "miss")]);
+        })
+        .build();
+    let invalidation_cache = cache.clone();
+    let invalidations = meter
+        .u64_observable_counter("service_accounts.introspection.cache.invalidations")
+        .with_description("Cache invalidations (an account's entries, or all of them)")
+        .with_callback(move |observer| {
+            observer.observe(invalidation_cache.stats().invalidations, &[])
+        })
+        .build();
+    let trust_cache = cache.clone();
+    let trusted = meter
+        .u64_observable_gauge("service_accounts.introspection.cache.trusted")
+        .with_description("1 while the change channel is live and the cache is used, 0 otherwise")
+        .with_callback(move |observer| {
+            observer.observe(u64::from(trust_cache.stats().trusted), &[])
+        })
+        .build();
+    let entry_cache = cache.clone();
+    let entries = meter
+        .u64_observable_gauge("service_accounts.introspection.cache.entries")
+        .with_description("Cached tokens")
+        .with_callback(move |observer| observer.observe(entry_cache.entry_count(), &[]))
+        .build();
+    let pool_db = db.clone();
+    let pool = meter
+        .u64_observable_gauge("service_accounts.db.pool.connections")
+        .with_description("Pooled database connections, by state (idle, in_use)")
+        .with_callback(move |observer| {
+            let (open, idle) = pool_db.pool_usage();
+            observer.observe(idle as u64, &[KeyValue::new("state", "idle")]);
+            observer.observe(
+                u64::from(open).saturating_sub(idle as u64),
+                &[KeyValue::new("state", "in_use")],
+            );
+        })
+        .build();
+    vec![
+        Box::new(lookups),
+        Box::new(invalidations),
+        Box::new(trusted),
+        Box::new(entries),
+        Box::new(pool),
+    ]
 }

@@ -56,6 +56,18 @@ pub struct GrantCache {
     epoch: AtomicU64,
     flushed_at: AtomicU64,
     trusted: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+/// Counters for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub invalidations: u64,
+    pub trusted: bool,
 }
 
 impl GrantCache {
@@ -70,10 +82,32 @@ impl GrantCache {
             epoch: AtomicU64::new(1),
             flushed_at: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            trusted: self.is_trusted(),
         }
     }
 
     pub fn get(&self, hash: &TokenHash) -> Lookup {
+        let lookup = self.lookup(hash);
+        let counter = match lookup {
+            Lookup::Miss => &self.misses,
+            _ => &self.hits,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        lookup
+    }
+
+    fn lookup(&self, hash: &TokenHash) -> Lookup {
         if !self.trusted.load(Ordering::Acquire) {
             return Lookup::Miss;
         }
@@ -137,6 +171,7 @@ impl GrantCache {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed_at.store(epoch, Ordering::Release);
         self.entries.invalidate_all();
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The invalidation channel is down: serve nothing from the cache until [`Self::trust`].

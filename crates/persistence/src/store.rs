@@ -67,6 +67,21 @@ impl Database {
         Ok(pending)
     }
 
+    /// Pooled connections: (open, idle).
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            sea_orm::DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(store_error)
     }

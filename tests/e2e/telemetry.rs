@@ -1,0 +1,314 @@
+//! Traces and metrics reach an OTLP collector, joined to the caller's trace, and neither they
+//! nor the logs carry a token secret or an admin JWT.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use service_accounts_api::pb;
+use tonic::{Request, Response, Status};
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_service-accounts");
+
+/// A minimal OTLP collector that keeps everything it receives.
+#[derive(Clone, Default)]
+struct Collector {
+    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.traces.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn with_traceparent<T>(mut request: Request<T>, trace_id: &str) -> Request<T> {
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_reach_the_collector_without_secrets() {
+    let collector = Collector::default();
+    let collector_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = collector_listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                collector_listener,
+            )),
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Command::new(BINARY)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shutdown-grace",
+            "2s",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .args(["--otlp-endpoint", &format!("http://{collector_addr}")])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jwt = String::from_utf8(
+        Command::new(BINARY)
+            .args([
+                "admin-token",
+                "--org-id",
+                "org-otel",
+                "--user-id",
+                "alice",
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+
+    let channel = async {
+        for _ in 0..200 {
+            if let Ok(c) =
+                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect()
+                    .await
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not start");
+    }
+    .await;
+    let mut admin =
+        pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
+    let mut introspection = pb::token_introspection_client::TokenIntrospectionClient::new(channel);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let account = admin
+        .create_service_account(with_traceparent(
+            authed(
+                pb::CreateServiceAccountRequest {
+                    display_name: "Traced".into(),
+                    ..Default::default()
+                },
+                &jwt,
+            ),
+            trace_id,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_account
+        .unwrap();
+    let created = admin
+        .create_token(authed(
+            pb::CreateTokenRequest {
+                service_account_id: account.service_account_id.clone(),
+                display_name: "t".into(),
+                scopes: vec!["mcp:tools:call".into()],
+                expire_time: None,
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = created.secret.clone();
+    let introspected = introspection
+        .introspect(with_traceparent(
+            Request::new(pb::IntrospectRequest {
+                token: secret.clone(),
+                ..Default::default()
+            }),
+            trace_id,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(introspected.active);
+    // Error paths with secret material in the request.
+    let _ = introspection
+        .introspect(pb::IntrospectRequest {
+            token: format!("{secret}x"),
+            app_id: "not an app".into(),
+            ..Default::default()
+        })
+        .await;
+    let _ = admin
+        .get_service_account(authed(
+            pb::GetServiceAccountRequest {
+                service_account_id: secret.clone(),
+            },
+            &jwt,
+        ))
+        .await;
+
+    // Wait for the introspection span and the metrics, then stop (which flushes the rest).
+    let started = Instant::now();
+    let introspect_span = loop {
+        let found = collector
+            .traces
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|r| r.scope_spans.iter())
+            .flat_map(|s| s.spans.iter())
+            .find(|s| {
+                s.name.ends_with("TokenIntrospection/Introspect") && hex(&s.trace_id) == trace_id
+            })
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no introspection span arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let attribute = |key: &str| {
+        introspect_span
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    assert_eq!(attribute("rpc.grpc.status_code"), Some(Value::IntValue(0)));
+    assert_eq!(
+        attribute("service_account_id"),
+        Some(Value::StringValue(account.service_account_id.clone()))
+    );
+    assert_eq!(
+        attribute("org_id"),
+        Some(Value::StringValue("org-otel".into()))
+    );
+    assert_eq!(
+        hex(&introspect_span.parent_span_id),
+        "00f067aa0ba902b7",
+        "joined the caller's span"
+    );
+
+    let wanted = [
+        "rpc.server.duration",
+        "service_accounts.introspections",
+        "service_accounts.introspection.cache.lookups",
+        "service_accounts.db.pool.connections",
+    ];
+    let started = Instant::now();
+    loop {
+        let names: Vec<String> = collector
+            .metrics
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_metrics.iter())
+            .flat_map(|r| r.scope_metrics.iter())
+            .flat_map(|s| s.metrics.iter())
+            .map(|m| m.name.clone())
+            .collect();
+        if wanted.iter().all(|w| names.iter().any(|n| n == w)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "metrics missing: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    drop(admin);
+    drop(introspection);
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = server.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let exported = format!(
+        "{:?}{:?}",
+        collector.traces.lock().unwrap(),
+        collector.metrics.lock().unwrap()
+    );
+    assert!(logs.contains("rpc"), "debug logs were captured");
+    let random_part = &secret[7..44];
+    let signature = jwt.rsplit('.').next().unwrap();
+    for (what, text) in [("logs", &*logs), ("exported telemetry", exported.as_str())] {
+        assert!(
+            !text.contains(random_part),
+            "a token secret reached the {what}"
+        );
+        assert!(!text.contains(signature), "an admin JWT reached the {what}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
