@@ -209,6 +209,7 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         shutdown_grace: Duration::from_secs(5),
         readiness_interval: Duration::from_millis(200),
         rpc_telemetry: false,
+        tls: None,
     };
     let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
     let mut app = TestApp {
@@ -255,8 +256,8 @@ impl TestApp {
         replica
     }
 
-    /// (Re)starts the server on a fresh ephemeral port with the same data.
-    pub async fn start(&mut self) {
+    /// Starts the server without waiting for it to answer plaintext health checks.
+    pub async fn start_without_probe(&mut self) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -267,6 +268,11 @@ impl TestApp {
             let _ = stopped.await;
         })));
         self.stop = Some(stop);
+    }
+
+    /// (Re)starts the server on a fresh ephemeral port with the same data.
+    pub async fn start(&mut self) {
+        self.start_without_probe().await;
         // Wait until the server answers (migrations run before it listens for RPCs).
         for _ in 0..600 {
             if let Ok(mut client) = self.health_client().await {

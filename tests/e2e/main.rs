@@ -11,4 +11,5 @@ mod introspection;
 mod lifecycle;
 mod operations;
 mod telemetry;
+mod tls;
 mod tokens;

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(StorageArgs),
     /// Print an admin JWT signed with the local development key, for grpcurl.
@@ -123,6 +123,19 @@ pub struct ServeArgs {
     /// How often storage is checked; health is NOT_SERVING while it does not answer.
     #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub readiness_interval: Duration,
+
+    /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SERVICE_ACCOUNTS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: callers of TokenIntrospection must present a client certificate issued by
+    /// it (mTLS). Admin callers may connect without one; they authenticate with their JWT.
+    #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// OTLP/gRPC endpoint (for example http://otel-collector:4317) to export traces and
     /// metrics to. Unset: nothing is exported. The standard OTEL_* variables tune the exporters.

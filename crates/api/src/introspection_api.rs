@@ -23,15 +23,22 @@ use crate::telemetry::ServiceMetrics;
 pub struct IntrospectionApi<S> {
     introspector: Arc<Introspector<S>>,
     metrics: ServiceMetrics,
+    /// mTLS: only callers with a client certificate from the configured CA may introspect.
+    require_client_cert: bool,
     /// Tokens whose use after revocation or expiry was logged in the last minute.
     warned: moka::sync::Cache<TokenId, ()>,
 }
 
 impl<S: TokenStore> IntrospectionApi<S> {
-    pub fn new(introspector: Arc<Introspector<S>>, metrics: ServiceMetrics) -> Self {
+    pub fn new(
+        introspector: Arc<Introspector<S>>,
+        metrics: ServiceMetrics,
+        require_client_cert: bool,
+    ) -> Self {
         Self {
             introspector,
             metrics,
+            require_client_cert,
             warned: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -63,6 +70,11 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
         &self,
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(Status::unauthenticated(
+                "TokenIntrospection requires a client certificate from the configured CA",
+            ));
+        }
         let req = request.into_inner();
         let checks = Checks::parse(&req.app_id, &req.required_scopes).map_err(status)?;
         let result = self

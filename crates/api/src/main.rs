@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeArgs, StorageArgs};
 use service_accounts_api::dev_key::DevKey;
-use service_accounts_api::server::{self, AdminTrust, JwksTrust, ServeOptions};
+use service_accounts_api::server::{self, AdminTrust, JwksTrust, ServeOptions, TlsFiles};
 use service_accounts_api::telemetry;
 
 fn main() -> ExitCode {
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         let telemetry = telemetry::init(log_format, otlp_endpoint.as_deref())?;
         let result = match cli.command {
             None => serve(cli.serve).await,
-            Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Serve(args)) => serve(*args).await,
             Some(Command::Migrate(args)) => migrate(args).await,
             Some(Command::AdminToken(args)) => admin_token(args),
         };
@@ -66,6 +66,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         shutdown_grace: args.shutdown_grace,
         readiness_interval: args.readiness_interval,
         rpc_telemetry: args.otlp_endpoint.is_some(),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
     };
     if args.storage.is_embedded() {
         std::fs::create_dir_all(&args.storage.data_dir).map_err(|e| {

@@ -16,6 +16,7 @@ use service_accounts_persistence::changes::{self, Change};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::admin_api::AdminApi;
@@ -62,6 +63,31 @@ pub struct ServeOptions {
     pub readiness_interval: Duration,
     /// Give every RPC a span and a duration measurement (when traces and metrics are exported).
     pub rpc_telemetry: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS, and optionally the CA whose client certificates introspection requires.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        // Optional at the handshake so that admin callers (JWT) need no certificate; a
+        // certificate that is presented must chain to this CA. Introspection insists on one.
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
 }
 
 /// Why the server could not start or stopped abnormally. Each is one line for the operator.
@@ -77,6 +103,8 @@ pub enum ServeError {
     DevKey(#[from] DevKeyError),
     #[error("gRPC server failed: {0}")]
     Transport(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
 }
 
 /// Connects to the database and applies pending migrations.
@@ -142,7 +170,9 @@ pub async fn serve(
     let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
     let admin = AdminApi::new(AdminService::new(db.clone(), cache.clone()), auth);
     let metrics = ServiceMetrics::new();
-    let introspection = IntrospectionApi::new(introspector.clone(), metrics.clone());
+    let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let introspection =
+        IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -181,7 +211,13 @@ pub async fn serve(
     let local_addr = listener.local_addr().ok();
     let mut stopped_server = stopped.clone();
     let _gauges = register_gauges(&cache, &db);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &options.tls {
+        builder = builder
+            .tls_config(tls_config(files)?)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let router = builder
         .layer(tower::util::option_layer(
             options.rpc_telemetry.then(RpcLayer::new),
         ))

@@ -1,0 +1,156 @@
+//! TLS for everyone, and mTLS for introspection callers, with certificates made at test time.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use service_accounts_api::pb;
+use service_accounts_api::server::TlsFiles;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::helpers::*;
+
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+    rogue_client: (String, String),
+}
+
+fn authority(name: &str) -> (CertificateParams, KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let pem = params.self_signed(&key).unwrap().pem();
+    (params, key, pem)
+}
+
+fn leaf(names: &[&str], issuer: &Issuer<'_, KeyPair>) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    (
+        params.signed_by(&key, issuer).unwrap().pem(),
+        key.serialize_pem(),
+    )
+}
+
+fn pki() -> Pki {
+    let (ca_params, ca_key, ca_pem) = authority("test CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let (rogue_params, rogue_key, _) = authority("rogue CA");
+    let rogue = Issuer::new(rogue_params, rogue_key);
+    Pki {
+        ca_pem,
+        server: leaf(&["localhost"], &issuer),
+        client: leaf(&["mcp-server.internal"], &issuer),
+        rogue_client: leaf(&["mcp-server.internal"], &rogue),
+    }
+}
+
+async fn channel(
+    app: &TestApp,
+    pki: &Pki,
+    client: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://localhost:{}", app.addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_admins_and_mtls_guards_introspection() {
+    let pki = pki();
+    // A plaintext server to set things up, then the same data served over TLS.
+    let mut app = spawn(Backend::Sqlite).await.unwrap();
+    let jwt = app.admin_jwt("org-a");
+    let id = create_account(&app, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (_, secret) = create_token(&app, &jwt, &id, &["mcp:tools:call"]).await;
+    app.stop().await.unwrap();
+
+    let dir = app.data_dir.path().to_owned();
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    app.options.tls = Some(TlsFiles {
+        cert: write("server.pem", &pki.server.0),
+        key: write("server.key", &pki.server.1),
+        client_ca: Some(write("client-ca.pem", &pki.ca_pem)),
+    });
+    start_tls(&mut app, &pki).await;
+
+    // An admin without a client certificate: TLS, JWT, fine.
+    let plain_tls = channel(&app, &pki, None).await.unwrap();
+    let listed =
+        pb::service_account_admin_client::ServiceAccountAdminClient::new(plain_tls.clone())
+            .list_service_accounts(authed(pb::ListServiceAccountsRequest::default(), &jwt))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(listed.service_accounts.len(), 1);
+    // ...but introspection needs the client certificate.
+    let request = || pb::IntrospectRequest {
+        token: secret.clone(),
+        ..Default::default()
+    };
+    let refused = pb::token_introspection_client::TokenIntrospectionClient::new(plain_tls)
+        .introspect(request())
+        .await;
+    assert_code(refused, Code::Unauthenticated);
+
+    let mtls = channel(&app, &pki, Some(&pki.client)).await.unwrap();
+    let answer = pb::token_introspection_client::TokenIntrospectionClient::new(mtls)
+        .introspect(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.active);
+
+    // A certificate from another CA fails the handshake.
+    let rogue = match channel(&app, &pki, Some(&pki.rogue_client)).await {
+        Err(_) => true,
+        Ok(channel) => pb::token_introspection_client::TokenIntrospectionClient::new(channel)
+            .introspect(request())
+            .await
+            .is_err(),
+    };
+    assert!(
+        rogue,
+        "a client certificate from an unknown CA was accepted"
+    );
+
+    // Plaintext gRPC to a TLS port gets nowhere.
+    let plaintext = Channel::from_shared(format!("http://127.0.0.1:{}", app.addr.port()))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let result = pb::token_introspection_client::TokenIntrospectionClient::new(channel)
+            .introspect(request())
+            .await;
+        assert!(result.is_err());
+    }
+}
+
+/// Starts the server with TLS; the harness's readiness probe speaks plaintext, so probe here.
+async fn start_tls(app: &mut TestApp, pki: &Pki) {
+    app.start_without_probe().await;
+    for _ in 0..200 {
+        if channel(app, pki, Some(&pki.client)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("TLS server did not start");
+}
