@@ -281,7 +281,8 @@ impl TestApp {
                         service: String::new(),
                     })
                     .await;
-                if check.is_ok() {
+                let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+                if check.is_ok_and(|r| r.into_inner().status() == serving) {
                     return;
                 }
             }

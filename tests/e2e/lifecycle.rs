@@ -115,3 +115,44 @@ async fn wait_for_status(app: &TestApp, wanted: ServingStatus) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_storage_is_ready() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let direct = spawn(Backend::Postgres).await.unwrap();
+    // Every round trip to storage takes 200 ms, so start-up (ping, migration check) is slow.
+    let (_proxy, url) =
+        Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(200)).await;
+    let mut replica = direct.replica().await;
+    replica.stop().await.unwrap();
+    replica.options.database_url = url;
+    replica.start_without_probe().await;
+
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(mut client) = replica.health_client().await
+            && let Ok(response) = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+        {
+            let status = response.into_inner().status();
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if status == ServingStatus::Serving {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never SERVING: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, [ServingStatus::NotServing, ServingStatus::Serving]);
+}

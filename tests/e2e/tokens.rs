@@ -88,6 +88,27 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     );
     assert!(introspect(&app, &new_secret, "", &[]).await.active);
 
+    // Operators see the revocation as an audit log line, and the revoked token's later use.
+    let logs = captured_logs();
+    let revoke_line = logs
+        .lines()
+        .find(|l| {
+            l.contains("admin change committed")
+                && l.contains("action=token.revoke")
+                && l.contains(&format!("target_id={}", old.token_id))
+        })
+        .expect("audit log line for the revocation");
+    assert!(
+        revoke_line.contains("actor=admin-of-org-a") && revoke_line.contains("org_id=org-a"),
+        "{revoke_line}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("a revoked or expired token was presented")
+                && l.contains(&old.token_id)),
+        "warning about the revoked token's use"
+    );
+
     // Revoking again is a no-op that reports the original revocation.
     let again = admin
         .revoke_token(authed(

@@ -157,7 +157,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let auth = Arc::new(authenticator(&options.admin_trust, &options.data_dir)?);
-    let db = open_database(&options.database_url, options.db_max_connections).await?;
+    // The port opens before the database is reached, reporting NOT_SERVING until storage
+    // answers and migrations have run.
+    let db = service_accounts_persistence::connect_lazy(
+        &options.database_url,
+        options.db_max_connections,
+    )
+    .await
+    .map_err(ServeError::Database)?;
 
     let cache = Arc::new(GrantCache::new(
         options.cache_capacity,
@@ -175,13 +182,7 @@ pub async fn serve(
         IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ServiceAccountAdminServer<AdminApi<Database>>>()
-        .await;
-    health
-        .set_serving::<TokenIntrospectionServer<IntrospectionApi<Database>>>()
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::NotServing).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -195,12 +196,6 @@ pub async fn serve(
         .map_err(|e| ServeError::Transport(e.to_string()))?;
 
     let (stop, stopped) = watch::channel(false);
-    let readiness = tokio::spawn(watch_storage(
-        db.clone(),
-        health.clone(),
-        options.readiness_interval,
-        stopped.clone(),
-    ));
     let flusher = tokio::spawn(flush_last_used(
         introspector.clone(),
         metrics.clone(),
@@ -237,7 +232,38 @@ pub async fn serve(
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         until_stopped(&mut stopped_server).await;
     }));
-    tracing::info!(address = ?local_addr, "serving gRPC");
+    tracing::info!(address = ?local_addr, "listening; NOT_SERVING until storage is ready");
+
+    tokio::pin!(shutdown);
+    let startup = async {
+        db.ping().await.map_err(ServeError::Database)?;
+        let applied = db.migrate().await.map_err(ServeError::Migration)?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+        Ok::<(), ServeError>(())
+    };
+    let started = tokio::select! {
+        result = startup => Some(result),
+        () = &mut shutdown => None,
+    };
+    if !matches!(started, Some(Ok(()))) {
+        let _ = stop.send(true);
+        server.abort();
+        let _ = flusher.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        return started.unwrap_or(Ok(()));
+    }
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!("storage ready; SERVING");
+    let readiness = tokio::spawn(watch_storage(
+        db.clone(),
+        health.clone(),
+        options.readiness_interval,
+        stopped.clone(),
+    ));
 
     let outcome = tokio::select! {
         result = &mut server => Err(ServeError::Transport(match result {
@@ -245,7 +271,7 @@ pub async fn serve(
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         })),
-        () = shutdown => {
+        () = &mut shutdown => {
             tracing::info!("shutting down: draining in-flight RPCs");
             set_health(&health, ServingStatus::NotServing).await;
             let _ = stop.send(true);

@@ -7,4 +7,4 @@ mod entity;
 mod error;
 mod store;
 
-pub use store::{Database, connect};
+pub use store::{Database, connect, connect_lazy};

@@ -33,6 +33,25 @@ pub struct Database {
 
 /// Opens a pool to `url` (`sqlite://…` or `postgres://…`) and checks that it answers.
 pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    let db = sea_orm::Database::connect(options(url, max_connections))
+        .await
+        .map_err(store_error)?;
+    db.ping().await.map_err(store_error)?;
+    Ok(Database { db })
+}
+
+/// Like [`connect`], but connects on first use, so that a server can come up (and report
+/// NOT_SERVING) before its database answers.
+pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    let mut options = options(url, max_connections);
+    options.connect_lazy(true);
+    let db = sea_orm::Database::connect(options)
+        .await
+        .map_err(store_error)?;
+    Ok(Database { db })
+}
+
+fn options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
@@ -49,11 +68,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreE
                 .foreign_keys(true)
                 .create_if_missing(true)
         });
-    let db = sea_orm::Database::connect(options)
-        .await
-        .map_err(store_error)?;
-    db.ping().await.map_err(store_error)?;
-    Ok(Database { db })
+    options
 }
 
 impl Database {
