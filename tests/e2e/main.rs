@@ -7,6 +7,7 @@ mod accounts;
 mod app_access;
 mod auth;
 mod coherence;
+mod deployment;
 mod introspection;
 mod lifecycle;
 mod operations;
