@@ -195,6 +195,13 @@ pub async fn spawn(backend: Backend) -> Option<TestApp> {
 }
 
 pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
+    let mut app = unstarted(setup).await?;
+    app.start().await;
+    Some(app)
+}
+
+/// A test app with its database created but no server running yet.
+pub async fn unstarted(setup: Setup) -> Option<TestApp> {
     log_buffer();
     let data_dir = tempfile::tempdir().expect("temp dir");
     let database = TestDatabase::create(setup.backend, &data_dir).await?;
@@ -212,7 +219,7 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         tls: None,
     };
     let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
-    let mut app = TestApp {
+    let app = TestApp {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir,
         database,
@@ -221,7 +228,6 @@ pub async fn spawn_with(setup: Setup) -> Option<TestApp> {
         stop: None,
         server: None,
     };
-    app.start().await;
     Some(app)
 }
 
@@ -629,5 +635,33 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+/// Connects to a server started as a separate process, once its health says SERVING.
+pub async fn connect_when_serving(port: u16) -> Channel {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if matches!(status, Ok(ServingStatus::Serving)) {
+                return channel;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the server did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -156,3 +156,56 @@ async fn health_is_not_serving_until_storage_is_ready() {
     }
     assert_eq!(seen, [ServingStatus::NotServing, ServingStatus::Serving]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_fresh_database_all_come_up() {
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    let first = unstarted(Setup::new(Backend::Postgres)).await.unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = first.options.clone();
+        servers.push((
+            addr,
+            tokio::spawn(service_accounts_api::server::serve(
+                options,
+                listener,
+                std::future::pending(),
+            )),
+        ));
+    }
+    for (addr, server) in &servers {
+        let started = Instant::now();
+        loop {
+            assert!(!server.is_finished(), "a replica failed to start");
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await;
+            if let Ok(channel) = channel {
+                let status = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status();
+                if status == ServingStatus::Serving {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a replica never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (_, server) in servers {
+        server.abort();
+    }
+}

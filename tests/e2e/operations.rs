@@ -1,5 +1,4 @@
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use service_accounts_api::pb;
 use tokio_stream::StreamExt;
@@ -151,21 +150,7 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
     let jwt = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     assert_eq!(jwt.split('.').count(), 3);
 
-    let channel = async {
-        for _ in 0..200 {
-            if let Ok(channel) =
-                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .connect()
-                    .await
-            {
-                return channel;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not start");
-    }
-    .await;
+    let channel = connect_when_serving(port).await;
     let mut admin = pb::service_account_admin_client::ServiceAccountAdminClient::new(channel);
     let created = admin
         .create_service_account(authed(

@@ -124,21 +124,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     .trim()
     .to_owned();
 
-    let channel = async {
-        for _ in 0..200 {
-            if let Ok(c) =
-                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .connect()
-                    .await
-            {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server did not start");
-    }
-    .await;
+    let channel = connect_when_serving(port).await;
     let mut admin =
         pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
     let mut introspection = pb::token_introspection_client::TokenIntrospectionClient::new(channel);

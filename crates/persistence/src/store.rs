@@ -25,6 +25,9 @@ use crate::convert;
 use crate::entity::{audit_event, service_account, service_account_app as app, token};
 use crate::error::store_error;
 
+/// Advisory lock key that serialises migrations across replicas ("sa-migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7361_2d6d_6967_72;
+
 /// The storage adapter. Cheap to clone: clones share one connection pool.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -73,12 +76,28 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
 
 impl Database {
     /// Applies pending migrations. Returns how many were applied.
+    ///
+    /// On PostgreSQL, replicas starting together take turns: the migration runs in one
+    /// transaction holding an advisory lock, and the others find nothing left to do.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
-        let pending = Migrator::get_pending_migrations(&self.db)
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            let pending = Migrator::get_pending_migrations(&self.db)
+                .await
+                .map_err(store_error)?
+                .len();
+            Migrator::up(&self.db, None).await.map_err(store_error)?;
+            return Ok(pending);
+        }
+        let txn = self.db.begin().await.map_err(store_error)?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await
+            .map_err(store_error)?;
+        let pending = Migrator::get_pending_migrations(&txn)
             .await
             .map_err(store_error)?
             .len();
-        Migrator::up(&self.db, None).await.map_err(store_error)?;
+        Migrator::up(&txn, None).await.map_err(store_error)?;
+        txn.commit().await.map_err(store_error)?;
         Ok(pending)
     }
 
