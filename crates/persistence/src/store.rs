@@ -26,7 +26,7 @@ use crate::entity::{audit_event, service_account, service_account_app as app, to
 use crate::error::store_error;
 
 /// Advisory lock key that serialises migrations across replicas ("sa-migr" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7361_2d6d_6967_72;
+const MIGRATION_LOCK: i64 = 0x0073_612d_6d69_6772;
 
 /// The storage adapter. Cheap to clone: clones share one connection pool.
 #[derive(Clone, Debug)]
