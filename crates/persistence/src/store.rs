@@ -7,7 +7,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::AuditEvent;
@@ -166,6 +166,25 @@ async fn insert_event(db: &impl ConnectionTrait, event: &AuditEvent) -> Result<(
     .exec_without_returning(db)
     .await?;
     Ok(())
+}
+
+/// The token-by-hash lookup, in each backend's placeholder syntax.
+fn grant_query(backend: sea_orm::DbBackend) -> &'static str {
+    macro_rules! lookup {
+        ($placeholder:literal) => {
+            concat!(
+                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, ",
+                "a.id AS account_id, a.org_id, a.display_name, a.all_apps ",
+                "FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id ",
+                "WHERE t.token_hash = ",
+                $placeholder
+            )
+        };
+    }
+    match backend {
+        sea_orm::DbBackend::Postgres => lookup!("$1"),
+        _ => lookup!("?"),
+    }
 }
 
 /// Commits a mutation and, once it is durable, logs its audit event for operators.
@@ -505,35 +524,47 @@ impl AdminStore for Database {
 
 impl TokenStore for Database {
     async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenGrant>> {
-        // One round trip for the token and its account; a second only for explicit app lists.
-        let Some((row, Some(account))) = token::Entity::find()
-            .filter(token::Column::TokenHash.eq(hash.as_bytes().to_vec()))
-            .find_also_related(service_account::Entity)
-            .one(&self.db)
-            .await
-            .map_err(store_error)?
-        else {
+        // The hot lookup: one hand-written statement (prepared once per connection) for the
+        // token and its account, decoding only what introspection needs; a second round trip
+        // only for accounts with an explicit app list.
+        let backend = self.db.get_database_backend();
+        let statement = Statement::from_sql_and_values(
+            backend,
+            grant_query(backend),
+            [hash.as_bytes().to_vec().into()],
+        );
+        let Some(row) = self.db.query_one_raw(statement).await.map_err(store_error)? else {
             return Ok(None);
         };
-        let apps = if account.all_apps {
+        let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
+        let token_id: String = row.try_get("", "token_id").map_err(column)?;
+        let stored_hash: Vec<u8> = row.try_get("", "token_hash").map_err(column)?;
+        let scopes: String = row.try_get("", "scopes").map_err(column)?;
+        let expire_time: Option<Timestamp> = row.try_get("", "expire_at").map_err(column)?;
+        let revoke_time: Option<Timestamp> = row.try_get("", "revoked_at").map_err(column)?;
+        let account_id: String = row.try_get("", "account_id").map_err(column)?;
+        let org_id: String = row.try_get("", "org_id").map_err(column)?;
+        let display_name: String = row.try_get("", "display_name").map_err(column)?;
+        let all_apps: bool = row.try_get("", "all_apps").map_err(column)?;
+        let apps = if all_apps {
             Vec::new()
         } else {
-            self.app_ids(&self.db, &account.id)
+            self.app_ids(&self.db, &account_id)
                 .await
                 .map_err(store_error)?
         };
-        let token_hash = TokenHash::from_slice(&row.token_hash)
+        let token_hash = TokenHash::from_slice(&stored_hash)
             .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))?;
         Ok(Some(TokenGrant {
-            token_id: convert::token_id(&row.id)?,
+            token_id: convert::token_id(&token_id)?,
             token_hash,
-            org_id: convert::org_id(&account.org_id)?,
-            service_account_id: convert::account_id(&account.id)?,
-            service_account_display_name: account.display_name,
-            scopes: Scopes::from_stored(&row.scopes),
-            app_access: convert::app_access(account.all_apps, apps)?,
-            expire_time: row.expire_at,
-            revoke_time: row.revoked_at,
+            org_id: convert::org_id(&org_id)?,
+            service_account_id: convert::account_id(&account_id)?,
+            service_account_display_name: display_name,
+            scopes: Scopes::from_stored(&scopes),
+            app_access: convert::app_access(all_apps, apps)?,
+            expire_time,
+            revoke_time,
         }))
     }
 
