@@ -315,3 +315,62 @@ async fn storage_outage_fails_closed_then_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_listener_is_detected_by_its_heartbeat() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let a = spawn(Backend::Postgres).await.unwrap();
+    let (proxy, proxied_url) =
+        Proxy::in_front_of(&admin_url, &a.database.url, Duration::ZERO).await;
+    let b = a.replica_on(&proxied_url).await;
+    let jwt = a.admin_jwt("org-a");
+    let id = create_account(&a, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (token, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
+    wait_for_cache(&b, &secret).await;
+
+    // A partition that closes nothing: B's connections stay open but carry no bytes, so no
+    // error ever reaches its listener. Only the missing heartbeat can tell.
+    proxy.freeze();
+    a.admin()
+        .await
+        .revoke_token(authed(
+            pb::RevokeTokenRequest {
+                service_account_id: id,
+                token_id: token.token_id,
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+
+    // B may answer from its cache until it notices (heartbeat timeout 1 s, checked every
+    // 250 ms); after that it must never say active again (storage is unreachable, so its
+    // honest answer is an error or a timeout).
+    let mut first_refusal = None;
+    while revoked.elapsed() < Duration::from_secs(3) {
+        let mut request = tonic::Request::new(pb::IntrospectRequest {
+            token: secret.clone(),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_millis(300));
+        let active = matches!(
+            b.introspection().await.introspect(request).await,
+            Ok(response) if response.get_ref().active
+        );
+        match (active, first_refusal) {
+            (false, None) => first_refusal = Some(revoked.elapsed()),
+            (true, Some(at)) => panic!("B said active again after refusing at {at:?}"),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let detected = first_refusal.expect("B kept serving the revoked token from its cache");
+    eprintln!("a silent listener loss was detected {detected:?} after the revoke");
+    assert!(detected < CONVERGENCE_BOUND, "{detected:?}");
+    proxy.cut();
+}

@@ -169,9 +169,10 @@ impl Setup {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
+            // The tests mint admin JWTs with the development key, on PostgreSQL too.
             admin_trust: AdminTrust {
                 jwks: None,
-                trust_dev_key: false,
+                trust_dev_key: true,
             },
             cache_capacity: 10_000,
             last_used_flush_interval: Duration::from_millis(200),
@@ -526,6 +527,7 @@ pub fn instant(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -560,9 +562,11 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let cut = cut.clone();
+            let frozen = frozen.clone();
             let connections = connections.clone();
             async move {
                 loop {
@@ -574,11 +578,12 @@ impl Proxy {
                         continue;
                     }
                     let upstream = upstream.clone();
+                    let frozen = frozen.clone();
                     connections.lock().unwrap().push(tokio::spawn(async move {
                         let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                             return;
                         };
-                        pipe(inbound, outbound, delay).await;
+                        pipe(inbound, outbound, delay, frozen).await;
                     }));
                 }
             }
@@ -586,9 +591,15 @@ impl Proxy {
         Self {
             addr,
             cut,
+            frozen,
             connections,
             accept,
         }
+    }
+
+    /// Stops moving bytes on every connection without closing any.
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drops every open connection and refuses new ones.
@@ -604,31 +615,46 @@ impl Proxy {
     }
 }
 
-async fn pipe(inbound: tokio::net::TcpStream, outbound: tokio::net::TcpStream, delay: Duration) {
+async fn pipe(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    delay: Duration,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (client_read, client_write) = inbound.into_split();
+    let (server_read, server_write) = outbound.into_split();
+    tokio::join!(
+        forward(client_read, server_write, delay, frozen.clone()),
+        forward(server_read, client_write, Duration::ZERO, frozen),
+    );
+}
+
+/// Copies one direction; `delay` holds back each chunk, and while `frozen` nothing moves (the
+/// connection stays open: a half-open link, as a network partition leaves it).
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_read, mut client_write) = inbound.into_split();
-    let (mut server_read, mut server_write) = outbound.into_split();
-    let to_server = async {
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = match client_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if server_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        let _ = server_write.shutdown().await;
-    };
-    let to_client = async {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-        let _ = client_write.shutdown().await;
-    };
-    tokio::join!(to_server, to_client);
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Proxy {

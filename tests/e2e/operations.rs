@@ -204,6 +204,7 @@ fn startup_mistakes_are_one_line_errors_not_panics() {
                 "127.0.0.1:0".into(),
                 "--database-url".into(),
                 "mysql://x".into(),
+                "--admin-trust-dev-key".into(),
             ],
             "cannot connect to the database",
         ),

@@ -130,17 +130,19 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         "a client certificate from an unknown CA was accepted"
     );
 
-    // Plaintext gRPC to a TLS port gets nowhere.
+    // Plaintext gRPC to a TLS port gets nowhere: the connection or the call fails.
     let plaintext = Channel::from_shared(format!("http://127.0.0.1:{}", app.addr.port()))
         .unwrap()
         .connect()
         .await;
-    if let Ok(channel) = plaintext {
-        let result = pb::token_introspection_client::TokenIntrospectionClient::new(channel)
+    let refused = match plaintext {
+        Err(_) => true,
+        Ok(channel) => pb::token_introspection_client::TokenIntrospectionClient::new(channel)
             .introspect(request())
-            .await;
-        assert!(result.is_err());
-    }
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext reached a TLS server");
 }
 
 /// Starts the server with TLS; the harness's readiness probe speaks plaintext, so probe here.

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use service_accounts_domain::Violations;
 use service_accounts_domain::admin::{
     Admin, AdminService, NewServiceAccount, NewToken, ServiceAccountPatch,
 };
@@ -10,6 +9,7 @@ use service_accounts_domain::ids::{ServiceAccountId, TokenId};
 use service_accounts_domain::page::Listing;
 use service_accounts_domain::service_account::{AppAccess, Description, DisplayName};
 use service_accounts_domain::store::AdminStore;
+use service_accounts_domain::{Invalid, Violations};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -308,7 +308,9 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         let display_name = v.check("display_name", DisplayName::parse(&req.display_name));
         let scopes = parse_scopes(&mut v, "scopes", &req.scopes);
         let expire_time = match &req.expire_time {
-            Some(t) => v.check("expire_time", parse_timestamp(t)).map(Some),
+            Some(t) => v
+                .check("expire_time", parse_timestamp(t).and_then(future))
+                .map(Some),
             None => Some(None),
         };
         v.finish().map_err(status)?;
@@ -412,6 +414,17 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
             audit_events: page.items.iter().map(convert::audit_event).collect(),
             next_page_token: page.next_page_token,
         }))
+    }
+}
+
+/// An expiry must lie ahead (the use case checks again against its own clock).
+fn future(
+    t: service_accounts_domain::time::Timestamp,
+) -> Result<service_accounts_domain::time::Timestamp, Invalid> {
+    if t > service_accounts_domain::time::now() {
+        Ok(t)
+    } else {
+        Err(Invalid::new("must be in the future"))
     }
 }
 

@@ -7,3 +7,42 @@ tonic::include_proto!("embrace.serviceaccounts.v1");
 /// The encoded descriptor set of our protos, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/service_accounts_descriptor.bin"));
+
+impl std::fmt::Debug for IntrospectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectRequest")
+            .field("token", &"<redacted>")
+            .field("app_id", &self.app_id)
+            .field("required_scopes", &self.required_scopes)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CreateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &self.token)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_with_token_plaintexts_redact_them_in_debug() {
+        let secret = "emb_sa_SECRETSECRETSECRETSECRETSECRETSECRETSE";
+        let request = IntrospectRequest {
+            token: secret.into(),
+            ..Default::default()
+        };
+        let response = CreateTokenResponse {
+            token: None,
+            secret: secret.into(),
+        };
+        assert!(!format!("{request:?}").contains("SECRET"));
+        assert!(!format!("{response:?}").contains("SECRET"));
+    }
+}

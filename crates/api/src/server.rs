@@ -101,6 +101,11 @@ pub enum ServeError {
     Jwks { path: PathBuf, reason: String },
     #[error(transparent)]
     DevKey(#[from] DevKeyError),
+    #[error(
+        "no admin signing keys: set --admin-jwks with --admin-jwt-issuer and --admin-jwt-audience, \
+         or --admin-trust-dev-key for a development setup"
+    )]
+    NoAdminKeys,
     #[error("gRPC server failed: {0}")]
     Transport(String),
     #[error("TLS configuration: {0}")]
@@ -119,9 +124,13 @@ pub async fn open_database(url: &str, max_connections: u32) -> Result<Database, 
     Ok(db)
 }
 
+/// Builds the admin JWT verifier. The development key is trusted only when asked for
+/// (`trust_dev_key`), or by default for the local embedded setup (SQLite on a loopback address)
+/// when no JWKS is configured: a production deployment never trusts it by accident.
 pub fn authenticator(
     trust: &AdminTrust,
     data_dir: &std::path::Path,
+    local_embedded: bool,
 ) -> Result<AdminAuthenticator, ServeError> {
     let mut auth = AdminAuthenticator::default();
     if let Some(jwks) = &trust.jwks {
@@ -134,7 +143,11 @@ pub fn authenticator(
         auth.trust(&set, &jwks.issuer, &jwks.audience)
             .map_err(|e: KeyConfigError| fail(e.to_string()))?;
     }
-    if trust.jwks.is_none() || trust.trust_dev_key {
+    let use_dev_key = trust.trust_dev_key || (trust.jwks.is_none() && local_embedded);
+    if trust.jwks.is_none() && !use_dev_key {
+        return Err(ServeError::NoAdminKeys);
+    }
+    if use_dev_key {
         let key = DevKey::load_or_create(data_dir)?;
         auth.trust(&key.jwks(), dev_key::ISSUER, dev_key::AUDIENCE)
             .map_err(|e| ServeError::Jwks {
@@ -156,7 +169,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let auth = Arc::new(authenticator(&options.admin_trust, &options.data_dir)?);
+    let local_embedded = options.database_url.starts_with("sqlite:")
+        && listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let auth = Arc::new(authenticator(
+        &options.admin_trust,
+        &options.data_dir,
+        local_embedded,
+    )?);
     // The port opens before the database is reached, reporting NOT_SERVING until storage
     // answers and migrations have run.
     let db = service_accounts_persistence::connect_lazy(
@@ -173,7 +192,7 @@ pub async fn serve(
     let watcher = options
         .database_url
         .starts_with("postgres")
-        .then(|| watch_changes(&options.database_url, cache.clone()));
+        .then(|| watch_changes(&options.database_url, db.clone(), cache.clone()));
     let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
     let admin = AdminApi::new(AdminService::new(db.clone(), cache.clone()), auth);
     let metrics = ServiceMetrics::new();
@@ -362,9 +381,13 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 
 /// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,
 /// and while the subscription is down the cache is not trusted at all.
-fn watch_changes(database_url: &str, cache: Arc<GrantCache>) -> tokio::task::JoinHandle<()> {
+fn watch_changes(
+    database_url: &str,
+    db: Database,
+    cache: Arc<GrantCache>,
+) -> tokio::task::JoinHandle<()> {
     cache.distrust();
-    changes::watch(database_url, move |change| match change {
+    changes::watch(database_url, db, move |change| match change {
         Change::Subscribed => {
             tracing::info!("subscribed to change notifications; introspection cache enabled");
             cache.trust();

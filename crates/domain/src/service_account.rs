@@ -56,6 +56,13 @@ impl Description {
                 "must be at most {MAX_DESCRIPTION_CHARS} characters, got {chars}"
             )));
         }
+        if s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(Invalid::new(
+                "must not contain control characters other than line breaks and tabs",
+            ));
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -76,8 +83,10 @@ impl AppId {
         if ok {
             Ok(Self(s.to_owned()))
         } else {
+            // The value is not echoed: a caller that put a secret in the wrong field would get
+            // it back in an error message, which callers log.
             Err(Invalid::new(format!(
-                "app id {s:?} must be 1-{MAX_APP_ID_CHARS} characters of [A-Za-z0-9_-]"
+                "an app id must be 1-{MAX_APP_ID_CHARS} characters of [A-Za-z0-9_-]"
             )))
         }
     }
@@ -156,6 +165,8 @@ mod tests {
         assert!(Description::parse("").is_ok());
         assert!(Description::parse(&"x".repeat(1024)).is_ok());
         assert!(Description::parse(&"x".repeat(1025)).is_err());
+        assert!(Description::parse("two\nlines\tand a tab").is_ok());
+        assert!(Description::parse("nul\0byte").is_err());
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! `pg_notify(CHANNEL, account_id)`; PostgreSQL delivers it to every listener when, and only if,
 //! the transaction commits. SQLite is single-node and has no such channel.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement};
 use service_accounts_domain::ids::ServiceAccountId;
 use tokio::task::JoinHandle;
+
+use crate::Database;
 
 pub const CHANNEL: &str = "service_accounts_changes";
 /// The listener's `application_name`, so operators (and tests) can find its backend.
@@ -43,38 +45,33 @@ pub(crate) async fn notify(
     Ok(())
 }
 
+/// How often each replica sends itself a heartbeat through PostgreSQL.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// A subscription whose own heartbeat has not come back for this long is treated as lost: a
+/// half-open connection (or a pooler that swallows notifications) never errors by itself.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+const HEARTBEAT_PREFIX: &str = "heartbeat:";
+
 /// Listens on `database_url` (PostgreSQL) and calls `on_change` for every change, reconnecting
-/// forever with backoff. Runs until the task is aborted.
-pub fn watch(database_url: &str, on_change: impl Fn(Change) + Send + 'static) -> JoinHandle<()> {
+/// forever with backoff. Liveness is proven end to end: every [`HEARTBEAT_INTERVAL`] the
+/// replica notifies itself through `db` (its ordinary pool), and a subscription that has not
+/// delivered that heartbeat within [`HEARTBEAT_TIMEOUT`] is reported [`Change::Lost`].
+/// Runs until the task is aborted.
+pub fn watch(
+    database_url: &str,
+    db: Database,
+    on_change: impl Fn(Change) + Send + Sync + 'static,
+) -> JoinHandle<()> {
     let url = with_application_name(database_url);
+    let me = format!("{HEARTBEAT_PREFIX}{}", uuid::Uuid::now_v7());
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
             match subscribe(&url).await {
-                Ok(mut listener) => {
+                Ok(listener) => {
                     backoff = Duration::from_millis(50);
                     on_change(Change::Subscribed);
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(notification)) => {
-                                match ServiceAccountId::parse(notification.payload()) {
-                                    Ok(account) => on_change(Change::Account(account)),
-                                    Err(_) => tracing::warn!(
-                                        payload = notification.payload(),
-                                        "ignoring a malformed change notification"
-                                    ),
-                                }
-                            }
-                            Ok(None) => {
-                                tracing::warn!("change listener connection lost; reconnecting");
-                                break;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "change listener failed; reconnecting");
-                                break;
-                            }
-                        }
-                    }
+                    follow(listener, &db, &me, &on_change).await;
                     on_change(Change::Lost);
                 }
                 Err(error) => {
@@ -85,6 +82,65 @@ pub fn watch(database_url: &str, on_change: impl Fn(Change) + Send + 'static) ->
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     })
+}
+
+/// Delivers notifications until the subscription fails or its heartbeat stops coming back.
+async fn follow(
+    listener: PgListener,
+    db: &Database,
+    me: &str,
+    on_change: &(impl Fn(Change) + Sync),
+) {
+    // The listener lives in its own task, so that waiting on it is never cancelled half-way.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut listener = listener;
+        loop {
+            let message = listener.try_recv().await;
+            let end = !matches!(message, Ok(Some(_)));
+            if sender.send(message).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            message = received.recv() => match message {
+                Some(Ok(Some(notification))) => {
+                    let payload = notification.payload();
+                    if payload == me {
+                        last_heard = Instant::now();
+                    } else if payload.starts_with(HEARTBEAT_PREFIX) {
+                        // Another replica's heartbeat.
+                    } else if let Ok(account) = ServiceAccountId::parse(payload) {
+                        on_change(Change::Account(account));
+                    } else {
+                        tracing::warn!("ignoring a malformed change notification");
+                    }
+                }
+                Some(Ok(None)) | None => {
+                    tracing::warn!("change listener connection lost; reconnecting");
+                    break;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "change listener failed; reconnecting");
+                    break;
+                }
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > HEARTBEAT_TIMEOUT {
+                    tracing::warn!(silent_for = ?last_heard.elapsed(), "change notifications stopped arriving; reconnecting");
+                    break;
+                }
+                // A failure here shows up as a missing heartbeat; no need to act on it twice.
+                let _ = tokio::time::timeout(HEARTBEAT_INTERVAL, db.notify_raw(me)).await;
+            }
+        }
+    }
+    reader.abort();
 }
 
 async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {

@@ -6,7 +6,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use service_accounts_domain::StoreError;
@@ -99,6 +99,19 @@ impl Database {
         Migrator::up(&txn, None).await.map_err(store_error)?;
         txn.commit().await.map_err(store_error)?;
         Ok(pending)
+    }
+
+    /// Sends `payload` on the change channel outside any transaction (heartbeats).
+    pub(crate) async fn notify_raw(&self, payload: &str) -> Result<(), StoreError> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [crate::changes::CHANNEL.into(), payload.into()],
+            ))
+            .await
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// Pooled connections: (open, idle).
@@ -407,7 +420,7 @@ impl AdminStore for Database {
         if !account_exists {
             return Ok(false);
         }
-        token::Entity::insert(token::ActiveModel {
+        let inserted = token::Entity::insert(token::ActiveModel {
             id: Set(token.id.to_string()),
             service_account_id: Set(token.service_account_id.to_string()),
             org_id: Set(org.to_string()),
@@ -423,8 +436,20 @@ impl AdminStore for Database {
             last_used_at: Set(None),
         })
         .exec_without_returning(&txn)
-        .await
-        .map_err(store_error)?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // The account was deleted concurrently (the check above does not lock its row).
+            Err(error)
+                if matches!(
+                    error.sql_err(),
+                    Some(SqlErr::ForeignKeyConstraintViolation(_))
+                ) =>
+            {
+                return Ok(false);
+            }
+            Err(error) => return Err(store_error(error)),
+        }
         insert_event(&txn, event).await.map_err(store_error)?;
         commit_audited(txn, event).await?;
         Ok(true)
@@ -533,7 +558,12 @@ impl TokenStore for Database {
             grant_query(backend),
             [hash.as_bytes().to_vec().into()],
         );
-        let Some(row) = self.db.query_one_raw(statement).await.map_err(store_error)? else {
+        let Some(row) = self
+            .db
+            .query_one_raw(statement)
+            .await
+            .map_err(store_error)?
+        else {
             return Ok(None);
         };
         let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
