@@ -52,17 +52,7 @@ async fn no_introspection_after_a_revoke_returns_reports_active(backend: Backend
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    app.admin()
-        .await
-        .revoke_token(authed(
-            pb::RevokeTokenRequest {
-                service_account_id: id,
-                token_id: token.token_id,
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap();
+    revoke(&app, &jwt, &id, &token.token_id).await;
     let revoked_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -145,17 +135,7 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
-    a.admin()
-        .await
-        .revoke_token(authed(
-            pb::RevokeTokenRequest {
-                service_account_id: id.clone(),
-                token_id: token.token_id,
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap();
+    revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
     eprintln!("revocation reached the other replica in {took:?}");
     assert_eq!(
@@ -223,17 +203,7 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
         .unwrap();
     assert_eq!(killed.len(), 2, "one listener per replica");
 
-    a.admin()
-        .await
-        .revoke_token(authed(
-            pb::RevokeTokenRequest {
-                service_account_id: id,
-                token_id: token.token_id,
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap();
+    revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
     eprintln!("with the listener killed, the revoke was honoured after {took:?}");
     // And it stays revoked once the listener has resubscribed.
@@ -335,17 +305,7 @@ async fn a_silently_dead_listener_is_detected_by_its_heartbeat() {
     // A partition that closes nothing: B's connections stay open but carry no bytes, so no
     // error ever reaches its listener. Only the missing heartbeat can tell.
     proxy.freeze();
-    a.admin()
-        .await
-        .revoke_token(authed(
-            pb::RevokeTokenRequest {
-                service_account_id: id,
-                token_id: token.token_id,
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap();
+    revoke(&a, &jwt, &id, &token.token_id).await;
     let revoked = Instant::now();
 
     // B may answer from its cache until it notices (heartbeat timeout 1 s, checked every

@@ -691,3 +691,21 @@ pub async fn connect_when_serving(port: u16) -> Channel {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Revokes a token through the admin API and returns the revoked token.
+pub async fn revoke(app: &TestApp, jwt: &str, account_id: &str, token_id: &str) -> pb::Token {
+    app.admin()
+        .await
+        .revoke_token(authed(
+            pb::RevokeTokenRequest {
+                service_account_id: account_id.into(),
+                token_id: token_id.into(),
+            },
+            jwt,
+        ))
+        .await
+        .expect("revoke token")
+        .into_inner()
+        .token
+        .expect("token")
+}

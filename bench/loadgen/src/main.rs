@@ -40,6 +40,11 @@ enum Command {
     GrpcBody(GrpcBodyArgs),
     /// Create a service account and tokens through the admin API; print the account id.
     Seed(SeedArgs),
+    /// Wait until the server's health says SERVING (migrations done, storage answering).
+    Ready {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+    },
     /// Print the resident set size of a process, in KiB.
     Rss {
         #[arg(long)]
@@ -173,6 +178,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Propagation(args) => propagation(args).await,
         Command::GrpcBody(args) => grpc_body(args),
         Command::Seed(args) => seed(args).await,
+        Command::Ready { target } => {
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+            for _ in 0..600 {
+                if let Ok(channel) = Channel::from_shared(target.clone())?.connect().await
+                    && let Ok(response) = HealthClient::new(channel)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                    && response.into_inner().status() == serving
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err("the server did not become ready within a minute".into())
+        }
         Command::Rss { pid } => {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
             let line = status
