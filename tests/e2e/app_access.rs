@@ -19,7 +19,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     let check = |app_id: &'static str| {
         let app = &app;
         let secret = secret.clone();
-        async move { introspect(app, &secret, app_id, &[]).await }
+        async move { introspect(app, &secret, "org-a", app_id, &[]).await }
     };
     assert!(check("app-1").await.allowed);
     let denied = check("app-2").await;

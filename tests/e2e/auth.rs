@@ -413,7 +413,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
     assert!(audit_actions(&app, &jwt_b).await.is_empty());
 
     // Org A's account and token are untouched.
-    let checked = introspect(&app, &secret, "app-1", &[]).await;
+    let checked = introspect(&app, &secret, "org-a", "app-1", &[]).await;
     assert!(checked.allowed);
     assert_eq!(checked.service_account_display_name, "A's bot");
     assert_eq!(

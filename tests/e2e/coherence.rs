@@ -86,7 +86,7 @@ async fn no_introspection_after_a_revoke_returns_reports_active(backend: Backend
 async fn converge(replica: &TestApp, secret: &str) -> Duration {
     let started = Instant::now();
     loop {
-        let result = introspect(replica, secret, "", &[]).await;
+        let result = introspect(replica, secret, "", "", &[]).await;
         if !result.active {
             return started.elapsed();
         }
@@ -127,7 +127,7 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
         .await
         .unwrap();
     let started = Instant::now();
-    while introspect(&b, &secret, "app-1", &[]).await.allowed {
+    while introspect(&b, &secret, "org-a", "app-1", &[]).await.allowed {
         assert!(
             started.elapsed() < CONVERGENCE_BOUND,
             "B kept the old grant"
@@ -139,7 +139,7 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
     let took = converge(&b, &secret).await;
     eprintln!("revocation reached the other replica in {took:?}");
     assert_eq!(
-        introspect(&b, &secret, "", &[]).await.inactive_reason(),
+        introspect(&b, &secret, "", "", &[]).await.inactive_reason(),
         pb::InactiveReason::Revoked
     );
 
@@ -161,8 +161,8 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
 /// change subscription is live).
 async fn wait_for_cache(app: &TestApp, secret: &str) {
     for _ in 0..200 {
-        if introspect(app, secret, "", &[]).await.active
-            && introspect(app, secret, "", &[]).await.active
+        if introspect(app, secret, "", "", &[]).await.active
+            && introspect(app, secret, "", "", &[]).await.active
         {
             return;
         }
@@ -209,7 +209,7 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
     // And it stays revoked once the listener has resubscribed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..20 {
-        assert!(!introspect(&b, &secret, "", &[]).await.active);
+        assert!(!introspect(&b, &secret, "", "", &[]).await.active);
     }
     admin.close().await.ok();
 }

@@ -453,9 +453,11 @@ pub async fn create_token(
     (response.token.expect("token"), response.secret)
 }
 
+/// Introspects `token`, checking `org_id`, `app_id` and `scopes` where non-empty.
 pub async fn introspect(
     app: &TestApp,
     token: &str,
+    org_id: &str,
     app_id: &str,
     scopes: &[&str],
 ) -> pb::IntrospectResponse {
@@ -463,6 +465,7 @@ pub async fn introspect(
         .await
         .introspect(pb::IntrospectRequest {
             token: token.into(),
+            org_id: org_id.into(),
             app_id: app_id.into(),
             required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
         })

@@ -2,6 +2,7 @@ use service_accounts_api::pb;
 use tonic::Code;
 
 use crate::helpers::*;
+use crate::on_both_backends;
 
 fn random_well_formed_token() -> String {
     // Built like a real token, checksum included, but never issued.
@@ -21,7 +22,7 @@ fn random_well_formed_token() -> String {
 async fn malformed_and_unknown_tokens_are_inactive_without_details() {
     let app = spawn(Backend::Sqlite).await.unwrap();
     for malformed in ["", "Bearer x", "emb_sa_short", &"emb_sa_".repeat(8)[..50]] {
-        let result = introspect(&app, malformed, "", &[]).await;
+        let result = introspect(&app, malformed, "", "", &[]).await;
         assert!(!result.active && !result.allowed, "{malformed:?}");
         assert_eq!(
             result.inactive_reason(),
@@ -31,7 +32,7 @@ async fn malformed_and_unknown_tokens_are_inactive_without_details() {
     }
     let unknown = random_well_formed_token();
     assert_eq!(unknown.len(), 50);
-    let result = introspect(&app, &unknown, "app-1", &["mcp:read"]).await;
+    let result = introspect(&app, &unknown, "org-a", "app-1", &["mcp:read"]).await;
     assert!(!result.active);
     assert_eq!(result.inactive_reason(), pb::InactiveReason::Unknown);
     assert_eq!(result.denial_reason(), pb::DenialReason::TokenInactive);
@@ -42,6 +43,7 @@ async fn malformed_and_unknown_tokens_are_inactive_without_details() {
             inactive_reason: pb::InactiveReason::Unknown as i32,
             allowed: false,
             denial_reason: pb::DenialReason::TokenInactive as i32,
+            denial_reasons: vec![pb::DenialReason::TokenInactive as i32],
             ..Default::default()
         }
     );
@@ -50,7 +52,7 @@ async fn malformed_and_unknown_tokens_are_inactive_without_details() {
     typo[10] = if typo[10] == b'B' { b'C' } else { b'B' };
     let typo = String::from_utf8(typo).unwrap();
     assert_eq!(
-        introspect(&app, &typo, "", &[]).await.inactive_reason(),
+        introspect(&app, &typo, "", "", &[]).await.inactive_reason(),
         pb::InactiveReason::Malformed
     );
 }
@@ -59,18 +61,30 @@ async fn malformed_and_unknown_tokens_are_inactive_without_details() {
 async fn bad_checks_are_invalid_arguments() {
     let app = spawn(Backend::Sqlite).await.unwrap();
     let mut client = app.introspection().await;
-    let request = |app_id: &str, scopes: &[&str]| pb::IntrospectRequest {
+    let request = |org_id: &str, app_id: &str, scopes: &[&str]| pb::IntrospectRequest {
         token: random_well_formed_token(),
+        org_id: org_id.into(),
         app_id: app_id.into(),
         required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
     };
     assert_invalid(
-        client.introspect(request("bad app", &[])).await,
+        client.introspect(request("org-a", "bad app", &[])).await,
         &["app_id"],
     );
     assert_invalid(
-        client.introspect(request("", &["mcp:read", "nope"])).await,
+        client
+            .introspect(request("", "", &["mcp:read", "nope"]))
+            .await,
         &["required_scopes[1]"],
+    );
+    // An app id means something only within its org: the caller must say which.
+    assert_invalid(
+        client.introspect(request("", "app-1", &[])).await,
+        &["org_id"],
+    );
+    assert_invalid(
+        client.introspect(request("bad org", "app-1", &[])).await,
+        &["org_id"],
     );
     let huge = client
         .introspect(pb::IntrospectRequest {
@@ -90,7 +104,7 @@ async fn storage_failure_fails_closed() {
         .await
         .service_account_id;
     let (_, secret) = create_token(&app, &jwt, &id, &["mcp:tools:call"]).await;
-    assert!(introspect(&app, &secret, "", &[]).await.active);
+    assert!(introspect(&app, &secret, "", "", &[]).await.active);
     app.stop().await.unwrap();
 
     // Restart on a database whose tokens table is gone: every lookup fails.
@@ -112,7 +126,82 @@ async fn storage_failure_fails_closed() {
     assert_code(result, Code::Unavailable);
     // Malformed tokens never touch storage, so they are still answered.
     assert_eq!(
-        introspect(&app, "nope", "", &[]).await.inactive_reason(),
+        introspect(&app, "nope", "", "", &[])
+            .await
+            .inactive_reason(),
         pb::InactiveReason::Malformed
+    );
+}
+
+on_both_backends!(every_decision_is_bound_to_the_callers_org);
+
+/// An all-apps account of one org must not be allowed an app of another org.
+async fn every_decision_is_bound_to_the_callers_org(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("org-a");
+    let everything = create_account(&app, &jwt, "Everything", None).await;
+    let (token, secret) = create_token(
+        &app,
+        &jwt,
+        &everything.service_account_id,
+        &["mcp:tools:call"],
+    )
+    .await;
+
+    let own = introspect(&app, &secret, "org-a", "checkout-ios", &["mcp:tools:call"]).await;
+    assert!(own.active && own.allowed, "{own:?}");
+    assert!(own.denial_reasons.is_empty());
+
+    let foreign = introspect(&app, &secret, "org-b", "checkout-ios", &[]).await;
+    assert!(foreign.active && !foreign.allowed, "{foreign:?}");
+    assert_eq!(foreign.denial_reason(), pb::DenialReason::OrgMismatch);
+    // Still an active token: the identity is reported as for any active token.
+    assert_eq!(foreign.org_id, "org-a");
+    assert_eq!(foreign.service_account_id, everything.service_account_id);
+    assert_eq!(foreign.token_id, token.token_id);
+    assert!(foreign.app_access.unwrap().all_apps);
+
+    // The org alone is a check as well.
+    let org_only = introspect(&app, &secret, "org-b", "", &[]).await;
+    assert!(org_only.active && !org_only.allowed);
+    assert_eq!(org_only.denial_reason(), pb::DenialReason::OrgMismatch);
+
+    // Every failed check is computed; the first in the order org, app, scopes is the headline,
+    // and missing scopes are always listed.
+    let all_wrong = introspect(&app, &secret, "org-b", "checkout-ios", &["mcp:write"]).await;
+    assert_eq!(all_wrong.denial_reason(), pb::DenialReason::OrgMismatch);
+    assert_eq!(
+        all_wrong.denial_reasons,
+        [
+            pb::DenialReason::OrgMismatch as i32,
+            pb::DenialReason::AppNotGranted as i32,
+            pb::DenialReason::ScopeMissing as i32,
+        ]
+    );
+    assert_eq!(all_wrong.missing_scopes, ["mcp:write"]);
+
+    let explicit = create_account(&app, &jwt, "Explicit", Some(&["checkout-ios"])).await;
+    let (_, explicit_secret) = create_token(
+        &app,
+        &jwt,
+        &explicit.service_account_id,
+        &["mcp:tools:call"],
+    )
+    .await;
+    assert!(
+        introspect(&app, &explicit_secret, "org-a", "checkout-ios", &[])
+            .await
+            .allowed
+    );
+    // The same app id string in another org is another app.
+    let elsewhere = introspect(&app, &explicit_secret, "org-b", "checkout-ios", &[]).await;
+    assert_eq!(
+        elsewhere.denial_reasons,
+        [
+            pb::DenialReason::OrgMismatch as i32,
+            pb::DenialReason::AppNotGranted as i32,
+        ]
     );
 }

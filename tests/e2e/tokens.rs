@@ -34,16 +34,16 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     assert_eq!(old.created_by, "admin-of-org-a");
 
     // Both tokens work at once (rotation without downtime).
-    let active = introspect(&app, &old_secret, "", &[]).await;
+    let active = introspect(&app, &old_secret, "", "", &[]).await;
     assert!(active.active && active.allowed);
     assert_eq!(active.org_id, "org-a");
     assert_eq!(active.service_account_id, id);
     assert_eq!(active.service_account_display_name, "CI Pipeline");
     assert_eq!(active.token_id, old.token_id);
     assert_eq!(active.scopes, ["mcp:read", "mcp:tools:call"]);
-    assert!(introspect(&app, &new_secret, "", &[]).await.active);
+    assert!(introspect(&app, &new_secret, "", "", &[]).await.active);
 
-    let missing = introspect(&app, &new_secret, "", &["mcp:read", "mcp:tools:call"]).await;
+    let missing = introspect(&app, &new_secret, "", "", &["mcp:read", "mcp:tools:call"]).await;
     assert!(missing.active && !missing.allowed);
     assert_eq!(missing.denial_reason(), pb::DenialReason::ScopeMissing);
     assert_eq!(missing.missing_scopes, ["mcp:read"]);
@@ -79,14 +79,14 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
         .unwrap();
     assert!(revoked.revoke_time.is_some());
     assert_eq!(revoked.revoked_by, "admin-of-org-a");
-    let after = introspect(&app, &old_secret, "", &[]).await;
+    let after = introspect(&app, &old_secret, "", "", &[]).await;
     assert!(!after.active && !after.allowed);
     assert_eq!(after.inactive_reason(), pb::InactiveReason::Revoked);
     assert_eq!(after.denial_reason(), pb::DenialReason::TokenInactive);
     assert!(
         after.service_account_id.is_empty() && after.org_id.is_empty() && after.scopes.is_empty()
     );
-    assert!(introspect(&app, &new_secret, "", &[]).await.active);
+    assert!(introspect(&app, &new_secret, "", "", &[]).await.active);
 
     // Operators see the revocation as an audit log line, and the revoked token's later use.
     let logs = captured_logs();
@@ -282,7 +282,7 @@ async fn deleting_an_account_kills_its_tokens(backend: Backend) {
         .service_account_id;
     let (_, first) = create_token(&app, &jwt, &id, &["mcp:tools:call"]).await;
     let (_, second) = create_token(&app, &jwt, &id, &["mcp:tools:call"]).await;
-    assert!(introspect(&app, &first, "", &[]).await.active);
+    assert!(introspect(&app, &first, "", "", &[]).await.active);
     app.admin()
         .await
         .delete_service_account(authed(
@@ -294,7 +294,7 @@ async fn deleting_an_account_kills_its_tokens(backend: Backend) {
         .await
         .unwrap();
     for secret in [first, second] {
-        let result = introspect(&app, &secret, "", &[]).await;
+        let result = introspect(&app, &secret, "", "", &[]).await;
         assert!(!result.active);
         assert_eq!(result.inactive_reason(), pb::InactiveReason::Unknown);
     }
@@ -339,7 +339,7 @@ async fn expired_tokens_are_inactive(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let before = introspect(&app, &response.secret, "", &[]).await;
+    let before = introspect(&app, &response.secret, "", "", &[]).await;
     assert!(before.active);
     let reported = before.expire_time.unwrap();
     assert_eq!(reported.seconds, expire.timestamp());
@@ -348,7 +348,7 @@ async fn expired_tokens_are_inactive(backend: Backend) {
         (expire.timestamp_subsec_nanos() / 1000) as i32
     );
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    let after = introspect(&app, &response.secret, "", &[]).await;
+    let after = introspect(&app, &response.secret, "", "", &[]).await;
     assert!(!after.active);
     assert_eq!(after.inactive_reason(), pb::InactiveReason::Expired);
 }
@@ -367,7 +367,7 @@ async fn last_used_is_recorded_and_flushed_on_shutdown(backend: Backend) {
     assert!(token.last_used_time.is_none());
 
     let before = chrono::Utc::now().timestamp();
-    introspect(&app, &secret, "", &[]).await;
+    introspect(&app, &secret, "", "", &[]).await;
     let mut seen = None;
     for _ in 0..50 {
         seen = last_used(&app, &jwt, &id).await;
@@ -385,7 +385,7 @@ async fn last_used_is_recorded_and_flushed_on_shutdown(backend: Backend) {
     app.start().await;
     // Let the first (immediate) interval tick pass before producing something to flush.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    introspect(&app, &secret, "", &[]).await;
+    introspect(&app, &secret, "", "", &[]).await;
     app.stop().await.unwrap();
     app.start().await;
     let flushed = last_used(&app, &jwt, &id).await.unwrap();
@@ -406,11 +406,11 @@ async fn no_secret_reaches_storage_or_logs(backend: Backend) {
     let mut secrets = Vec::new();
     for _ in 0..3 {
         let (token, secret) = create_token(&app, &jwt, &id, &["mcp:tools:call"]).await;
-        introspect(&app, &secret, "", &[]).await;
+        introspect(&app, &secret, "", "", &[]).await;
         secrets.push((token, secret));
     }
     // Exercise the error paths with secrets in them too.
-    introspect(&app, &format!("{}x", secrets[0].1), "", &[]).await;
+    introspect(&app, &format!("{}x", secrets[0].1), "", "", &[]).await;
     let mut admin = app.admin().await;
     let _ = admin
         .revoke_token(authed(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use service_accounts_domain::Error;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::introspection::{
-    Checks, Denial, InactiveReason, Introspection, Introspector, TokenGrant,
+    Checks, Denial, Denials, InactiveReason, Introspection, Introspector, TokenGrant,
 };
 use service_accounts_domain::store::TokenStore;
 use tonic::{Request, Response, Status};
@@ -76,7 +76,8 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
             ));
         }
         let req = request.into_inner();
-        let checks = Checks::parse(&req.app_id, &req.required_scopes).map_err(status)?;
+        let checks =
+            Checks::parse(&req.org_id, &req.app_id, &req.required_scopes).map_err(status)?;
         let result = self
             .introspector
             .introspect(&req.token, &checks)
@@ -117,18 +118,18 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
                 inactive_reason: inactive_reason(reason) as i32,
                 allowed: false,
                 denial_reason: pb::DenialReason::TokenInactive as i32,
+                denial_reasons: vec![pb::DenialReason::TokenInactive as i32],
                 ..Default::default()
             }
         }
-        Introspection::Active { grant, denial } => {
-            let (denial_reason, missing_scopes) = match denial {
-                None => (pb::DenialReason::Unspecified, Vec::new()),
-                Some(Denial::AppNotGranted) => (pb::DenialReason::AppNotGranted, Vec::new()),
-                Some(Denial::ScopesMissing(missing)) => (
-                    pb::DenialReason::ScopeMissing,
-                    missing.iter().map(|s| s.as_str().to_owned()).collect(),
-                ),
-            };
+        Introspection::Active { grant, denials } => {
+            let Denials {
+                reasons,
+                missing_scopes,
+            } = denials;
+            let first = reasons
+                .first()
+                .map_or(pb::DenialReason::Unspecified, |first| denial_reason(*first));
             pb::IntrospectResponse {
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified as i32,
@@ -139,11 +140,23 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
                 scopes: grant.scopes.names().map(str::to_owned).collect(),
                 app_access: Some(convert::app_access(&grant.app_access)),
                 expire_time: grant.expire_time.map(convert::timestamp),
-                allowed: denial_reason == pb::DenialReason::Unspecified,
-                denial_reason: denial_reason as i32,
-                missing_scopes,
+                allowed: reasons.is_empty(),
+                denial_reason: first as i32,
+                missing_scopes: missing_scopes
+                    .iter()
+                    .map(|s| s.as_str().to_owned())
+                    .collect(),
+                denial_reasons: reasons.iter().map(|r| denial_reason(*r) as i32).collect(),
             }
         }
+    }
+}
+
+fn denial_reason(denial: Denial) -> pb::DenialReason {
+    match denial {
+        Denial::OrgMismatch => pb::DenialReason::OrgMismatch,
+        Denial::AppNotGranted => pb::DenialReason::AppNotGranted,
+        Denial::ScopeMissing => pb::DenialReason::ScopeMissing,
     }
 }
 

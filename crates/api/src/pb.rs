@@ -12,6 +12,7 @@ impl std::fmt::Debug for IntrospectRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntrospectRequest")
             .field("token", &"<redacted>")
+            .field("org_id", &self.org_id)
             .field("app_id", &self.app_id)
             .field("required_scopes", &self.required_scopes)
             .finish()

@@ -30,14 +30,28 @@ pub struct TokenGrant {
 /// The optional checks a caller asks for along with introspection.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checks {
+    /// The org the caller acts in. App ids mean something only within an org, so an app check
+    /// always comes with one.
+    pub org_id: Option<OrgId>,
     pub app_id: Option<AppId>,
     pub required_scopes: Vec<Scope>,
 }
 
 impl Checks {
-    /// An empty `app_id` means "no app check". Unknown scopes are a caller bug, not a denial.
-    pub fn parse(app_id: &str, required_scopes: &[String]) -> Result<Self, Error> {
+    /// Empty strings mean "no such check". Unknown scopes are a caller bug, not a denial.
+    pub fn parse(org_id: &str, app_id: &str, required_scopes: &[String]) -> Result<Self, Error> {
         let mut violations = Violations::new();
+        let org_id = if org_id.is_empty() {
+            if !app_id.is_empty() {
+                violations.add(
+                    "org_id",
+                    "required when app_id is set: the org that owns the app",
+                );
+            }
+            None
+        } else {
+            violations.check("org_id", OrgId::parse(org_id))
+        };
         let app_id = if app_id.is_empty() {
             None
         } else {
@@ -52,6 +66,7 @@ impl Checks {
             .collect();
         violations.finish()?;
         Ok(Self {
+            org_id,
             app_id,
             required_scopes,
         })
@@ -66,10 +81,31 @@ pub enum InactiveReason {
     Expired,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A failed check, listed in the order the API reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Denial {
+    OrgMismatch,
     AppNotGranted,
-    ScopesMissing(Vec<Scope>),
+    ScopeMissing,
+}
+
+/// Every check an active token failed. Empty means allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Denials {
+    /// In report order; the first is the headline reason.
+    pub reasons: Vec<Denial>,
+    /// Filled whenever scopes are missing, whatever else failed.
+    pub missing_scopes: Vec<Scope>,
+}
+
+impl Denials {
+    pub fn allowed(&self) -> bool {
+        self.reasons.is_empty()
+    }
+
+    pub fn first(&self) -> Option<Denial> {
+        self.reasons.first().copied()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,12 +120,15 @@ pub enum Introspection {
     Active {
         /// Shared, so a cache can hand out the same grant without copying it.
         grant: Arc<TokenGrant>,
-        /// `None` when every requested check passed.
-        denial: Option<Denial>,
+        denials: Denials,
     },
 }
 
 /// Decides what a stored grant means at `now` for `checks`. Pure, so it is tested directly.
+///
+/// Every check is evaluated, not just the first failing one, so that callers can log all of
+/// them. An app is granted only within the account's own org: "all apps" means all apps *of
+/// that org*, and an app id of another org never matches an explicit grant.
 pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Introspection {
     if grant.revoke_time.is_some() {
         return Introspection::Dead {
@@ -103,18 +142,29 @@ pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Intr
             grant,
         };
     }
-    let missing: Vec<Scope> = checks
+    let mut denials = Denials::default();
+    let org_matches = checks
+        .org_id
+        .as_ref()
+        .is_none_or(|org| *org == grant.org_id);
+    if !org_matches {
+        denials.reasons.push(Denial::OrgMismatch);
+    }
+    if let Some(app) = &checks.app_id
+        && !(org_matches && grant.app_access.allows(app))
+    {
+        denials.reasons.push(Denial::AppNotGranted);
+    }
+    denials.missing_scopes = checks
         .required_scopes
         .iter()
         .copied()
         .filter(|scope| !grant.scopes.contains(*scope))
         .collect();
-    let denial = match &checks.app_id {
-        Some(app) if !grant.app_access.allows(app) => Some(Denial::AppNotGranted),
-        _ if !missing.is_empty() => Some(Denial::ScopesMissing(missing)),
-        _ => None,
-    };
-    Introspection::Active { grant, denial }
+    if !denials.missing_scopes.is_empty() {
+        denials.reasons.push(Denial::ScopeMissing);
+    }
+    Introspection::Active { grant, denials }
 }
 
 /// The introspection use case: cache first, storage on a miss.
@@ -211,18 +261,26 @@ mod tests {
         })
     }
 
-    fn checks(app: &str, scopes: &[&str]) -> Checks {
+    fn checks(org: &str, app: &str, scopes: &[&str]) -> Checks {
         Checks::parse(
+            org,
             app,
             &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )
         .unwrap()
     }
 
+    fn denials(result: Introspection) -> Denials {
+        match result {
+            Introspection::Active { denials, .. } => denials,
+            other => panic!("expected active, got {other:?}"),
+        }
+    }
+
     #[test]
     fn active_and_allowed_when_every_check_passes() {
-        let result = evaluate(grant(), &checks("app1", &["mcp:read"]), time::now());
-        assert!(matches!(result, Introspection::Active { denial: None, .. }));
+        let result = evaluate(grant(), &checks("org", "app1", &["mcp:read"]), time::now());
+        assert!(denials(result).allowed());
     }
 
     #[test]
@@ -262,34 +320,72 @@ mod tests {
     #[test]
     fn denials_name_the_failed_check() {
         let now = time::now();
-        assert!(matches!(
-            evaluate(grant(), &checks("other", &[]), now),
-            Introspection::Active {
-                denial: Some(Denial::AppNotGranted),
-                ..
-            }
+        let result = denials(evaluate(grant(), &checks("org", "other", &[]), now));
+        assert_eq!(result.reasons, [Denial::AppNotGranted]);
+        let result = denials(evaluate(
+            grant(),
+            &checks("org", "app1", &["mcp:write", "mcp:read"]),
+            now,
         ));
-        let Introspection::Active { denial, .. } =
-            evaluate(grant(), &checks("app1", &["mcp:write", "mcp:read"]), now)
-        else {
-            panic!("expected active");
-        };
+        assert_eq!(result.reasons, [Denial::ScopeMissing]);
+        assert_eq!(result.missing_scopes, [Scope::parse("mcp:write").unwrap()]);
+    }
+
+    #[test]
+    fn another_orgs_app_is_never_granted_even_to_an_all_apps_account() {
+        let mut g = grant();
+        Arc::make_mut(&mut g).app_access = AppAccess::AllApps;
+        let now = time::now();
+        assert!(denials(evaluate(g.clone(), &checks("org", "any-app", &[]), now)).allowed());
+        let result = denials(evaluate(
+            g.clone(),
+            &checks("other-org", "any-app", &[]),
+            now,
+        ));
+        assert_eq!(result.reasons, [Denial::OrgMismatch, Denial::AppNotGranted]);
+        // The org alone is a check too.
+        let result = denials(evaluate(g, &checks("other-org", "", &[]), now));
+        assert_eq!(result.reasons, [Denial::OrgMismatch]);
+    }
+
+    #[test]
+    fn every_failed_check_is_reported_in_order_with_missing_scopes() {
+        let result = denials(evaluate(
+            grant(),
+            &checks("other-org", "app1", &["mcp:write", "mcp:tools:call"]),
+            time::now(),
+        ));
         assert_eq!(
-            denial,
-            Some(Denial::ScopesMissing(vec![
-                Scope::parse("mcp:write").unwrap()
-            ]))
+            result.reasons,
+            [
+                Denial::OrgMismatch,
+                Denial::AppNotGranted,
+                Denial::ScopeMissing
+            ]
         );
+        assert_eq!(result.first(), Some(Denial::OrgMismatch));
+        assert_eq!(result.missing_scopes, [Scope::parse("mcp:write").unwrap()]);
     }
 
     #[test]
     fn bad_checks_are_invalid_arguments_naming_the_field() {
         let Err(Error::InvalidArgument(violations)) =
-            Checks::parse("bad app", &["mcp:read".into(), "nope".into()])
+            Checks::parse("org", "bad app", &["mcp:read".into(), "nope".into()])
         else {
             panic!("expected invalid argument");
         };
         let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["app_id", "required_scopes[1]"]);
+    }
+
+    #[test]
+    fn an_app_check_without_its_org_is_an_invalid_argument_on_org_id() {
+        let Err(Error::InvalidArgument(violations)) = Checks::parse("", "app1", &[]) else {
+            panic!("expected invalid argument");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["org_id"]);
+        assert!(Checks::parse("org", "", &[]).is_ok());
+        assert!(Checks::parse("", "", &["mcp:read".into()]).is_ok());
     }
 }
