@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use chrono::DateTime;
 use service_accounts_domain::Violations;
-use service_accounts_domain::audit::AuditEvent;
+use service_accounts_domain::audit::AuditRecord;
 use service_accounts_domain::error::Invalid;
 use service_accounts_domain::page::{Listing, PageRequest};
 use service_accounts_domain::scope::{CATALOGUE, Scopes};
@@ -137,7 +137,7 @@ pub fn token(token: &Token) -> pb::Token {
     }
 }
 
-pub fn audit_event(event: &AuditEvent) -> pb::AuditEvent {
+pub fn audit_event(event: &AuditRecord) -> pb::AuditEvent {
     pb::AuditEvent {
         audit_event_id: event.id.to_string(),
         org_id: event.org_id.to_string(),

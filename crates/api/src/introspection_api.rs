@@ -7,9 +7,10 @@ use std::time::Duration;
 use service_accounts_domain::Error;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::introspection::{
-    Checks, Denial, Denials, InactiveReason, Introspection, Introspector, TokenGrant,
+    Checks, Denial, Denials, Ended, Introspection, Introspector, Unrecognised,
 };
 use service_accounts_domain::store::TokenStore;
+use service_accounts_domain::token::TokenRecord;
 use tonic::{Request, Response, Status};
 
 use opentelemetry::KeyValue;
@@ -48,17 +49,17 @@ impl<S: TokenStore> IntrospectionApi<S> {
 
     /// A revoked or expired token still being presented is worth an operator's attention (a
     /// leaked old token?), but at most once a minute per token.
-    fn warn_dead_token(&self, reason: InactiveReason, grant: &TokenGrant) {
-        if self.warned.contains_key(&grant.token_id) {
+    fn warn_ended_token(&self, reason: Ended, token: &TokenRecord) {
+        if self.warned.contains_key(&token.token_id) {
             return;
         }
-        self.warned.insert(grant.token_id, ());
+        self.warned.insert(token.token_id, ());
         tracing::warn!(
             reason = ?reason,
-            org_id = %grant.org_id,
-            service_account_id = %grant.service_account_id,
-            service_account = %grant.service_account_display_name,
-            token_id = %grant.token_id,
+            org_id = %token.org_id,
+            service_account_id = %token.service_account_id,
+            service_account = %token.service_account_display_name,
+            token_id = %token.token_id,
             "a revoked or expired token was presented"
         );
     }
@@ -90,8 +91,8 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
                 }
                 other => status(other),
             })?;
-        if let Introspection::Dead { reason, grant } = &result {
-            self.warn_dead_token(*reason, grant);
+        if let Introspection::Ended { reason, token } = &result {
+            self.warn_ended_token(*reason, token);
         }
         let response = response(result);
         if response.active {
@@ -112,17 +113,15 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
 
 fn response(result: Introspection) -> pb::IntrospectResponse {
     match result {
-        Introspection::Inactive(reason) | Introspection::Dead { reason, .. } => {
-            pb::IntrospectResponse {
-                active: false,
-                inactive_reason: inactive_reason(reason) as i32,
-                allowed: false,
-                denial_reason: pb::DenialReason::TokenInactive as i32,
-                denial_reasons: vec![pb::DenialReason::TokenInactive as i32],
-                ..Default::default()
-            }
-        }
-        Introspection::Active { grant, denials } => {
+        Introspection::Unrecognised(_) | Introspection::Ended { .. } => pb::IntrospectResponse {
+            active: false,
+            inactive_reason: inactive_reason(&result) as i32,
+            allowed: false,
+            denial_reason: pb::DenialReason::TokenInactive as i32,
+            denial_reasons: vec![pb::DenialReason::TokenInactive as i32],
+            ..Default::default()
+        },
+        Introspection::Active { token, denials } => {
             let Denials {
                 reasons,
                 missing_scopes,
@@ -133,13 +132,13 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
             pb::IntrospectResponse {
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified as i32,
-                org_id: grant.org_id.to_string(),
-                service_account_id: grant.service_account_id.to_string(),
-                service_account_display_name: grant.service_account_display_name.clone(),
-                token_id: grant.token_id.to_string(),
-                scopes: grant.scopes.names().map(str::to_owned).collect(),
-                app_access: Some(convert::app_access(&grant.app_access)),
-                expire_time: grant.expire_time.map(convert::timestamp),
+                org_id: token.org_id.to_string(),
+                service_account_id: token.service_account_id.to_string(),
+                service_account_display_name: token.service_account_display_name.clone(),
+                token_id: token.token_id.to_string(),
+                scopes: token.scopes.names().map(str::to_owned).collect(),
+                app_access: Some(convert::app_access(&token.app_access)),
+                expire_time: token.expire_time.map(convert::timestamp),
                 allowed: reasons.is_empty(),
                 denial_reason: first as i32,
                 missing_scopes: missing_scopes
@@ -173,11 +172,18 @@ fn outcome(response: &pb::IntrospectResponse) -> &'static str {
     }
 }
 
-fn inactive_reason(reason: InactiveReason) -> pb::InactiveReason {
-    match reason {
-        InactiveReason::Malformed => pb::InactiveReason::Malformed,
-        InactiveReason::Unknown => pb::InactiveReason::Unknown,
-        InactiveReason::Revoked => pb::InactiveReason::Revoked,
-        InactiveReason::Expired => pb::InactiveReason::Expired,
+fn inactive_reason(result: &Introspection) -> pb::InactiveReason {
+    match result {
+        Introspection::Unrecognised(Unrecognised::Malformed) => pb::InactiveReason::Malformed,
+        Introspection::Unrecognised(Unrecognised::Unknown) => pb::InactiveReason::Unknown,
+        Introspection::Ended {
+            reason: Ended::Revoked,
+            ..
+        } => pb::InactiveReason::Revoked,
+        Introspection::Ended {
+            reason: Ended::Expired,
+            ..
+        } => pb::InactiveReason::Expired,
+        Introspection::Active { .. } => pb::InactiveReason::Unspecified,
     }
 }

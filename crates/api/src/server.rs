@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use opentelemetry::KeyValue;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
-use service_accounts_domain::grant_cache::GrantCache;
+use service_accounts_domain::cache::IntrospectionCache;
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_persistence::Database;
 use service_accounts_persistence::changes::{self, Change};
@@ -185,7 +185,7 @@ pub async fn serve(
     .await
     .map_err(ServeError::Database)?;
 
-    let cache = Arc::new(GrantCache::new(
+    let cache = Arc::new(IntrospectionCache::new(
         options.cache_capacity,
         options.cache_max_age,
     ));
@@ -193,8 +193,10 @@ pub async fn serve(
         .database_url
         .starts_with("postgres")
         .then(|| watch_changes(&options.database_url, db.clone(), cache.clone()));
+    // Every committed change that alters introspection answers reaches this replica's cache.
+    let db = db.publishing_to(cache.clone());
     let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
-    let admin = AdminApi::new(AdminService::new(db.clone(), cache.clone()), auth);
+    let admin = AdminApi::new(AdminService::new(db.clone()), auth);
     let metrics = ServiceMetrics::new();
     let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let introspection =
@@ -384,7 +386,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 fn watch_changes(
     database_url: &str,
     db: Database,
-    cache: Arc<GrantCache>,
+    cache: Arc<IntrospectionCache>,
 ) -> tokio::task::JoinHandle<()> {
     cache.distrust();
     changes::watch(database_url, db, move |change| match change {
@@ -448,7 +450,7 @@ fn record_flush(metrics: &ServiceMetrics, result: Result<usize, ()>) {
 
 /// Cache and pool gauges, sampled at export time. Kept alive for as long as the server runs.
 fn register_gauges(
-    cache: &Arc<GrantCache>,
+    cache: &Arc<IntrospectionCache>,
     db: &Database,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
     let meter = telemetry::meter();

@@ -1,13 +1,11 @@
 //! The admin use cases: what an org admin may do, and the rules that apply.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::audit::{AuditAction, AuditEvent};
+use crate::audit::{AuditAction, AuditEvent, AuditRecord, Target};
 use crate::error::{Conflict, Error, StoreError};
-use crate::grant_cache::GrantCache;
 use crate::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use crate::page::{Listing, Page, PageRequest};
 use crate::scope::Scopes;
@@ -58,19 +56,13 @@ impl Admin {
         &self.org_id
     }
 
-    fn event(
-        &self,
-        action: AuditAction,
-        target_id: String,
-        details: serde_json::Value,
-    ) -> AuditEvent {
+    fn event(&self, action: AuditAction, target: Target, details: serde_json::Value) -> AuditEvent {
         AuditEvent {
             id: AuditEventId::generate(),
             org_id: self.org_id.clone(),
             actor: self.user_id.clone(),
-            action: action.as_str().to_owned(),
-            target_type: action.target_type().to_owned(),
-            target_id,
+            action,
+            target,
             request_id: self.request_id.clone(),
             create_time: time::now(),
             details: details.to_string(),
@@ -104,16 +96,15 @@ pub struct NewToken {
 /// Concurrent edits of one account are retried this many times before giving up with ABORTED.
 const MAX_ATTEMPTS: usize = 5;
 
+/// The admin use cases. Cache coherence is not their concern: the store commits each change
+/// with its audit event and publishes it to every replica's cache (see [`crate::audit`]).
 pub struct AdminService<S> {
     store: S,
-    /// Invalidated after every committed change that can alter an introspection result, before
-    /// the RPC returns, so this replica never serves the old answer.
-    cache: Arc<GrantCache>,
 }
 
 impl<S: AdminStore> AdminService<S> {
-    pub fn new(store: S, cache: Arc<GrantCache>) -> Self {
-        Self { store, cache }
+    pub fn new(store: S) -> Self {
+        Self { store }
     }
 
     pub async fn create_service_account(
@@ -135,7 +126,7 @@ impl<S: AdminStore> AdminService<S> {
         };
         let event = admin.event(
             AuditAction::ServiceAccountCreate,
-            account.id.to_string(),
+            Target::ServiceAccount(account.id),
             json!({
                 "display_name": account.display_name.as_str(),
                 "app_access": app_access_json(&account.app_access),
@@ -205,8 +196,11 @@ impl<S: AdminStore> AdminService<S> {
         admin: &Admin,
         id: ServiceAccountId,
     ) -> Result<(), Error> {
-        let event = admin.event(AuditAction::ServiceAccountDelete, id.to_string(), json!({}));
-        let _invalidate = self.invalidate_on_exit(id);
+        let event = admin.event(
+            AuditAction::ServiceAccountDelete,
+            Target::ServiceAccount(id),
+            json!({}),
+        );
         if self
             .store
             .delete_service_account(&admin.org_id, id, &event)
@@ -289,7 +283,10 @@ impl<S: AdminStore> AdminService<S> {
         };
         let event = admin.event(
             AuditAction::TokenCreate,
-            token.id.to_string(),
+            Target::Token {
+                service_account_id: account_id,
+                token_id: token.id,
+            },
             json!({
                 "service_account_id": account_id.to_string(),
                 "display_name": token.display_name.as_str(),
@@ -335,8 +332,6 @@ impl<S: AdminStore> AdminService<S> {
         token_id: TokenId,
     ) -> Result<Token, Error> {
         let not_found = || Error::NotFound { kind: "token" };
-        // Even when already revoked: a retry after a cancelled call must leave no stale entry.
-        let _invalidate = self.invalidate_on_exit(account_id);
         let token = self
             .store
             .get_token(&admin.org_id, account_id, token_id)
@@ -345,7 +340,10 @@ impl<S: AdminStore> AdminService<S> {
         if token.revoke_time.is_none() {
             let event = admin.event(
                 AuditAction::TokenRevoke,
-                token_id.to_string(),
+                Target::Token {
+                    service_account_id: account_id,
+                    token_id,
+                },
                 json!({ "service_account_id": account_id.to_string() }),
             );
             self.store
@@ -369,7 +367,7 @@ impl<S: AdminStore> AdminService<S> {
         &self,
         admin: &Admin,
         page: PageRequest,
-    ) -> Result<Page<AuditEvent>, Error> {
+    ) -> Result<Page<AuditRecord>, Error> {
         let rows = self
             .store
             .list_audit_events(&admin.org_id, page.after, page.size.get() + 1)
@@ -382,16 +380,6 @@ impl<S: AdminStore> AdminService<S> {
         ))
     }
 
-    /// Invalidates the account's cache entries when the returned guard drops: after the
-    /// change committed, when it failed, and also when the caller gave up (the RPC was
-    /// cancelled) between commit and return. An extra invalidation costs one cache miss.
-    fn invalidate_on_exit(&self, account: ServiceAccountId) -> InvalidateOnDrop<'_> {
-        InvalidateOnDrop {
-            cache: &self.cache,
-            account,
-        }
-    }
-
     /// Read, change, write with optimistic locking, retrying when another writer got there
     /// first. `change` returns the audit details.
     async fn modify(
@@ -401,14 +389,13 @@ impl<S: AdminStore> AdminService<S> {
         action: AuditAction,
         change: impl Fn(&mut ServiceAccount) -> Result<serde_json::Value, Error>,
     ) -> Result<ServiceAccount, Error> {
-        let _invalidate = self.invalidate_on_exit(id);
         for _ in 0..MAX_ATTEMPTS {
             let mut account = self.get_service_account(admin, id).await?;
             let expected_revision = account.revision;
             let details = change(&mut account)?;
             account.revision += 1;
             account.update_time = time::now();
-            let event = admin.event(action, id.to_string(), details);
+            let event = admin.event(action, Target::ServiceAccount(id), details);
             match self
                 .store
                 .update_service_account(&account, expected_revision, &event)
@@ -420,17 +407,6 @@ impl<S: AdminStore> AdminService<S> {
             }
         }
         Err(Error::Aborted)
-    }
-}
-
-struct InvalidateOnDrop<'a> {
-    cache: &'a GrantCache,
-    account: ServiceAccountId,
-}
-
-impl Drop for InvalidateOnDrop<'_> {
-    fn drop(&mut self) {
-        self.cache.invalidate_account(self.account);
     }
 }
 
@@ -467,8 +443,6 @@ fn app_access_json(access: &AppAccess) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreResult;
-    use crate::token::TokenHash;
 
     fn principal(roles: &[&str]) -> Principal {
         Principal {
@@ -487,163 +461,6 @@ mod tests {
         ));
         assert!(Admin::authorize(principal(&[]), "r".into()).is_err());
         assert!(Admin::authorize(principal(&["ORG_ADMIN"]), "r".into()).is_err());
-    }
-
-    /// A store whose revoke commits and then never returns, like a call whose client gave up
-    /// right after the commit. Only what the test uses is implemented.
-    struct CommitsThenHangs {
-        token: Token,
-        committed: std::sync::atomic::AtomicBool,
-    }
-
-    fn unused<T>() -> Result<T, StoreError> {
-        Err(StoreError::Other("not used by this test".into()))
-    }
-
-    impl AdminStore for Arc<CommitsThenHangs> {
-        async fn create_service_account(
-            &self,
-            _: &ServiceAccount,
-            _: &AuditEvent,
-        ) -> StoreResult<()> {
-            unused()
-        }
-        async fn get_service_account(
-            &self,
-            _: &OrgId,
-            _: ServiceAccountId,
-        ) -> StoreResult<Option<ServiceAccount>> {
-            unused()
-        }
-        async fn list_service_accounts(
-            &self,
-            _: &OrgId,
-            _: Option<ServiceAccountId>,
-            _: u32,
-        ) -> StoreResult<Vec<ServiceAccount>> {
-            unused()
-        }
-        async fn update_service_account(
-            &self,
-            _: &ServiceAccount,
-            _: i64,
-            _: &AuditEvent,
-        ) -> StoreResult<()> {
-            unused()
-        }
-        async fn delete_service_account(
-            &self,
-            _: &OrgId,
-            _: ServiceAccountId,
-            _: &AuditEvent,
-        ) -> StoreResult<bool> {
-            unused()
-        }
-        async fn create_token(
-            &self,
-            _: &OrgId,
-            _: &Token,
-            _: &TokenHash,
-            _: &AuditEvent,
-        ) -> StoreResult<bool> {
-            unused()
-        }
-        async fn get_token(
-            &self,
-            _: &OrgId,
-            _: ServiceAccountId,
-            _: TokenId,
-        ) -> StoreResult<Option<Token>> {
-            Ok(Some(self.token.clone()))
-        }
-        async fn list_tokens(
-            &self,
-            _: &OrgId,
-            _: ServiceAccountId,
-            _: Option<TokenId>,
-            _: u32,
-        ) -> StoreResult<Vec<Token>> {
-            unused()
-        }
-        async fn revoke_token(
-            &self,
-            _: &OrgId,
-            _: ServiceAccountId,
-            _: TokenId,
-            _: Timestamp,
-            _: &UserId,
-            _: &AuditEvent,
-        ) -> StoreResult<bool> {
-            self.committed
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            std::future::pending().await
-        }
-        async fn list_audit_events(
-            &self,
-            _: &OrgId,
-            _: Option<uuid::Uuid>,
-            _: u32,
-        ) -> StoreResult<Vec<AuditEvent>> {
-            unused()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_revoke_cancelled_after_its_commit_still_invalidates_the_cache() {
-        let account = ServiceAccountId::generate();
-        let secret = TokenSecret::generate();
-        let token = Token {
-            id: TokenId::generate(),
-            service_account_id: account,
-            display_name: DisplayName::parse("t").unwrap(),
-            scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
-            create_time: time::now(),
-            created_by: UserId::parse("u1").unwrap(),
-            expire_time: None,
-            revoke_time: None,
-            revoked_by: None,
-            last_used_time: None,
-            hint: secret.hint(),
-        };
-        let cache = Arc::new(GrantCache::new(100, std::time::Duration::from_secs(60)));
-        let grant = crate::introspection::TokenGrant {
-            token_id: token.id,
-            token_hash: secret.hash(),
-            org_id: OrgId::parse("o1").unwrap(),
-            service_account_id: account,
-            service_account_display_name: "bot".into(),
-            scopes: token.scopes.clone(),
-            app_access: AppAccess::AllApps,
-            expire_time: None,
-            revoke_time: None,
-        };
-        cache.insert(
-            secret.hash(),
-            Some(Arc::new(grant)),
-            cache.begin_fill().unwrap(),
-        );
-        assert!(matches!(
-            cache.get(&secret.hash()),
-            crate::grant_cache::Lookup::Known { .. }
-        ));
-
-        let store = Arc::new(CommitsThenHangs {
-            token: token.clone(),
-            committed: false.into(),
-        });
-        let service = AdminService::new(store.clone(), cache.clone());
-        let admin = Admin::authorize(principal(&["org_admin"]), "r".into()).unwrap();
-        let call = service.revoke_token(&admin, account, token.id);
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(50), call)
-                .await
-                .is_err()
-        );
-        assert!(store.committed.load(std::sync::atomic::Ordering::SeqCst));
-        assert!(matches!(
-            cache.get(&secret.hash()),
-            crate::grant_cache::Lookup::Miss
-        ));
     }
 
     #[test]

@@ -3,29 +3,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::cache::{IntrospectionCache, Lookup};
 use crate::error::{Error, Violations};
-use crate::grant_cache::{GrantCache, Lookup};
-use crate::ids::{OrgId, ServiceAccountId, TokenId};
+use crate::ids::OrgId;
 use crate::last_used::LastUsed;
-use crate::scope::{Scope, Scopes};
-use crate::service_account::{AppAccess, AppId};
+use crate::scope::Scope;
+use crate::service_account::AppId;
 use crate::store::TokenStore;
 use crate::time::{self, Timestamp};
-use crate::token::{TokenHash, TokenSecret};
-
-/// A stored token joined with what introspection reports about its account.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenGrant {
-    pub token_id: TokenId,
-    pub token_hash: TokenHash,
-    pub org_id: OrgId,
-    pub service_account_id: ServiceAccountId,
-    pub service_account_display_name: String,
-    pub scopes: Scopes,
-    pub app_access: AppAccess,
-    pub expire_time: Option<Timestamp>,
-    pub revoke_time: Option<Timestamp>,
-}
+use crate::token::{TokenRecord, TokenSecret};
 
 /// The optional checks a caller asks for along with introspection.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,10 +59,18 @@ impl Checks {
     }
 }
 
+/// Why a presented string is not a token this service knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InactiveReason {
+pub enum Unrecognised {
+    /// Wrong prefix, length, alphabet or checksum: rejected without touching storage.
     Malformed,
+    /// Well-formed, but no token has this hash.
     Unknown,
+}
+
+/// Why a known token no longer works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
     Revoked,
     Expired,
 }
@@ -110,48 +104,48 @@ impl Denials {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Introspection {
-    Inactive(InactiveReason),
-    /// A known token that is revoked or expired. The grant is for the operator's log (a leaked
+    Unrecognised(Unrecognised),
+    /// A known token that is revoked or expired. The record is for the operator's log (a leaked
     /// old token being tried is worth a warning); it is never returned to the caller.
-    Dead {
-        reason: InactiveReason,
-        grant: Arc<TokenGrant>,
+    Ended {
+        reason: Ended,
+        token: Arc<TokenRecord>,
     },
     Active {
-        /// Shared, so a cache can hand out the same grant without copying it.
-        grant: Arc<TokenGrant>,
+        /// Shared, so a cache can hand out the same record without copying it.
+        token: Arc<TokenRecord>,
         denials: Denials,
     },
 }
 
-/// Decides what a stored grant means at `now` for `checks`. Pure, so it is tested directly.
+/// Decides what a stored token means at `now` for `checks`. Pure, so it is tested directly.
 ///
 /// Every check is evaluated, not just the first failing one, so that callers can log all of
 /// them. An app is granted only within the account's own org: "all apps" means all apps *of
 /// that org*, and an app id of another org never matches an explicit grant.
-pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Introspection {
-    if grant.revoke_time.is_some() {
-        return Introspection::Dead {
-            reason: InactiveReason::Revoked,
-            grant,
+pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Introspection {
+    if token.revoke_time.is_some() {
+        return Introspection::Ended {
+            reason: Ended::Revoked,
+            token,
         };
     }
-    if grant.expire_time.is_some_and(|expiry| expiry <= now) {
-        return Introspection::Dead {
-            reason: InactiveReason::Expired,
-            grant,
+    if token.expire_time.is_some_and(|expiry| expiry <= now) {
+        return Introspection::Ended {
+            reason: Ended::Expired,
+            token,
         };
     }
     let mut denials = Denials::default();
     let org_matches = checks
         .org_id
         .as_ref()
-        .is_none_or(|org| *org == grant.org_id);
+        .is_none_or(|org| *org == token.org_id);
     if !org_matches {
         denials.reasons.push(Denial::OrgMismatch);
     }
     if let Some(app) = &checks.app_id
-        && !(org_matches && grant.app_access.allows(app))
+        && !(org_matches && token.app_access.allows(app))
     {
         denials.reasons.push(Denial::AppNotGranted);
     }
@@ -159,23 +153,23 @@ pub fn evaluate(grant: Arc<TokenGrant>, checks: &Checks, now: Timestamp) -> Intr
         .required_scopes
         .iter()
         .copied()
-        .filter(|scope| !grant.scopes.contains(*scope))
+        .filter(|scope| !token.scopes.contains(*scope))
         .collect();
     if !denials.missing_scopes.is_empty() {
         denials.reasons.push(Denial::ScopeMissing);
     }
-    Introspection::Active { grant, denials }
+    Introspection::Active { token, denials }
 }
 
 /// The introspection use case: cache first, storage on a miss.
 pub struct Introspector<S> {
     store: S,
-    cache: Arc<GrantCache>,
+    cache: Arc<IntrospectionCache>,
     last_used: LastUsed,
 }
 
 impl<S: TokenStore> Introspector<S> {
-    pub fn new(store: S, cache: Arc<GrantCache>) -> Self {
+    pub fn new(store: S, cache: Arc<IntrospectionCache>) -> Self {
         Self {
             store,
             cache,
@@ -187,40 +181,40 @@ impl<S: TokenStore> Introspector<S> {
     /// is an error (the caller must not guess "active").
     pub async fn introspect(&self, token: &str, checks: &Checks) -> Result<Introspection, Error> {
         let Ok(secret) = TokenSecret::parse(token) else {
-            return Ok(Introspection::Inactive(InactiveReason::Malformed));
+            return Ok(Introspection::Unrecognised(Unrecognised::Malformed));
         };
         let hash = secret.hash();
-        let (grant, last_recorded) = match self.cache.get(&hash) {
+        let (record, last_recorded) = match self.cache.get(&hash) {
             Lookup::Known {
-                grant,
+                record,
                 last_recorded,
-            } => (Some(grant), Some(last_recorded)),
+            } => (Some(record), Some(last_recorded)),
             Lookup::Unknown => (None, None),
             Lookup::Miss => {
                 let fill = self.cache.begin_fill();
-                let grant = self.store.find_token(&hash).await?.map(Arc::new);
+                let record = self.store.find_token(&hash).await?.map(Arc::new);
                 if let Some(fill) = fill {
-                    self.cache.insert(hash, grant.clone(), fill);
+                    self.cache.insert(hash, record.clone(), fill);
                 }
-                (grant, None)
+                (record, None)
             }
         };
-        let Some(grant) = grant else {
-            return Ok(Introspection::Inactive(InactiveReason::Unknown));
+        let Some(record) = record else {
+            return Ok(Introspection::Unrecognised(Unrecognised::Unknown));
         };
         // The lookup was by hash; confirm the match in constant time anyway.
-        if !grant.token_hash.ct_eq(&hash) {
-            return Ok(Introspection::Inactive(InactiveReason::Unknown));
+        if !record.token_hash.ct_eq(&hash) {
+            return Ok(Introspection::Unrecognised(Unrecognised::Unknown));
         }
         let now = time::now();
-        let result = evaluate(grant, checks, now);
-        if let Introspection::Active { grant, .. } = &result {
+        let result = evaluate(record, checks, now);
+        if let Introspection::Active { token, .. } = &result {
             // Hits record at most once a second per token, keeping the shared map off the hot path.
             let second = now.timestamp();
             let first_this_second =
                 last_recorded.is_none_or(|last| last.swap(second, Ordering::Relaxed) != second);
             if first_this_second {
-                self.last_used.record(grant.token_id, now);
+                self.last_used.record(token.token_id, now);
             }
         }
         Ok(result)
@@ -231,7 +225,7 @@ impl<S: TokenStore> Introspector<S> {
         self.last_used.flush(&self.store).await
     }
 
-    pub fn cache(&self) -> &Arc<GrantCache> {
+    pub fn cache(&self) -> &Arc<IntrospectionCache> {
         &self.cache
     }
 
@@ -245,21 +239,8 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
-    use crate::ids::ServiceAccountId;
-
-    fn grant() -> Arc<TokenGrant> {
-        Arc::new(TokenGrant {
-            token_id: TokenId::generate(),
-            token_hash: TokenSecret::generate().hash(),
-            org_id: OrgId::parse("org").unwrap(),
-            service_account_id: ServiceAccountId::generate(),
-            service_account_display_name: "CI".into(),
-            scopes: Scopes::parse(["mcp:tools:call", "mcp:read"]).unwrap(),
-            app_access: AppAccess::explicit([AppId::parse("app1").unwrap()].into()).unwrap(),
-            expire_time: None,
-            revoke_time: None,
-        })
-    }
+    use crate::fixtures::record;
+    use crate::service_account::AppAccess;
 
     fn checks(org: &str, app: &str, scopes: &[&str]) -> Checks {
         Checks::parse(
@@ -279,20 +260,20 @@ mod tests {
 
     #[test]
     fn active_and_allowed_when_every_check_passes() {
-        let result = evaluate(grant(), &checks("org", "app1", &["mcp:read"]), time::now());
+        let result = evaluate(record(), &checks("org", "app1", &["mcp:read"]), time::now());
         assert!(denials(result).allowed());
     }
 
     #[test]
     fn revoked_wins_over_everything() {
-        let mut g = grant();
+        let mut g = record();
         let g_mut = Arc::make_mut(&mut g);
         g_mut.revoke_time = Some(time::now());
         g_mut.expire_time = Some(time::now() - TimeDelta::hours(1));
         assert!(matches!(
             evaluate(g, &Checks::default(), time::now()),
-            Introspection::Dead {
-                reason: InactiveReason::Revoked,
+            Introspection::Ended {
+                reason: Ended::Revoked,
                 ..
             }
         ));
@@ -301,12 +282,12 @@ mod tests {
     #[test]
     fn expired_at_the_exact_expiry_instant() {
         let now = time::now();
-        let mut g = grant();
+        let mut g = record();
         Arc::make_mut(&mut g).expire_time = Some(now);
         assert!(matches!(
             evaluate(g.clone(), &Checks::default(), now),
-            Introspection::Dead {
-                reason: InactiveReason::Expired,
+            Introspection::Ended {
+                reason: Ended::Expired,
                 ..
             }
         ));
@@ -320,10 +301,10 @@ mod tests {
     #[test]
     fn denials_name_the_failed_check() {
         let now = time::now();
-        let result = denials(evaluate(grant(), &checks("org", "other", &[]), now));
+        let result = denials(evaluate(record(), &checks("org", "other", &[]), now));
         assert_eq!(result.reasons, [Denial::AppNotGranted]);
         let result = denials(evaluate(
-            grant(),
+            record(),
             &checks("org", "app1", &["mcp:write", "mcp:read"]),
             now,
         ));
@@ -333,7 +314,7 @@ mod tests {
 
     #[test]
     fn another_orgs_app_is_never_granted_even_to_an_all_apps_account() {
-        let mut g = grant();
+        let mut g = record();
         Arc::make_mut(&mut g).app_access = AppAccess::AllApps;
         let now = time::now();
         assert!(denials(evaluate(g.clone(), &checks("org", "any-app", &[]), now)).allowed());
@@ -351,7 +332,7 @@ mod tests {
     #[test]
     fn every_failed_check_is_reported_in_order_with_missing_scopes() {
         let result = denials(evaluate(
-            grant(),
+            record(),
             &checks("other-org", "app1", &["mcp:write", "mcp:tools:call"]),
             time::now(),
         ));

@@ -55,25 +55,24 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use super::*;
-    use crate::grant_cache::GrantCache;
-    use crate::ids::{OrgId, ServiceAccountId};
-    use crate::introspection::{Checks, Introspection, Introspector, TokenGrant};
-    use crate::scope::Scopes;
-    use crate::service_account::AppAccess;
+    use crate::cache::IntrospectionCache;
+    use crate::fixtures::issued;
+    use crate::ids::ServiceAccountId;
+    use crate::introspection::{Checks, Introspection, Introspector};
     use crate::store::StoreResult;
-    use crate::token::{TokenHash, TokenSecret};
+    use crate::token::{TokenHash, TokenRecord};
 
     /// An in-memory token store that counts writes per token.
     #[derive(Default)]
     struct CountingStore {
-        grants: StdMutex<HashMap<[u8; 32], TokenGrant>>,
+        records: StdMutex<HashMap<[u8; 32], TokenRecord>>,
         writes: StdMutex<HashMap<TokenId, usize>>,
         flushes: StdMutex<usize>,
     }
 
     impl TokenStore for Arc<CountingStore> {
-        async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenGrant>> {
-            Ok(self.grants.lock().unwrap().get(hash.as_bytes()).cloned())
+        async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+            Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
         }
 
         async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
@@ -87,22 +86,13 @@ mod tests {
     }
 
     fn issue(store: &CountingStore) -> (String, TokenId) {
-        let secret = TokenSecret::generate();
-        let token_id = TokenId::generate();
-        store.grants.lock().unwrap().insert(
-            *secret.hash().as_bytes(),
-            TokenGrant {
-                token_id,
-                token_hash: secret.hash(),
-                org_id: OrgId::parse("org").unwrap(),
-                service_account_id: ServiceAccountId::generate(),
-                service_account_display_name: "bot".into(),
-                scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
-                app_access: AppAccess::AllApps,
-                expire_time: None,
-                revoke_time: None,
-            },
-        );
+        let (secret, record) = issued(ServiceAccountId::generate());
+        let token_id = record.token_id;
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert(*secret.hash().as_bytes(), record);
         (secret.expose().to_owned(), token_id)
     }
 
@@ -112,7 +102,10 @@ mod tests {
         let tokens: Vec<(String, TokenId)> = (0..3).map(|_| issue(&store)).collect();
         let introspector = Arc::new(Introspector::new(
             store.clone(),
-            Arc::new(GrantCache::new(100, std::time::Duration::from_secs(60))),
+            Arc::new(IntrospectionCache::new(
+                100,
+                std::time::Duration::from_secs(60),
+            )),
         ));
         let mut tasks = Vec::new();
         for worker in 0..8 {

@@ -5,8 +5,10 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cache;
 pub mod error;
-pub mod grant_cache;
+#[cfg(test)]
+mod fixtures;
 pub mod ids;
 pub mod introspection;
 pub mod last_used;

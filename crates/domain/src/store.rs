@@ -1,17 +1,24 @@
 //! The ports storage implements. Every mutating method takes the audit event that records it:
-//! an implementation commits both in one transaction or neither.
+//! an implementation commits both in one transaction or neither, and, when the event's action
+//! changes introspection answers, also tells other replicas (in that transaction) and this
+//! replica's [`AccountChanges`] (after the commit).
 
 use std::future::Future;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::StoreError;
 use crate::ids::{OrgId, ServiceAccountId, TokenId, UserId};
-use crate::introspection::TokenGrant;
 use crate::service_account::ServiceAccount;
 use crate::time::Timestamp;
-use crate::token::{Token, TokenHash};
+use crate::token::{Token, TokenHash, TokenRecord};
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Told after a committed change that can alter introspection answers for an account (the
+/// introspection cache listens), and when another replica reports one.
+pub trait AccountChanges: Send + Sync + 'static {
+    fn account_changed(&self, account: ServiceAccountId);
+}
 
 /// What the admin use cases need from storage. Every read is scoped to an org.
 pub trait AdminStore: Send + Sync + 'static {
@@ -96,7 +103,7 @@ pub trait AdminStore: Send + Sync + 'static {
         org: &OrgId,
         after: Option<uuid::Uuid>,
         limit: u32,
-    ) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<AuditRecord>>> + Send;
 }
 
 /// What introspection needs from storage.
@@ -105,7 +112,7 @@ pub trait TokenStore: Send + Sync + 'static {
     fn find_token(
         &self,
         hash: &TokenHash,
-    ) -> impl Future<Output = StoreResult<Option<TokenGrant>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send;
 
     /// Sets each token's last-used time, never moving it backwards.
     fn record_last_used(

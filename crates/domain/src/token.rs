@@ -12,8 +12,9 @@ use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::{ServiceAccountId, TokenId, UserId};
+use crate::ids::{OrgId, ServiceAccountId, TokenId, UserId};
 use crate::scope::Scopes;
+use crate::service_account::{AppAccess, DisplayName};
 use crate::time::Timestamp;
 
 pub const PREFIX: &str = "emb_sa_";
@@ -119,7 +120,7 @@ impl fmt::Debug for TokenHash {
 pub struct Token {
     pub id: TokenId,
     pub service_account_id: ServiceAccountId,
-    pub display_name: crate::service_account::DisplayName,
+    pub display_name: DisplayName,
     pub scopes: Scopes,
     pub create_time: Timestamp,
     pub created_by: UserId,
@@ -128,6 +129,21 @@ pub struct Token {
     pub revoked_by: Option<UserId>,
     pub last_used_time: Option<Timestamp>,
     pub hint: String,
+}
+
+/// A stored token joined with what introspection reports about its account: what one
+/// storage lookup returns and what the introspection cache holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub token_id: TokenId,
+    pub token_hash: TokenHash,
+    pub org_id: OrgId,
+    pub service_account_id: ServiceAccountId,
+    pub service_account_display_name: String,
+    pub scopes: Scopes,
+    pub app_access: AppAccess,
+    pub expire_time: Option<Timestamp>,
+    pub revoke_time: Option<Timestamp>,
 }
 
 #[cfg(test)]

@@ -1,4 +1,9 @@
 //! Maps sea-orm errors onto the domain's `StoreError`, recognising our unique indexes by name.
+//!
+//! Inside an operation, sea-orm calls use `?` into [`Failure`]; each operation converts to
+//! `StoreError` once, at its edge ([`run`]).
+
+use std::future::Future;
 
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
 use service_accounts_domain::StoreError;
@@ -18,6 +23,41 @@ const CONFLICTS: &[(&[&str], Conflict)] = &[
         Conflict::TokenHash,
     ),
 ];
+
+/// A failure inside one storage operation.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Db(DbErr),
+    Store(StoreError),
+}
+
+impl From<DbErr> for Failure {
+    fn from(error: DbErr) -> Self {
+        Failure::Db(error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::Store(error)
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Db(error) => store_error(error),
+            Failure::Store(error) => error,
+        }
+    }
+}
+
+/// Runs one storage operation, converting its failure once.
+pub(crate) async fn run<T>(
+    operation: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, StoreError> {
+    operation.await.map_err(StoreError::from)
+}
 
 pub(crate) fn store_error(error: DbErr) -> StoreError {
     if let Some(SqlErr::UniqueConstraintViolation(message)) = error.sql_err() {

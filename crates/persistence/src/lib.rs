@@ -1,10 +1,19 @@
 //! sea-orm implementation of the domain's store ports, for SQLite (embedded default) and
 //! PostgreSQL (production) from one codebase.
+//!
+//! - [`connect`]: the pool, migrations, the [`Database`] handle.
+//! - `admin_store` / `token_store`: the domain's `AdminStore` and `TokenStore`.
+//! - `commit`: the one function that commits an audited change and publishes it.
+//! - [`changes`]: cross-replica change notifications (PostgreSQL LISTEN/NOTIFY).
+//! - `rows`: rows to domain values and back; `error`: storage errors to the domain's.
 
+mod admin_store;
 pub mod changes;
-mod convert;
+mod commit;
+mod connect;
 mod entity;
 mod error;
-mod store;
+mod rows;
+mod token_store;
 
-pub use store::{Database, connect, connect_lazy};
+pub use connect::{Database, connect, connect_lazy};

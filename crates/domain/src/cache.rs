@@ -1,4 +1,4 @@
-//! The introspection cache: token hash → stored grant (or "no such token"), so that a hit costs
+//! The introspection cache: token hash → stored token record (or "no such token"), so that a hit costs
 //! no storage round trip.
 //!
 //! Coherence rules, which the tests hold it to:
@@ -19,13 +19,13 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use crate::ids::ServiceAccountId;
-use crate::introspection::TokenGrant;
-use crate::token::TokenHash;
+use crate::store::AccountChanges;
+use crate::token::{TokenHash, TokenRecord};
 
 #[derive(Clone)]
 struct Entry {
     filled_at: u64,
-    grant: Option<Arc<TokenGrant>>,
+    record: Option<Arc<TokenRecord>>,
     /// The account's last invalidation epoch, shared by all of its entries: a hit checks it
     /// with one atomic load instead of a second map lookup.
     account_invalidated: Option<Arc<AtomicU64>>,
@@ -39,16 +39,16 @@ pub enum Lookup {
     /// Storage had no token with this hash.
     Unknown,
     Known {
-        grant: Arc<TokenGrant>,
+        record: Arc<TokenRecord>,
         last_recorded: Arc<AtomicI64>,
     },
 }
 
-/// A ticket for storing what storage returned; see [`GrantCache::begin_fill`].
+/// A ticket for storing what storage returned; see [`IntrospectionCache::begin_fill`].
 #[derive(Debug, Clone, Copy)]
 pub struct Fill(u64);
 
-pub struct GrantCache {
+pub struct IntrospectionCache {
     entries: Cache<TokenHash, Entry>,
     /// Each account's last invalidation epoch. Idle-expiry longer than an entry's maximum age,
     /// refreshed by every fill, so the cell outlives every entry that shares it.
@@ -72,7 +72,7 @@ pub struct CacheStats {
     pub trusted: bool,
 }
 
-impl GrantCache {
+impl IntrospectionCache {
     /// `capacity` 0 disables caching.
     pub fn new(capacity: u64, max_age: Duration) -> Self {
         Self {
@@ -120,15 +120,15 @@ impl GrantCache {
         if entry.filled_at < self.flushed_at.load(Ordering::Acquire) {
             return Lookup::Miss;
         }
-        match (entry.grant, entry.account_invalidated) {
+        match (entry.record, entry.account_invalidated) {
             (None, _) => Lookup::Unknown,
             (Some(_), None) => Lookup::Miss,
-            (Some(grant), Some(invalidated)) => {
+            (Some(record), Some(invalidated)) => {
                 if entry.filled_at < invalidated.load(Ordering::SeqCst) {
                     return Lookup::Miss;
                 }
                 Lookup::Known {
-                    grant,
+                    record,
                     last_recorded: entry.last_recorded,
                 }
             }
@@ -141,15 +141,15 @@ impl GrantCache {
             .then(|| Fill(self.epoch.load(Ordering::SeqCst)))
     }
 
-    pub fn insert(&self, hash: TokenHash, grant: Option<Arc<TokenGrant>>, fill: Fill) {
-        let account_invalidated = grant
+    pub fn insert(&self, hash: TokenHash, record: Option<Arc<TokenRecord>>, fill: Fill) {
+        let account_invalidated = record
             .as_ref()
             .map(|g| self.account_cell(g.service_account_id));
         self.entries.insert(
             hash,
             Entry {
                 filled_at: fill.0,
-                grant,
+                record,
                 account_invalidated,
                 last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
             },
@@ -198,32 +198,25 @@ impl GrantCache {
     }
 }
 
+impl AccountChanges for IntrospectionCache {
+    fn account_changed(&self, account: ServiceAccountId) {
+        self.invalidate_account(account);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{OrgId, TokenId};
-    use crate::scope::Scopes;
-    use crate::service_account::AppAccess;
+    use crate::fixtures::record_of;
     use crate::token::TokenSecret;
 
-    fn grant(account: ServiceAccountId) -> (TokenHash, Arc<TokenGrant>) {
-        let hash = TokenSecret::generate().hash();
-        let grant = Arc::new(TokenGrant {
-            token_id: TokenId::generate(),
-            token_hash: hash,
-            org_id: OrgId::parse("org").unwrap(),
-            service_account_id: account,
-            service_account_display_name: "bot".into(),
-            scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
-            app_access: AppAccess::AllApps,
-            expire_time: None,
-            revoke_time: None,
-        });
-        (hash, grant)
+    fn entry(account: ServiceAccountId) -> (TokenHash, Arc<TokenRecord>) {
+        let record = record_of(account);
+        (record.token_hash, record)
     }
 
-    fn cache() -> GrantCache {
-        GrantCache::new(1000, Duration::from_secs(60))
+    fn cache() -> IntrospectionCache {
+        IntrospectionCache::new(1000, Duration::from_secs(60))
     }
 
     #[test]
@@ -231,10 +224,10 @@ mod tests {
         let cache = cache();
         let account = ServiceAccountId::generate();
         let other = ServiceAccountId::generate();
-        let (hash, g) = grant(account);
-        let (other_hash, other_grant) = grant(other);
+        let (hash, g) = entry(account);
+        let (other_hash, other_record) = entry(other);
         cache.insert(hash, Some(g), cache.begin_fill().unwrap());
-        cache.insert(other_hash, Some(other_grant), cache.begin_fill().unwrap());
+        cache.insert(other_hash, Some(other_record), cache.begin_fill().unwrap());
         assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
         cache.invalidate_account(account);
         assert!(matches!(cache.get(&hash), Lookup::Miss));
@@ -245,7 +238,7 @@ mod tests {
     fn a_fill_that_read_storage_before_an_invalidation_is_never_served() {
         let cache = cache();
         let account = ServiceAccountId::generate();
-        let (hash, g) = grant(account);
+        let (hash, g) = entry(account);
         let fill = cache.begin_fill().unwrap(); // introspection starts reading storage
         cache.invalidate_account(account); // an admin change commits and invalidates
         cache.insert(hash, Some(g.clone()), fill); // the stale read lands afterwards
@@ -271,7 +264,7 @@ mod tests {
     #[test]
     fn a_distrusted_cache_serves_and_stores_nothing_and_restarts_empty() {
         let cache = cache();
-        let (hash, g) = grant(ServiceAccountId::generate());
+        let (hash, g) = entry(ServiceAccountId::generate());
         cache.insert(hash, Some(g.clone()), cache.begin_fill().unwrap());
         let in_flight = cache.begin_fill().unwrap();
         cache.distrust();
@@ -287,7 +280,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_caches_nothing() {
-        let cache = GrantCache::new(0, Duration::from_secs(60));
+        let cache = IntrospectionCache::new(0, Duration::from_secs(60));
         assert!(cache.begin_fill().is_none(), "nothing is ever stored");
     }
 }

@@ -1,10 +1,11 @@
-//! Rows to domain values. Stored data was validated on the way in; a row that no longer parses
-//! is reported as a storage error rather than trusted.
+//! Rows to domain values and back. Stored data was validated on the way in; a row that no
+//! longer parses is reported as a storage error rather than trusted.
 
 use std::collections::BTreeSet;
 
+use sea_orm::ActiveValue::Set;
 use service_accounts_domain::StoreError;
-use service_accounts_domain::audit::AuditEvent;
+use service_accounts_domain::audit::{AuditEvent, AuditRecord};
 use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::{
@@ -81,11 +82,11 @@ pub(crate) fn token(row: token::Model) -> Result<Token, StoreError> {
     })
 }
 
-pub(crate) fn audit_event(row: audit_event::Model) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
+pub(crate) fn audit_record(row: audit_event::Model) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
         id: AuditEventId::parse(&row.id).map_err(|_| corrupt("audit event id", &row.id))?,
         org_id: org_id(&row.org_id)?,
-        actor: user_id(&row.actor)?,
+        actor: row.actor,
         action: row.action,
         target_type: row.target_type,
         target_id: row.target_id,
@@ -93,4 +94,33 @@ pub(crate) fn audit_event(row: audit_event::Model) -> Result<AuditEvent, StoreEr
         create_time: row.created_at,
         details: row.details,
     })
+}
+
+pub(crate) fn audit_row(event: &AuditEvent) -> audit_event::ActiveModel {
+    audit_event::ActiveModel {
+        id: Set(event.id.to_string()),
+        org_id: Set(event.org_id.to_string()),
+        actor: Set(event.actor.to_string()),
+        action: Set(event.action.as_str().to_owned()),
+        target_type: Set(event.target.type_name().to_owned()),
+        target_id: Set(event.target.id()),
+        request_id: Set(event.request_id.clone()),
+        created_at: Set(event.create_time),
+        details: Set(event.details.clone()),
+    }
+}
+
+pub(crate) fn account_row(account: &ServiceAccount) -> service_account::ActiveModel {
+    service_account::ActiveModel {
+        id: Set(account.id.to_string()),
+        org_id: Set(account.org_id.to_string()),
+        display_name: Set(account.display_name.as_str().to_owned()),
+        display_name_key: Set(account.display_name.uniqueness_key()),
+        description: Set(account.description.as_str().to_owned()),
+        all_apps: Set(matches!(account.app_access, AppAccess::AllApps)),
+        created_at: Set(account.create_time),
+        updated_at: Set(account.update_time),
+        created_by: Set(account.created_by.to_string()),
+        revision: Set(account.revision),
+    }
 }

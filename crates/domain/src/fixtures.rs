@@ -1,0 +1,35 @@
+//! Values shared by the domain's unit tests.
+
+use std::sync::Arc;
+
+use crate::ids::{OrgId, ServiceAccountId, TokenId};
+use crate::scope::Scopes;
+use crate::service_account::{AppAccess, AppId};
+use crate::token::{TokenRecord, TokenSecret};
+
+/// An active token of org `org` with `mcp:tools:call` and `mcp:read`, allowed app `app1`.
+pub fn record() -> Arc<TokenRecord> {
+    record_of(ServiceAccountId::generate())
+}
+
+/// Like [`record`], for a given account.
+pub fn record_of(account: ServiceAccountId) -> Arc<TokenRecord> {
+    Arc::new(issued(account).1)
+}
+
+/// A token of `account` as issued: its secret and its record.
+pub fn issued(account: ServiceAccountId) -> (TokenSecret, TokenRecord) {
+    let secret = TokenSecret::generate();
+    let record = TokenRecord {
+        token_id: TokenId::generate(),
+        token_hash: secret.hash(),
+        org_id: OrgId::parse("org").unwrap(),
+        service_account_id: account,
+        service_account_display_name: "CI".into(),
+        scopes: Scopes::parse(["mcp:tools:call", "mcp:read"]).unwrap(),
+        app_access: AppAccess::explicit([AppId::parse("app1").unwrap()].into()).unwrap(),
+        expire_time: None,
+        revoke_time: None,
+    };
+    (secret, record)
+}

@@ -1,0 +1,162 @@
+//! Connecting, migrating and the pool: the [`Database`] handle every store method runs on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use service_accounts_domain::StoreError;
+use service_accounts_domain::ids::ServiceAccountId;
+use service_accounts_domain::store::AccountChanges;
+use service_accounts_migrations::{Migrator, MigratorTrait};
+
+use crate::error::{Failure, run, store_error};
+
+/// Advisory lock key that serialises migrations across replicas ("sa-migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0073_612d_6d69_6772;
+
+/// The storage adapter. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Database {
+    pub(crate) db: DatabaseConnection,
+    /// This replica's listener for committed changes (its introspection cache).
+    pub(crate) changes: Arc<dyn AccountChanges>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.db.get_database_backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Nobody listens: for commands that change nothing introspection serves (`migrate`).
+struct NoListener;
+
+impl AccountChanges for NoListener {
+    fn account_changed(&self, _: ServiceAccountId) {}
+}
+
+/// Opens a pool to `url` (`sqlite://…` or `postgres://…`) and checks that it answers.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    let db = connect_lazy(url, max_connections).await?;
+    db.ping().await?;
+    Ok(db)
+}
+
+/// Like [`connect`], but connects on first use, so that a server can come up (and report
+/// NOT_SERVING) before its database answers.
+pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    let mut options = options(url, max_connections);
+    options.connect_lazy(true);
+    let db = sea_orm::Database::connect(options)
+        .await
+        .map_err(store_error)?;
+    Ok(Database {
+        db,
+        changes: Arc::new(NoListener),
+    })
+}
+
+fn options(url: &str, max_connections: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        // WAL lets introspection read while an admin write commits; the busy timeout makes
+        // concurrent writers queue instead of failing.
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+                .create_if_missing(true)
+        });
+    options
+}
+
+impl Database {
+    /// Every committed change that alters introspection answers is told to `changes`.
+    pub fn publishing_to(self, changes: Arc<dyn AccountChanges>) -> Self {
+        Self { changes, ..self }
+    }
+
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == sea_orm::DbBackend::Postgres
+    }
+
+    /// Applies pending migrations. Returns how many were applied.
+    ///
+    /// On PostgreSQL, replicas starting together take turns: the migration runs in one
+    /// transaction holding an advisory lock, and the others find nothing left to do.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        run(async {
+            if !self.is_postgres() {
+                let pending = Migrator::get_pending_migrations(&self.db).await?.len();
+                Migrator::up(&self.db, None).await?;
+                return Ok(pending);
+            }
+            let txn = self.db.begin().await?;
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
+            let pending = Migrator::get_pending_migrations(&txn).await?.len();
+            Migrator::up(&txn, None).await?;
+            txn.commit().await?;
+            Ok::<_, Failure>(pending)
+        })
+        .await
+    }
+
+    /// Sends `payload` on the change channel outside any transaction (heartbeats).
+    pub(crate) async fn notify_raw(&self, payload: &str) -> Result<(), StoreError> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [crate::changes::CHANNEL.into(), payload.into()],
+            ))
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Pooled connections: (open, idle).
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            sea_orm::DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(store_error)
+    }
+
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.map_err(store_error)
+    }
+
+    /// A transaction that takes SQLite's write lock up front: a deferred one that reads first
+    /// fails with SQLITE_BUSY, without waiting, if another writer commits in between.
+    pub(crate) async fn write_transaction(&self) -> Result<DatabaseTransaction, Failure> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+}

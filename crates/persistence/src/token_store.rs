@@ -1,0 +1,104 @@
+//! The introspection side of storage: one lookup by hash, and last-used times.
+
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement};
+use service_accounts_domain::StoreError;
+use service_accounts_domain::ids::TokenId;
+use service_accounts_domain::scope::Scopes;
+use service_accounts_domain::store::{StoreResult, TokenStore};
+use service_accounts_domain::time::Timestamp;
+use service_accounts_domain::token::{TokenHash, TokenRecord};
+
+use crate::Database;
+use crate::admin_store::app_ids;
+use crate::entity::token;
+use crate::error::run;
+use crate::rows;
+
+/// The token-by-hash lookup, in each backend's placeholder syntax.
+fn lookup_query(backend: sea_orm::DbBackend) -> &'static str {
+    macro_rules! lookup {
+        ($placeholder:literal) => {
+            concat!(
+                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, ",
+                "a.id AS account_id, a.org_id, a.display_name, a.all_apps ",
+                "FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id ",
+                "WHERE t.token_hash = ",
+                $placeholder
+            )
+        };
+    }
+    match backend {
+        sea_orm::DbBackend::Postgres => lookup!("$1"),
+        _ => lookup!("?"),
+    }
+}
+
+impl TokenStore for Database {
+    async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        // The hot lookup: one hand-written statement (prepared once per connection) for the
+        // token and its account, decoding only what introspection needs; a second round trip
+        // only for accounts with an explicit app list.
+        run(async {
+            let backend = self.db.get_database_backend();
+            let statement = Statement::from_sql_and_values(
+                backend,
+                lookup_query(backend),
+                [hash.as_bytes().to_vec().into()],
+            );
+            let Some(row) = self.db.query_one_raw(statement).await? else {
+                return Ok(None);
+            };
+            let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
+            let token_id: String = row.try_get("", "token_id").map_err(column)?;
+            let stored_hash: Vec<u8> = row.try_get("", "token_hash").map_err(column)?;
+            let scopes: String = row.try_get("", "scopes").map_err(column)?;
+            let expire_time: Option<Timestamp> = row.try_get("", "expire_at").map_err(column)?;
+            let revoke_time: Option<Timestamp> = row.try_get("", "revoked_at").map_err(column)?;
+            let account_id: String = row.try_get("", "account_id").map_err(column)?;
+            let org_id: String = row.try_get("", "org_id").map_err(column)?;
+            let display_name: String = row.try_get("", "display_name").map_err(column)?;
+            let all_apps: bool = row.try_get("", "all_apps").map_err(column)?;
+            let apps = if all_apps {
+                Vec::new()
+            } else {
+                app_ids(&self.db, &account_id).await?
+            };
+            let token_hash = TokenHash::from_slice(&stored_hash)
+                .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))?;
+            Ok(Some(TokenRecord {
+                token_id: rows::token_id(&token_id)?,
+                token_hash,
+                org_id: rows::org_id(&org_id)?,
+                service_account_id: rows::account_id(&account_id)?,
+                service_account_display_name: display_name,
+                scopes: Scopes::from_stored(&scopes),
+                app_access: rows::app_access(all_apps, apps)?,
+                expire_time,
+                revoke_time,
+            }))
+        })
+        .await
+    }
+
+    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+        run(async {
+            let txn = self.write_transaction().await?;
+            for (id, at) in uses {
+                token::Entity::update_many()
+                    .col_expr(token::Column::LastUsedAt, Expr::value(*at))
+                    .filter(token::Column::Id.eq(id.to_string()))
+                    .filter(
+                        token::Column::LastUsedAt
+                            .is_null()
+                            .or(token::Column::LastUsedAt.lt(*at)),
+                    )
+                    .exec(&txn)
+                    .await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
