@@ -49,12 +49,6 @@ pub enum AuthError {
     Invalid(String),
 }
 
-impl From<AuthError> for tonic::Status {
-    fn from(error: AuthError) -> Self {
-        tonic::Status::unauthenticated(error.to_string())
-    }
-}
-
 #[derive(Deserialize)]
 struct Claims {
     sub: String,

@@ -1,10 +1,53 @@
-//! The one place domain errors become gRPC statuses. Internal details are logged, not returned.
+//! The one place errors become gRPC statuses, with the same rules for every service. Internal
+//! details are logged, not returned.
+
+use std::future::Future;
 
 use service_accounts_domain::{Error, StoreError};
-use tonic::{Code, Status};
+use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-pub fn status(error: Error) -> Status {
+use crate::auth::AuthError;
+
+/// Every way an RPC can fail.
+#[derive(Debug)]
+pub enum RpcError {
+    Domain(Error),
+    Unauthenticated(AuthError),
+    /// mTLS is configured and the caller presented no client certificate.
+    NoClientCertificate,
+}
+
+impl From<Error> for RpcError {
+    fn from(error: Error) -> Self {
+        RpcError::Domain(error)
+    }
+}
+
+impl From<AuthError> for RpcError {
+    fn from(error: AuthError) -> Self {
+        RpcError::Unauthenticated(error)
+    }
+}
+
+/// Runs a handler body and maps its failure once.
+pub async fn handle<T>(
+    body: impl Future<Output = Result<T, RpcError>>,
+) -> Result<Response<T>, Status> {
+    body.await.map(Response::new).map_err(status)
+}
+
+pub fn status(error: RpcError) -> Status {
+    match error {
+        RpcError::Unauthenticated(error) => Status::unauthenticated(error.to_string()),
+        RpcError::NoClientCertificate => Status::unauthenticated(
+            "this service requires a client certificate from the configured CA",
+        ),
+        RpcError::Domain(error) => domain_status(error),
+    }
+}
+
+fn domain_status(error: Error) -> Status {
     match error {
         Error::InvalidArgument(violations) => invalid_argument(violations),
         Error::NotFound { kind } => Status::not_found(format!("{kind} not found")),
@@ -20,21 +63,21 @@ pub fn status(error: Error) -> Status {
     }
 }
 
-/// Storage failures: UNAVAILABLE when retrying may help, INTERNAL otherwise.
-pub fn store_status(error: StoreError) -> Status {
+/// Storage failures are UNAVAILABLE on every RPC: the caller may retry, and nobody is ever
+/// answered with a guess (introspection fails closed). Unexpected ones are logged as errors.
+fn store_status(error: StoreError) -> Status {
     match error {
         StoreError::Unavailable(detail) => {
             tracing::warn!(%detail, "storage unavailable");
-            Status::unavailable("storage is unavailable; retry later")
         }
         other => {
             tracing::error!(error = %other, "storage error");
-            Status::internal("internal error")
         }
     }
+    Status::unavailable("storage is unavailable; retry later")
 }
 
-pub fn invalid_argument(violations: Vec<service_accounts_domain::FieldViolation>) -> Status {
+fn invalid_argument(violations: Vec<service_accounts_domain::FieldViolation>) -> Status {
     let summary = violations
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))

@@ -1,13 +1,12 @@
-//! `TokenIntrospection`: the hot path. No authentication of its own (it is an internal service;
-//! network policy or mTLS restricts who reaches it), no logging per call.
+//! `TokenIntrospection`: the hot path. Callers are restricted by network policy or, when
+//! configured, by mTLS (a client certificate from the configured CA); no logging per call.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_accounts_domain::Error;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::introspection::{
-    Checks, Denial, Denials, Ended, Introspection, Introspector, Unrecognised,
+    Denial, Denials, Ended, Introspection, Introspector, Unrecognised,
 };
 use service_accounts_domain::store::TokenStore;
 use service_accounts_domain::token::TokenRecord;
@@ -15,10 +14,11 @@ use tonic::{Request, Response, Status};
 
 use opentelemetry::KeyValue;
 
-use crate::convert;
-use crate::error::status;
+use crate::error::{RpcError, handle};
 use crate::pb;
 use crate::pb::token_introspection_server::TokenIntrospection;
+use crate::render;
+use crate::requests::Parse;
 use crate::telemetry::ServiceMetrics;
 
 pub struct IntrospectionApi<S> {
@@ -71,43 +71,33 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
         &self,
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
-            return Err(Status::unauthenticated(
-                "TokenIntrospection requires a client certificate from the configured CA",
-            ));
-        }
-        let req = request.into_inner();
-        let checks =
-            Checks::parse(&req.org_id, &req.app_id, &req.required_scopes).map_err(status)?;
-        let result = self
-            .introspector
-            .introspect(&req.token, &checks)
-            .await
-            .map_err(|error| match error {
-                // Fail closed: whatever went wrong in storage, never answer "active".
-                Error::Store(store_error) => {
-                    tracing::warn!(error = %store_error, "introspection could not read storage");
-                    Status::unavailable("token storage is unavailable; retry later")
-                }
-                other => status(other),
-            })?;
-        if let Introspection::Ended { reason, token } = &result {
-            self.warn_ended_token(*reason, token);
-        }
-        let response = response(result);
-        if response.active {
-            let span = tracing::Span::current();
-            span.record("org_id", response.org_id.as_str());
-            span.record("service_account_id", response.service_account_id.as_str());
-        }
-        self.metrics.introspections.add(
-            1,
-            &[
-                KeyValue::new("outcome", outcome(&response)),
-                KeyValue::new("allowed", response.allowed),
-            ],
-        );
-        Ok(Response::new(response))
+        handle(async {
+            if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty())
+            {
+                return Err(RpcError::NoClientCertificate);
+            }
+            let req = request.get_ref();
+            let checks = req.parse()?;
+            let result = self.introspector.introspect(&req.token, &checks).await?;
+            if let Introspection::Ended { reason, token } = &result {
+                self.warn_ended_token(*reason, token);
+            }
+            let response = response(result);
+            if response.active {
+                let span = tracing::Span::current();
+                span.record("org_id", response.org_id.as_str());
+                span.record("service_account_id", response.service_account_id.as_str());
+            }
+            self.metrics.introspections.add(
+                1,
+                &[
+                    KeyValue::new("outcome", outcome(&response)),
+                    KeyValue::new("allowed", response.allowed),
+                ],
+            );
+            Ok(response)
+        })
+        .await
     }
 }
 
@@ -137,8 +127,8 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
                 service_account_display_name: token.service_account_display_name.clone(),
                 token_id: token.token_id.to_string(),
                 scopes: token.scopes.names().map(str::to_owned).collect(),
-                app_access: Some(convert::app_access(&token.app_access)),
-                expire_time: token.expire_time.map(convert::timestamp),
+                app_access: Some(render::app_access(&token.app_access)),
+                expire_time: token.expire_time.map(render::timestamp),
                 allowed: reasons.is_empty(),
                 denial_reason: first as i32,
                 missing_scopes: missing_scopes

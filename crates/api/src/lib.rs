@@ -4,10 +4,11 @@
 mod admin_api;
 pub mod auth;
 pub mod config;
-mod convert;
 pub mod dev_key;
 mod error;
 mod introspection_api;
 pub mod pb;
+mod render;
+mod requests;
 pub mod server;
 pub mod telemetry;

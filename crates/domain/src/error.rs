@@ -64,6 +64,14 @@ impl Violations {
             Err(Error::InvalidArgument(self.0))
         }
     }
+
+    /// Like [`Self::finish`], then builds the parsed value from the parts `check` returned.
+    /// `build` sees `None` only for a part that failed without recording why: that is still
+    /// the caller's bad input, answered as such rather than with a panic.
+    pub fn finish_with<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Error> {
+        self.finish()?;
+        build().ok_or_else(|| Error::invalid("", "the request could not be parsed"))
+    }
 }
 
 /// A failure of a storage adapter, in terms the domain can act on.

@@ -1,15 +1,9 @@
-//! Protobuf messages to domain values (parsing, collecting every field violation) and back.
+//! Domain values to protobuf messages (the other direction is `requests`).
 
-use std::collections::BTreeSet;
-
-use chrono::DateTime;
-use service_accounts_domain::Violations;
 use service_accounts_domain::audit::AuditRecord;
-use service_accounts_domain::error::Invalid;
-use service_accounts_domain::page::{Listing, PageRequest};
-use service_accounts_domain::scope::{CATALOGUE, Scopes};
-use service_accounts_domain::service_account::{AppAccess, AppId, ServiceAccount};
-use service_accounts_domain::time::{self, Timestamp};
+use service_accounts_domain::scope::CATALOGUE;
+use service_accounts_domain::service_account::{AppAccess, ServiceAccount};
+use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::Token;
 
 use crate::pb;
@@ -18,76 +12,6 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-pub fn parse_timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, Invalid> {
-    u32::try_from(t.nanos)
-        .ok()
-        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-        .map(time::truncate)
-        .ok_or_else(|| Invalid::new("is not a valid timestamp"))
-}
-
-/// Parses an `AppAccess` message; `field` is its path in the request.
-pub fn parse_app_access(
-    violations: &mut Violations,
-    field: &str,
-    access: &pb::AppAccess,
-) -> Option<AppAccess> {
-    if access.all_apps {
-        if !access.app_ids.is_empty() {
-            violations.add(
-                format!("{field}.app_ids"),
-                "must be empty when all_apps is true",
-            );
-            return None;
-        }
-        return Some(AppAccess::AllApps);
-    }
-    let apps = parse_app_ids(violations, &format!("{field}.app_ids"), &access.app_ids)?;
-    violations.check(format!("{field}.app_ids"), AppAccess::explicit(apps))
-}
-
-pub fn parse_app_ids(
-    violations: &mut Violations,
-    field: &str,
-    ids: &[String],
-) -> Option<BTreeSet<AppId>> {
-    let mut apps = BTreeSet::new();
-    let mut all_valid = true;
-    for (i, id) in ids.iter().enumerate() {
-        match AppId::parse(id) {
-            Ok(app) => {
-                apps.insert(app);
-            }
-            Err(invalid) => {
-                all_valid = false;
-                violations.add(format!("{field}[{i}]"), invalid.0);
-            }
-        }
-    }
-    all_valid.then_some(apps)
-}
-
-pub fn parse_scopes(violations: &mut Violations, field: &str, names: &[String]) -> Option<Scopes> {
-    violations.check(field, Scopes::parse(names.iter().map(String::as_str)))
-}
-
-pub fn page_request(
-    violations: &mut Violations,
-    listing: Listing,
-    page_size: i32,
-    page_token: &str,
-) -> Option<PageRequest> {
-    match PageRequest::parse(listing, page_size, page_token) {
-        Ok(page) => Some(page),
-        Err(problems) => {
-            for (field, invalid) in problems {
-                violations.add(field, invalid.0);
-            }
-            None
-        }
     }
 }
 

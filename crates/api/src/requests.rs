@@ -1,0 +1,402 @@
+//! Protobuf requests to domain commands: one [`Parse`] impl per RPC request, each collecting
+//! every field violation before answering.
+
+use std::collections::BTreeSet;
+
+use chrono::DateTime;
+use service_accounts_domain::Violations;
+use service_accounts_domain::admin::{NewServiceAccount, NewToken, ServiceAccountPatch};
+use service_accounts_domain::error::{Error, Invalid};
+use service_accounts_domain::ids::{ServiceAccountId, TokenId};
+use service_accounts_domain::introspection::Checks;
+use service_accounts_domain::page::{Listing, PageRequest};
+use service_accounts_domain::scope::Scopes;
+use service_accounts_domain::service_account::{AppAccess, AppId, Description, DisplayName};
+use service_accounts_domain::time::{self, Timestamp};
+
+use crate::pb;
+
+/// A request turned into what its use case takes.
+pub trait Parse {
+    type Command;
+    fn parse(&self) -> Result<Self::Command, Error>;
+}
+
+impl Parse for pb::CreateServiceAccountRequest {
+    type Command = NewServiceAccount;
+
+    fn parse(&self) -> Result<NewServiceAccount, Error> {
+        let mut v = Violations::new();
+        let display_name = v.check("display_name", DisplayName::parse(&self.display_name));
+        let description = v.check("description", Description::parse(&self.description));
+        let app_access = match &self.app_access {
+            Some(access) => app_access(&mut v, "app_access", access),
+            None => Some(AppAccess::none()),
+        };
+        v.finish_with(|| {
+            Some(NewServiceAccount {
+                display_name: display_name?,
+                description: description?,
+                app_access: app_access?,
+            })
+        })
+    }
+}
+
+impl Parse for pb::GetServiceAccountRequest {
+    type Command = ServiceAccountId;
+
+    fn parse(&self) -> Result<ServiceAccountId, Error> {
+        only_account_id(&self.service_account_id)
+    }
+}
+
+impl Parse for pb::DeleteServiceAccountRequest {
+    type Command = ServiceAccountId;
+
+    fn parse(&self) -> Result<ServiceAccountId, Error> {
+        only_account_id(&self.service_account_id)
+    }
+}
+
+impl Parse for pb::ListServiceAccountsRequest {
+    type Command = PageRequest;
+
+    fn parse(&self) -> Result<PageRequest, Error> {
+        let mut v = Violations::new();
+        let page = page(
+            &mut v,
+            Listing::ServiceAccounts,
+            self.page_size,
+            &self.page_token,
+        );
+        v.finish_with(|| page)
+    }
+}
+
+impl Parse for pb::UpdateServiceAccountRequest {
+    type Command = (ServiceAccountId, ServiceAccountPatch);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let Some(account) = &self.service_account else {
+            return Err(Error::invalid("service_account", "is required"));
+        };
+        let mut v = Violations::new();
+        let id = v.check(
+            "service_account.service_account_id",
+            ServiceAccountId::parse(&account.service_account_id),
+        );
+        // AIP-134: without a mask, the populated fields are the ones to change.
+        let paths: Vec<&str> = match &self.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
+            _ => [
+                ("display_name", !account.display_name.is_empty()),
+                ("description", !account.description.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(path, populated)| populated.then_some(path))
+            .collect(),
+        };
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "nothing to update: name the fields in update_mask or populate them",
+            );
+        }
+        let (mut name, mut description) = (false, false);
+        for (i, path) in paths.iter().enumerate() {
+            match *path {
+                "display_name" => name = true,
+                "description" => description = true,
+                "*" => (name, description) = (true, true),
+                other => v.add(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{other:?} cannot be updated: only display_name and description can \
+                         (app access has its own RPCs)"
+                    ),
+                ),
+            }
+        }
+        // Each `Option<Option<_>>`: outer None = failed to parse, inner None = leave as is.
+        let display_name = if name {
+            v.check(
+                "service_account.display_name",
+                DisplayName::parse(&account.display_name),
+            )
+            .map(Some)
+        } else {
+            Some(None)
+        };
+        let description = if description {
+            v.check(
+                "service_account.description",
+                Description::parse(&account.description),
+            )
+            .map(Some)
+        } else {
+            Some(None)
+        };
+        v.finish_with(|| {
+            Some((
+                id?,
+                ServiceAccountPatch {
+                    display_name: display_name?,
+                    description: description?,
+                },
+            ))
+        })
+    }
+}
+
+impl Parse for pb::SetAppAccessRequest {
+    type Command = (ServiceAccountId, AppAccess);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let id = account_id(&mut v, &self.service_account_id);
+        let access = match &self.app_access {
+            Some(access) => app_access(&mut v, "app_access", access),
+            None => {
+                v.add("app_access", "is required");
+                None
+            }
+        };
+        v.finish_with(|| Some((id?, access?)))
+    }
+}
+
+impl Parse for pb::GrantAppAccessRequest {
+    type Command = (ServiceAccountId, BTreeSet<AppId>);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        account_and_apps(&self.service_account_id, &self.app_ids)
+    }
+}
+
+impl Parse for pb::RevokeAppAccessRequest {
+    type Command = (ServiceAccountId, BTreeSet<AppId>);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        account_and_apps(&self.service_account_id, &self.app_ids)
+    }
+}
+
+impl Parse for pb::CreateTokenRequest {
+    type Command = (ServiceAccountId, NewToken);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let id = account_id(&mut v, &self.service_account_id);
+        let display_name = v.check("display_name", DisplayName::parse(&self.display_name));
+        let scopes = v.check(
+            "scopes",
+            Scopes::parse(self.scopes.iter().map(String::as_str)),
+        );
+        let expire_time = match &self.expire_time {
+            Some(t) => v
+                .check("expire_time", timestamp(t).and_then(in_the_future))
+                .map(Some),
+            None => Some(None),
+        };
+        v.finish_with(|| {
+            Some((
+                id?,
+                NewToken {
+                    display_name: display_name?,
+                    scopes: scopes?,
+                    expire_time: expire_time?,
+                },
+            ))
+        })
+    }
+}
+
+impl Parse for pb::ListTokensRequest {
+    type Command = (ServiceAccountId, PageRequest);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let id = account_id(&mut v, &self.service_account_id);
+        let page = page(&mut v, Listing::Tokens, self.page_size, &self.page_token);
+        v.finish_with(|| Some((id?, page?)))
+    }
+}
+
+impl Parse for pb::RevokeTokenRequest {
+    type Command = (ServiceAccountId, TokenId);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let id = account_id(&mut v, &self.service_account_id);
+        let token_id = v.check("token_id", TokenId::parse(&self.token_id));
+        v.finish_with(|| Some((id?, token_id?)))
+    }
+}
+
+impl Parse for pb::ListScopesRequest {
+    type Command = ();
+
+    fn parse(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Parse for pb::ListAuditEventsRequest {
+    type Command = PageRequest;
+
+    fn parse(&self) -> Result<PageRequest, Error> {
+        let mut v = Violations::new();
+        let page = page(
+            &mut v,
+            Listing::AuditEvents,
+            self.page_size,
+            &self.page_token,
+        );
+        v.finish_with(|| page)
+    }
+}
+
+impl Parse for pb::IntrospectRequest {
+    type Command = Checks;
+
+    /// The token itself is not parsed here: a malformed token is an answer, not an error.
+    fn parse(&self) -> Result<Checks, Error> {
+        Checks::parse(&self.org_id, &self.app_id, &self.required_scopes)
+    }
+}
+
+fn account_id(v: &mut Violations, raw: &str) -> Option<ServiceAccountId> {
+    v.check("service_account_id", ServiceAccountId::parse(raw))
+}
+
+fn only_account_id(raw: &str) -> Result<ServiceAccountId, Error> {
+    let mut v = Violations::new();
+    let id = account_id(&mut v, raw);
+    v.finish_with(|| id)
+}
+
+fn account_and_apps(
+    raw_id: &str,
+    raw_apps: &[String],
+) -> Result<(ServiceAccountId, BTreeSet<AppId>), Error> {
+    let mut v = Violations::new();
+    let id = account_id(&mut v, raw_id);
+    let apps = if raw_apps.is_empty() {
+        v.add("app_ids", "at least one app id is required");
+        None
+    } else {
+        app_ids(&mut v, "app_ids", raw_apps)
+    };
+    v.finish_with(|| Some((id?, apps?)))
+}
+
+/// Parses an `AppAccess` message; `field` is its path in the request.
+fn app_access(v: &mut Violations, field: &str, access: &pb::AppAccess) -> Option<AppAccess> {
+    if access.all_apps {
+        if !access.app_ids.is_empty() {
+            v.add(
+                format!("{field}.app_ids"),
+                "must be empty when all_apps is true",
+            );
+            return None;
+        }
+        return Some(AppAccess::AllApps);
+    }
+    let apps = app_ids(v, &format!("{field}.app_ids"), &access.app_ids)?;
+    v.check(format!("{field}.app_ids"), AppAccess::explicit(apps))
+}
+
+fn app_ids(v: &mut Violations, field: &str, ids: &[String]) -> Option<BTreeSet<AppId>> {
+    let mut apps = BTreeSet::new();
+    let mut all_valid = true;
+    for (i, id) in ids.iter().enumerate() {
+        match AppId::parse(id) {
+            Ok(app) => {
+                apps.insert(app);
+            }
+            Err(invalid) => {
+                all_valid = false;
+                v.add(format!("{field}[{i}]"), invalid.0);
+            }
+        }
+    }
+    all_valid.then_some(apps)
+}
+
+fn page(v: &mut Violations, listing: Listing, size: i32, token: &str) -> Option<PageRequest> {
+    match PageRequest::parse(listing, size, token) {
+        Ok(page) => Some(page),
+        Err(problems) => {
+            for (field, invalid) in problems {
+                v.add(field, invalid.0);
+            }
+            None
+        }
+    }
+}
+
+fn timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, Invalid> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .map(time::truncate)
+        .ok_or_else(|| Invalid::new("is not a valid timestamp"))
+}
+
+/// An expiry must lie ahead (the use case checks again against its own clock).
+fn in_the_future(t: Timestamp) -> Result<Timestamp, Invalid> {
+    if t > time::now() {
+        Ok(t)
+    } else {
+        Err(Invalid::new("must be in the future"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_field_of_a_request_is_reported_at_once() {
+        let request = pb::CreateTokenRequest {
+            service_account_id: "nope".into(),
+            display_name: String::new(),
+            scopes: vec!["mcp:unknown".into()],
+            expire_time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+        };
+        let Err(Error::InvalidArgument(violations)) = request.parse() else {
+            panic!("expected invalid argument");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "service_account_id",
+                "display_name",
+                "scopes",
+                "expire_time"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_without_a_mask_changes_the_populated_fields_only() {
+        let id = ServiceAccountId::generate();
+        let request = pb::UpdateServiceAccountRequest {
+            service_account: Some(pb::ServiceAccount {
+                service_account_id: id.to_string(),
+                description: "new".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        };
+        let (parsed, patch) = request.parse().unwrap();
+        assert_eq!(parsed, id);
+        assert!(patch.display_name.is_none());
+        assert_eq!(patch.description.unwrap().as_str(), "new");
+    }
+}
