@@ -155,37 +155,6 @@ pub struct RpcService<S> {
     duration: Histogram<f64>,
 }
 
-/// Every method this server answers. Other paths are reported as `other`, so that arbitrary
-/// request paths cannot grow the label set of the RPC metric.
-const METHODS: &[&str] = &[
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/CreateServiceAccount",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/GetServiceAccount",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListServiceAccounts",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/UpdateServiceAccount",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/DeleteServiceAccount",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/SetAppAccess",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/GrantAppAccess",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/RevokeAppAccess",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/CreateToken",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListTokens",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/RevokeToken",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListScopes",
-    "/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListAuditEvents",
-    "/embrace.serviceaccounts.v1.TokenIntrospection/Introspect",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-fn known_method(path: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|m| **m == path)
-        .copied()
-        .unwrap_or("other")
-}
-
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -215,7 +184,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = known_method(request.uri().path());
+        let method = crate::methods::label(request.uri().path());
         let span = tracing::info_span!(
             "rpc",
             otel.name = %method,
@@ -293,27 +262,5 @@ impl ServiceMetrics {
 impl Default for ServiceMetrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pb::service_account_admin_server::SERVICE_NAME as ADMIN;
-    use crate::pb::token_introspection_server::SERVICE_NAME as INTROSPECTION;
-
-    #[test]
-    fn method_labels_are_bounded_to_known_methods() {
-        assert_eq!(
-            known_method("/embrace.serviceaccounts.v1.TokenIntrospection/Introspect"),
-            METHODS[13]
-        );
-        assert_eq!(known_method("/evil/aaaaaaaaaaaaaaaaaaaaaaaaaaaa"), "other");
-        assert!(METHODS.iter().any(|m| m.starts_with(&format!("/{ADMIN}/"))));
-        assert!(
-            METHODS
-                .iter()
-                .any(|m| m.starts_with(&format!("/{INTROSPECTION}/")))
-        );
     }
 }

@@ -91,9 +91,10 @@ async fn follow(
     me: &str,
     on_change: &(impl Fn(Change) + Sync),
 ) {
-    // The listener lives in its own task, so that waiting on it is never cancelled half-way.
+    // The listener lives in its own task, so that waiting on it is never cancelled half-way;
+    // the guard ends that task however this function ends (including when it is aborted).
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
+    let _reader = AbortOnDrop(tokio::spawn(async move {
         let mut listener = listener;
         loop {
             let message = listener.try_recv().await;
@@ -102,7 +103,7 @@ async fn follow(
                 return;
             }
         }
-    });
+    }));
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -140,7 +141,14 @@ async fn follow(
             }
         }
     }
-    reader.abort();
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {

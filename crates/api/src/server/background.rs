@@ -1,0 +1,140 @@
+//! The server's background tasks, under one cancellation and stopped by one teardown, whether
+//! the start failed or the server is shutting down.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use service_accounts_domain::cache::IntrospectionCache;
+use service_accounts_domain::introspection::Introspector;
+use service_accounts_persistence::Database;
+use service_accounts_persistence::changes::{self, Change};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use super::gauges::record_flush;
+use super::set_health;
+use crate::telemetry::ServiceMetrics;
+
+pub(super) struct Background {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Cancelled when the server stops.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// A task that watches the token itself, so that it can finish what it is doing.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(
+        &mut self,
+        task: impl FnOnce(CancellationToken) -> F,
+    ) {
+        self.tasks.push(tokio::spawn(task(self.stop.clone())));
+    }
+
+    /// Cancels every task and waits for them.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Writes coalesced last-used times every `interval`; a flush under way finishes first.
+pub(super) async fn flush_last_used(
+    introspector: Arc<Introspector<Database>>,
+    metrics: ServiceMetrics,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                match introspector.flush_last_used().await {
+                    Ok(written) => record_flush(&metrics, Ok(written)),
+                    Err(error) => {
+                        record_flush(&metrics, Err(()));
+                        tracing::warn!(%error, "last-used flush failed; will retry");
+                    }
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Health follows storage: NOT_SERVING while the database does not answer, so that load
+/// balancers route around a replica that could only fail.
+pub(super) async fn follow_storage(
+    db: Database,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let healthy = tokio::time::timeout(interval, db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if healthy == serving || stop.is_cancelled() {
+            continue;
+        }
+        serving = healthy;
+        if healthy {
+            tracing::info!("storage answers again; health is SERVING");
+            set_health(&health, ServingStatus::Serving).await;
+        } else {
+            tracing::warn!("storage does not answer; health is NOT_SERVING");
+            set_health(&health, ServingStatus::NotServing).await;
+        }
+    }
+}
+
+/// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,
+/// and while the subscription is down the cache is not trusted at all.
+pub(super) async fn follow_changes(
+    database_url: String,
+    db: Database,
+    cache: Arc<IntrospectionCache>,
+    stop: CancellationToken,
+) {
+    cache.distrust();
+    let on_change = cache.clone();
+    let watcher = changes::watch(&database_url, db, move |change| match change {
+        Change::Subscribed => {
+            tracing::info!("subscribed to change notifications; introspection cache enabled");
+            on_change.trust();
+        }
+        Change::Account(account) => on_change.invalidate_account(account),
+        Change::Lost => {
+            tracing::warn!(
+                "change notifications lost; introspection cache disabled until resubscribed"
+            );
+            on_change.distrust();
+        }
+    });
+    stop.cancelled().await;
+    watcher.abort();
+    // RPCs still draining must not trust entries nobody keeps coherent any more.
+    cache.distrust();
+}

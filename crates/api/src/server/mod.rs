@@ -1,0 +1,319 @@
+//! Wires storage, use cases and gRPC services together ([`App::build`]), and runs them until
+//! shutdown ([`App::run`]).
+
+mod admin_keys;
+mod background;
+mod gauges;
+mod tls;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use service_accounts_domain::StoreError;
+use service_accounts_domain::admin::AdminService;
+use service_accounts_domain::cache::IntrospectionCache;
+use service_accounts_domain::introspection::Introspector;
+use service_accounts_persistence::Database;
+use tokio::net::TcpListener;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub use admin_keys::{AdminTrust, JwksTrust, authenticator};
+pub use tls::TlsFiles;
+
+use crate::admin_api::AdminApi;
+use crate::dev_key::DevKeyError;
+use crate::introspection_api::IntrospectionApi;
+use crate::pb;
+use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
+use crate::pb::token_introspection_server::TokenIntrospectionServer;
+use crate::telemetry::{RpcLayer, ServiceMetrics};
+use background::Background;
+
+/// Admin requests are small; the largest legitimate one grants 1000 app ids.
+const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
+/// An introspection request is a 50-character token and a few short strings.
+const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub data_dir: PathBuf,
+    pub admin_trust: AdminTrust,
+    pub cache_capacity: u64,
+    pub cache_max_age: Duration,
+    pub last_used_flush_interval: Duration,
+    pub shutdown_grace: Duration,
+    /// How often storage is pinged for the health status.
+    pub readiness_interval: Duration,
+    /// Give every RPC a span and a duration measurement (when traces and metrics are exported).
+    pub rpc_telemetry: bool,
+    pub tls: Option<TlsFiles>,
+}
+
+/// Why the server could not start or stopped abnormally. Each is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot connect to the database: {0}")]
+    Database(StoreError),
+    #[error("database migration failed: {0}")]
+    Migration(StoreError),
+    #[error("cannot use admin JWKS {path}: {reason}")]
+    Jwks { path: PathBuf, reason: String },
+    #[error(transparent)]
+    DevKey(#[from] DevKeyError),
+    #[error(
+        "no admin signing keys: set --admin-jwks with --admin-jwt-issuer and --admin-jwt-audience, \
+         or --admin-trust-dev-key for a development setup"
+    )]
+    NoAdminKeys,
+    #[error("gRPC server failed: {0}")]
+    Transport(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Connects to the database and applies pending migrations.
+pub async fn open_database(url: &str, max_connections: u32) -> Result<Database, ServeError> {
+    let db = service_accounts_persistence::connect(url, max_connections)
+        .await
+        .map_err(ServeError::Database)?;
+    let applied = db.migrate().await.map_err(ServeError::Migration)?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrations applied");
+    }
+    Ok(db)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight RPCs (bounded by the grace period),
+/// flushes last-used times and closes the database.
+pub async fn serve(
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let local_embedded = options.database_url.starts_with("sqlite:")
+        && listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    App::build(options, local_embedded)
+        .await?
+        .run(listener, shutdown)
+        .await
+}
+
+/// The optional per-RPC telemetry layer, as tonic's router stacks it.
+type TelemetryLayer = tower::layer::util::Stack<
+    tower::util::Either<RpcLayer, tower::layer::util::Identity>,
+    tower::layer::util::Identity,
+>;
+
+/// Everything a server runs, built but not yet serving.
+pub struct App {
+    options: ServeOptions,
+    db: Database,
+    cache: Arc<IntrospectionCache>,
+    introspector: Arc<Introspector<Database>>,
+    metrics: ServiceMetrics,
+    health: HealthReporter,
+    router: Router<TelemetryLayer>,
+}
+
+impl App {
+    /// Builds the services. Touches no database yet: the port can open and report NOT_SERVING
+    /// before storage answers.
+    pub async fn build(options: ServeOptions, local_embedded: bool) -> Result<Self, ServeError> {
+        let auth = Arc::new(authenticator(
+            &options.admin_trust,
+            &options.data_dir,
+            local_embedded,
+        )?);
+        let cache = Arc::new(IntrospectionCache::new(
+            options.cache_capacity,
+            options.cache_max_age,
+        ));
+        // Every committed change that alters introspection answers reaches this replica's cache.
+        let db = service_accounts_persistence::connect_lazy(
+            &options.database_url,
+            options.db_max_connections,
+        )
+        .await
+        .map_err(ServeError::Database)?
+        .publishing_to(cache.clone());
+        let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
+        let admin = AdminApi::new(AdminService::new(db.clone()), auth);
+        let metrics = ServiceMetrics::new();
+        let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let introspection =
+            IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServeError::Transport(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServeError::Transport(e.to_string()))?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(files) = &options.tls {
+            builder = builder
+                .tls_config(tls::tls_config(files)?)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+        }
+        let router = builder
+            .layer(tower::util::option_layer(
+                options.rpc_telemetry.then(RpcLayer::new),
+            ))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                ServiceAccountAdminServer::new(admin)
+                    .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+            )
+            .add_service(
+                TokenIntrospectionServer::new(introspection)
+                    .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
+            );
+        Ok(Self {
+            options,
+            db,
+            cache,
+            introspector,
+            metrics,
+            health,
+            router,
+        })
+    }
+
+    /// Listens at once, reports SERVING once storage answers and is migrated, serves until
+    /// `shutdown`, then tears everything down.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let Self {
+            options,
+            db,
+            cache,
+            introspector,
+            metrics,
+            health,
+            router,
+        } = self;
+        let mut background = Background::new();
+        if options.database_url.starts_with("postgres") {
+            let (url, db, cache) = (options.database_url.clone(), db.clone(), cache.clone());
+            background.spawn(|stop| background::follow_changes(url, db, cache, stop));
+        }
+        let (flush_introspector, flush_metrics) = (introspector.clone(), metrics.clone());
+        let interval = options.last_used_flush_interval;
+        background.spawn(move |stop| {
+            background::flush_last_used(flush_introspector, flush_metrics, interval, stop)
+        });
+        let _gauges = gauges::register_gauges(&cache, &db);
+
+        let local_addr = listener.local_addr().ok();
+        // Small unary responses must not wait for Nagle's algorithm.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stopping = background.stopping();
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            stopping.cancelled().await;
+        }));
+        tracing::info!(address = ?local_addr, "listening; NOT_SERVING until storage is ready");
+
+        tokio::pin!(shutdown);
+        let startup = async {
+            db.ping().await.map_err(ServeError::Database)?;
+            let applied = db.migrate().await.map_err(ServeError::Migration)?;
+            if applied > 0 {
+                tracing::info!(applied, "database migrations applied");
+            }
+            Ok::<(), ServeError>(())
+        };
+        let mut drain_grace = Duration::ZERO;
+        let outcome = match tokio::select! {
+            result = startup => Some(result),
+            () = &mut shutdown => None,
+        } {
+            None => Ok(()),
+            Some(Err(error)) => Err(error),
+            Some(Ok(())) => {
+                drain_grace = options.shutdown_grace;
+                set_health(&health, ServingStatus::Serving).await;
+                tracing::info!("storage ready; SERVING");
+                let (ready_db, ready_health) = (db.clone(), health.clone());
+                let interval = options.readiness_interval;
+                background.spawn(move |stop| {
+                    background::follow_storage(ready_db, ready_health, interval, stop)
+                });
+                tokio::select! {
+                    result = &mut server => Err(ServeError::Transport(match result {
+                        Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    })),
+                    () = &mut shutdown => {
+                        tracing::info!("shutting down: draining in-flight RPCs");
+                        Ok(())
+                    }
+                }
+            }
+        };
+
+        // One teardown, whatever happened above. Nothing was served before SERVING, so a
+        // failed start does not wait for idle connections to drain.
+        set_health(&health, ServingStatus::NotServing).await;
+        background.stopping().cancel();
+        if tokio::time::timeout(drain_grace, &mut server)
+            .await
+            .is_err()
+        {
+            if drain_grace > Duration::ZERO {
+                tracing::warn!(grace = ?drain_grace, "grace period over; cutting remaining RPCs");
+            }
+            server.abort();
+        }
+        background.stop().await;
+        match introspector.flush_last_used().await {
+            Ok(0) => {}
+            Ok(written) => {
+                gauges::record_flush(&metrics, Ok(written));
+                tracing::info!(written, "last-used times flushed");
+            }
+            Err(error) => {
+                gauges::record_flush(&metrics, Err(()));
+                tracing::error!(%error, "last-used times could not be flushed at shutdown");
+            }
+        }
+        if let Err(error) = db.close().await {
+            tracing::warn!(%error, "closing the database");
+        }
+        outcome
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <ServiceAccountAdminServer<AdminApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <TokenIntrospectionServer<IntrospectionApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
