@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, Database};
+use service_accounts_api::config::ServeConfig;
 use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::pb;
 use service_accounts_api::pb::service_account_admin_client::ServiceAccountAdminClient;
 use service_accounts_api::pb::token_introspection_client::TokenIntrospectionClient;
-use service_accounts_api::server::{self, AdminTrust, ServeOptions};
+use service_accounts_api::server::{self, AdminTrust};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -184,7 +185,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub data_dir: TempDir,
     pub database: TestDatabase,
-    pub options: ServeOptions,
+    pub options: ServeConfig,
     dev_key: DevKey,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), server::ServeError>>>,
@@ -206,19 +207,18 @@ pub async fn unstarted(setup: Setup) -> Option<TestApp> {
     log_buffer();
     let data_dir = tempfile::tempdir().expect("temp dir");
     let database = TestDatabase::create(setup.backend, &data_dir).await?;
-    let options = ServeOptions {
-        database_url: database.url.clone(),
-        db_max_connections: 4,
-        data_dir: data_dir.path().to_owned(),
-        admin_trust: setup.admin_trust,
-        cache_capacity: setup.cache_capacity,
-        cache_max_age: Duration::from_secs(60),
-        last_used_flush_interval: setup.last_used_flush_interval,
-        shutdown_grace: Duration::from_secs(5),
-        readiness_interval: Duration::from_millis(200),
-        rpc_telemetry: false,
-        tls: None,
-    };
+    let mut options = ServeConfig::for_tests(data_dir.path(), &database.url);
+    options.storage.db_max_connections = 4;
+    if let Some(jwks) = setup.admin_trust.jwks {
+        options.admin_jwks = Some(jwks.path);
+        options.admin_jwt_issuer = Some(jwks.issuer);
+        options.admin_jwt_audience = Some(jwks.audience);
+    }
+    options.admin_trust_dev_key = setup.admin_trust.trust_dev_key;
+    options.introspection_cache_capacity = setup.cache_capacity;
+    options.last_used_flush_interval = setup.last_used_flush_interval;
+    options.shutdown_grace = Duration::from_secs(5);
+    options.readiness_interval = Duration::from_millis(200);
     let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
     let app = TestApp {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -247,8 +247,8 @@ impl TestApp {
         )
         .expect("copy dev key");
         let mut options = self.options.clone();
-        options.database_url = database_url.to_owned();
-        options.data_dir = data_dir.path().to_owned();
+        options.storage.database_url = Some(database_url.to_owned());
+        options.storage.data.data_dir = data_dir.path().to_owned();
         let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
         let mut replica = TestApp {
             addr: self.addr,

@@ -25,7 +25,7 @@ async fn shutdown_finishes_in_flight_calls_and_flushes_last_used() {
         Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(300)).await;
     let mut setup_replica = direct.replica_on(&slow_url).await;
     setup_replica.stop().await.unwrap();
-    setup_replica.options.cache_capacity = 0;
+    setup_replica.options.introspection_cache_capacity = 0;
     setup_replica.options.last_used_flush_interval = Duration::from_secs(3600);
     setup_replica.start().await;
     let replica = setup_replica;
@@ -127,7 +127,7 @@ async fn health_is_not_serving_until_storage_is_ready() {
         Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(200)).await;
     let mut replica = direct.replica().await;
     replica.stop().await.unwrap();
-    replica.options.database_url = url;
+    replica.options.storage.database_url = Some(url);
     replica.start_without_probe().await;
 
     let mut seen = Vec::new();

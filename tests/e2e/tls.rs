@@ -2,7 +2,6 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use service_accounts_api::pb;
-use service_accounts_api::server::TlsFiles;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -83,11 +82,9 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         std::fs::write(&path, pem).unwrap();
         path
     };
-    app.options.tls = Some(TlsFiles {
-        cert: write("server.pem", &pki.server.0),
-        key: write("server.key", &pki.server.1),
-        client_ca: Some(write("client-ca.pem", &pki.ca_pem)),
-    });
+    app.options.tls_cert = Some(write("server.pem", &pki.server.0));
+    app.options.tls_key = Some(write("server.key", &pki.server.1));
+    app.options.tls_client_ca = Some(write("client-ca.pem", &pki.ca_pem));
     start_tls(&mut app, &pki).await;
 
     // An admin without a client certificate: TLS, JWT, fine.

@@ -1,11 +1,14 @@
 //! Command line and environment configuration. Every flag can also be set by the environment
-//! variable named in `--help`.
+//! variable named in `--help`. The parsed structs are what the server and the commands take:
+//! there is no second copy of the options to keep in step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::server::{AdminTrust, JwksTrust, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,25 +22,32 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Settings for `serve` (the default command).
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: ServeConfig,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
-    Serve(Box<ServeArgs>),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations and exit.
-    Migrate(StorageArgs),
+    Migrate(StorageConfig),
     /// Print an admin JWT signed with the local development key, for grpcurl.
     AdminToken(AdminTokenArgs),
 }
 
-/// Where the data lives. Shared by every command.
+/// The data directory. Shared by every command.
 #[derive(Debug, Clone, Args)]
-pub struct StorageArgs {
+pub struct DataDir {
     /// Directory for the embedded SQLite database and the development admin key.
     #[arg(long, env = "SERVICE_ACCOUNTS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    #[command(flatten)]
+    pub data: DataDir,
 
     /// Database URL: `postgres://user@host/db` for production, `sqlite://path?mode=rwc` for
     /// embedded. Default: SQLite at `<data-dir>/service-accounts.db`.
@@ -53,11 +63,15 @@ pub struct StorageArgs {
     pub db_max_connections: u32,
 }
 
-impl StorageArgs {
+impl StorageConfig {
+    pub fn data_dir(&self) -> &Path {
+        &self.data.data_dir
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()
-            .unwrap_or_else(|| sqlite_url(&self.data_dir.join("service-accounts.db")))
+            .unwrap_or_else(|| sqlite_url(&self.data_dir().join("service-accounts.db")))
     }
 
     pub fn is_embedded(&self) -> bool {
@@ -69,10 +83,11 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// Everything `serve` takes.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub struct ServeConfig {
     #[command(flatten)]
-    pub storage: StorageArgs,
+    pub storage: StorageConfig,
 
     /// Address to listen on for gRPC.
     #[arg(
@@ -95,8 +110,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWT_AUDIENCE")]
     pub admin_jwt_audience: Option<String>,
 
-    /// Also trust the development key in the data dir when --admin-jwks is set. Never in
-    /// production.
+    /// Trust the development key in the data dir even where it is not trusted by default (with
+    /// --admin-jwks, with PostgreSQL, or on a non-loopback address). Development stacks only.
     #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_TRUST_DEV_KEY")]
     pub admin_trust_dev_key: bool,
 
@@ -161,8 +176,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct AdminTokenArgs {
     /// The data dir whose development key signs the token.
-    #[arg(long, env = "SERVICE_ACCOUNTS_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataDir,
     /// The org the admin acts in (the `org_id` claim).
     #[arg(long)]
     pub org_id: String,
@@ -175,4 +190,56 @@ pub struct AdminTokenArgs {
     /// Roles to put in the token.
     #[arg(long = "role", default_value = "org_admin")]
     pub roles: Vec<String>,
+}
+
+impl ServeConfig {
+    /// Every flag at its default, on `database_url` with `data_dir`: where tests start before
+    /// changing what they exercise. Settings that change behaviour (keys, TLS, export) are
+    /// cleared even if the environment sets them.
+    pub fn for_tests(data_dir: &Path, database_url: &str) -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        let mut config = Defaults::try_parse_from(["service-accounts"])
+            .expect("the defaults parse")
+            .config;
+        config.storage.data.data_dir = data_dir.to_owned();
+        config.storage.database_url = Some(database_url.to_owned());
+        config.admin_jwks = None;
+        config.admin_jwt_issuer = None;
+        config.admin_jwt_audience = None;
+        config.admin_trust_dev_key = false;
+        config.tls_cert = None;
+        config.tls_key = None;
+        config.tls_client_ca = None;
+        config.otlp_endpoint = None;
+        config
+    }
+
+    /// Who may sign admin JWTs, as the flags say.
+    pub fn admin_trust(&self) -> AdminTrust {
+        AdminTrust {
+            jwks: self.admin_jwks.clone().map(|path| JwksTrust {
+                path,
+                issuer: self.admin_jwt_issuer.clone().unwrap_or_default(),
+                audience: self.admin_jwt_audience.clone().unwrap_or_default(),
+            }),
+            trust_dev_key: self.admin_trust_dev_key,
+        }
+    }
+
+    pub fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Per-RPC spans and duration metrics exist only when they are exported.
+    pub fn rpc_telemetry(&self) -> bool {
+        self.otlp_endpoint.is_some()
+    }
 }

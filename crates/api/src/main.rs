@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeArgs, StorageArgs};
+use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeConfig, StorageConfig};
 use service_accounts_api::dev_key::DevKey;
-use service_accounts_api::server::{self, AdminTrust, JwksTrust, ServeOptions, TlsFiles};
+use service_accounts_api::server;
 use service_accounts_api::telemetry;
 
 fn main() -> ExitCode {
@@ -44,56 +44,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
+async fn serve(config: ServeConfig) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let options = ServeOptions {
-        database_url: args.storage.database_url(),
-        db_max_connections: args.storage.db_max_connections,
-        data_dir: args.storage.data_dir.clone(),
-        admin_trust: AdminTrust {
-            jwks: args.admin_jwks.map(|path| JwksTrust {
-                path,
-                issuer: args.admin_jwt_issuer.unwrap_or_default(),
-                audience: args.admin_jwt_audience.unwrap_or_default(),
-            }),
-            trust_dev_key: args.admin_trust_dev_key,
-        },
-        cache_capacity: args.introspection_cache_capacity,
-        cache_max_age: args.introspection_cache_max_age,
-        last_used_flush_interval: args.last_used_flush_interval,
-        shutdown_grace: args.shutdown_grace,
-        readiness_interval: args.readiness_interval,
-        rpc_telemetry: args.otlp_endpoint.is_some(),
-        tls: match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert,
-                key,
-                client_ca: args.tls_client_ca,
-            }),
-            _ => None,
-        },
-    };
-    if args.storage.is_embedded() {
-        std::fs::create_dir_all(&args.storage.data_dir).map_err(|e| {
-            format!(
-                "cannot create data dir {}: {e}",
-                args.storage.data_dir.display()
-            )
-        })?;
-    }
-    server::serve(options, listener, shutdown_signal())
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    create_data_dir(&config.storage)?;
+    server::serve(config, listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
 
-async fn migrate(args: StorageArgs) -> Result<(), String> {
-    if args.is_embedded() {
-        std::fs::create_dir_all(&args.data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", args.data_dir.display()))?;
-    }
-    let db = server::open_database(&args.database_url(), 1)
+async fn migrate(storage: StorageConfig) -> Result<(), String> {
+    create_data_dir(&storage)?;
+    let db = server::open_database(&storage.database_url(), 1)
         .await
         .map_err(|e| e.to_string())?;
     db.close().await.map_err(|e| e.to_string())?;
@@ -101,8 +64,18 @@ async fn migrate(args: StorageArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The embedded database lives in the data dir; create it on first run.
+fn create_data_dir(storage: &StorageConfig) -> Result<(), String> {
+    if !storage.is_embedded() {
+        return Ok(());
+    }
+    let dir = storage.data_dir();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))
+}
+
 fn admin_token(args: AdminTokenArgs) -> Result<(), String> {
-    let key = DevKey::load_or_create(&args.data_dir).map_err(|e| e.to_string())?;
+    let key = DevKey::load_or_create(&args.data.data_dir).map_err(|e| e.to_string())?;
     let token = key
         .mint(&args.org_id, &args.user_id, &args.roles, args.ttl)
         .map_err(|e| format!("cannot sign the token: {e}"))?;

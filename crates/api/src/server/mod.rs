@@ -25,6 +25,7 @@ pub use admin_keys::{AdminTrust, JwksTrust, authenticator};
 pub use tls::TlsFiles;
 
 use crate::admin_api::AdminApi;
+use crate::config::ServeConfig;
 use crate::dev_key::DevKeyError;
 use crate::introspection_api::IntrospectionApi;
 use crate::pb;
@@ -37,23 +38,6 @@ use background::Background;
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
 /// An introspection request is a 50-character token and a few short strings.
 const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
-
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub database_url: String,
-    pub db_max_connections: u32,
-    pub data_dir: PathBuf,
-    pub admin_trust: AdminTrust,
-    pub cache_capacity: u64,
-    pub cache_max_age: Duration,
-    pub last_used_flush_interval: Duration,
-    pub shutdown_grace: Duration,
-    /// How often storage is pinged for the health status.
-    pub readiness_interval: Duration,
-    /// Give every RPC a span and a duration measurement (when traces and metrics are exported).
-    pub rpc_telemetry: bool,
-    pub tls: Option<TlsFiles>,
-}
 
 /// Why the server could not start or stopped abnormally. Each is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -92,13 +76,13 @@ pub async fn open_database(url: &str, max_connections: u32) -> Result<Database, 
 /// Serves until `shutdown` resolves, then drains in-flight RPCs (bounded by the grace period),
 /// flushes last-used times and closes the database.
 pub async fn serve(
-    options: ServeOptions,
+    config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let local_embedded = options.database_url.starts_with("sqlite:")
+    let local_embedded = config.storage.database_url().starts_with("sqlite:")
         && listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    App::build(options, local_embedded)
+    App::build(config, local_embedded)
         .await?
         .run(listener, shutdown)
         .await
@@ -112,7 +96,8 @@ type TelemetryLayer = tower::layer::util::Stack<
 
 /// Everything a server runs, built but not yet serving.
 pub struct App {
-    options: ServeOptions,
+    config: ServeConfig,
+    database_url: String,
     db: Database,
     cache: Arc<IntrospectionCache>,
     introspector: Arc<Introspector<Database>>,
@@ -124,20 +109,21 @@ pub struct App {
 impl App {
     /// Builds the services. Touches no database yet: the port can open and report NOT_SERVING
     /// before storage answers.
-    pub async fn build(options: ServeOptions, local_embedded: bool) -> Result<Self, ServeError> {
+    pub async fn build(config: ServeConfig, local_embedded: bool) -> Result<Self, ServeError> {
         let auth = Arc::new(authenticator(
-            &options.admin_trust,
-            &options.data_dir,
+            &config.admin_trust(),
+            config.storage.data_dir(),
             local_embedded,
         )?);
         let cache = Arc::new(IntrospectionCache::new(
-            options.cache_capacity,
-            options.cache_max_age,
+            config.introspection_cache_capacity,
+            config.introspection_cache_max_age,
         ));
+        let database_url = config.storage.database_url();
         // Every committed change that alters introspection answers reaches this replica's cache.
         let db = service_accounts_persistence::connect_lazy(
-            &options.database_url,
-            options.db_max_connections,
+            &database_url,
+            config.storage.db_max_connections,
         )
         .await
         .map_err(ServeError::Database)?
@@ -145,7 +131,8 @@ impl App {
         let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
         let admin = AdminApi::new(AdminService::new(db.clone()), auth);
         let metrics = ServiceMetrics::new();
-        let require_client_cert = options.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let tls = config.tls();
+        let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let introspection =
             IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -157,14 +144,14 @@ impl App {
             .build_v1alpha()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
         let mut builder = tonic::transport::Server::builder();
-        if let Some(files) = &options.tls {
+        if let Some(files) = &tls {
             builder = builder
                 .tls_config(tls::tls_config(files)?)
                 .map_err(|e| ServeError::Tls(e.to_string()))?;
         }
         let router = builder
             .layer(tower::util::option_layer(
-                options.rpc_telemetry.then(RpcLayer::new),
+                config.rpc_telemetry().then(RpcLayer::new),
             ))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -178,7 +165,8 @@ impl App {
                     .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
             );
         Ok(Self {
-            options,
+            config,
+            database_url,
             db,
             cache,
             introspector,
@@ -196,7 +184,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         let Self {
-            options,
+            config,
+            database_url,
             db,
             cache,
             introspector,
@@ -205,12 +194,12 @@ impl App {
             router,
         } = self;
         let mut background = Background::new();
-        if options.database_url.starts_with("postgres") {
-            let (url, db, cache) = (options.database_url.clone(), db.clone(), cache.clone());
+        if database_url.starts_with("postgres") {
+            let (url, db, cache) = (database_url, db.clone(), cache.clone());
             background.spawn(|stop| background::follow_changes(url, db, cache, stop));
         }
         let (flush_introspector, flush_metrics) = (introspector.clone(), metrics.clone());
-        let interval = options.last_used_flush_interval;
+        let interval = config.last_used_flush_interval;
         background.spawn(move |stop| {
             background::flush_last_used(flush_introspector, flush_metrics, interval, stop)
         });
@@ -242,11 +231,11 @@ impl App {
             None => Ok(()),
             Some(Err(error)) => Err(error),
             Some(Ok(())) => {
-                drain_grace = options.shutdown_grace;
+                drain_grace = config.shutdown_grace;
                 set_health(&health, ServingStatus::Serving).await;
                 tracing::info!("storage ready; SERVING");
                 let (ready_db, ready_health) = (db.clone(), health.clone());
-                let interval = options.readiness_interval;
+                let interval = config.readiness_interval;
                 background.spawn(move |stop| {
                     background::follow_storage(ready_db, ready_health, interval, stop)
                 });
