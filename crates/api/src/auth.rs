@@ -11,8 +11,12 @@ use service_accounts_domain::admin::Principal;
 use service_accounts_domain::ids::{OrgId, UserId};
 use tonic::metadata::MetadataMap;
 
-/// Clock skew tolerated on `exp` and `nbf`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 30;
+/// The longest an admin JWT may live (`exp - iat`): a stolen one is useful only briefly.
+pub const MAX_LIFETIME_SECONDS: u64 = 3600;
+/// RSA keys shorter than this are refused.
+const MIN_RSA_BITS: usize = 2048;
 
 struct TrustedKey {
     kid: Option<String>,
@@ -55,6 +59,8 @@ struct Claims {
     org_id: String,
     #[serde(default)]
     roles: Vec<String>,
+    exp: u64,
+    iat: Option<u64>,
 }
 
 impl AdminAuthenticator {
@@ -113,6 +119,19 @@ fn invalid(error: jsonwebtoken::errors::Error) -> AuthError {
 }
 
 fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    let Some(iat) = claims.iat else {
+        return Err(AuthError::Invalid(
+            "a required claim is missing: iat".into(),
+        ));
+    };
+    if claims.exp.saturating_sub(iat) > MAX_LIFETIME_SECONDS {
+        return Err(AuthError::Invalid(format!(
+            "lives longer than {MAX_LIFETIME_SECONDS} seconds (exp - iat)"
+        )));
+    }
+    if iat > jsonwebtoken::get_current_timestamp() + LEEWAY_SECONDS {
+        return Err(AuthError::Invalid("issued in the future (iat)".into()));
+    }
     let user_id =
         UserId::parse(&claims.sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
     let org_id =
@@ -145,7 +164,16 @@ fn trusted_key(jwk: &Jwk, issuer: &str, audience: &str) -> Result<TrustedKey, Ke
             Algorithm::EdDSA
         }
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::RSA(p) => {
+            let modulus = URL_SAFE_NO_PAD
+                .decode(&p.n)
+                .map_err(|_| unsupported("n is not base64url"))?;
+            let leading_zeros = modulus.iter().take_while(|b| **b == 0).count();
+            if (modulus.len() - leading_zeros) * 8 < MIN_RSA_BITS {
+                return Err(unsupported("RSA keys must have at least 2048 bits"));
+            }
+            Algorithm::RS256
+        }
         AlgorithmParameters::OctetKey(_) => {
             return Err(unsupported("symmetric (HMAC) keys are not accepted"));
         }
@@ -208,6 +236,44 @@ mod tests {
             AdminAuthenticator::default().trust(&JwkSet { keys: vec![] }, "i", "a"),
             Err(KeyConfigError::Empty)
         ));
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        // The RFC's key is 2048 bits; the same key with its modulus cut to 1024 bits is not.
+        let n = RFC_RSA
+            .split(r#""n":""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let short = URL_SAFE_NO_PAD.encode(&URL_SAFE_NO_PAD.decode(n).unwrap()[..128]);
+        let error = key(&RFC_RSA.replace(n, &short)).err().expect("refused");
+        assert!(error.to_string().contains("2048"), "{error}");
+    }
+
+    fn claims(exp: u64, iat: Option<u64>) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            org_id: "acme".into(),
+            roles: vec!["org_admin".into()],
+            exp,
+            iat,
+        }
+    }
+
+    #[test]
+    fn admin_jwts_need_iat_and_live_at_most_an_hour() {
+        let now = jsonwebtoken::get_current_timestamp();
+        assert!(principal(claims(now + 3600, Some(now))).is_ok());
+        let missing = principal(claims(now + 60, None)).err().expect("refused");
+        assert!(missing.to_string().contains("iat"), "{missing}");
+        let long = principal(claims(now + 3601, Some(now)))
+            .err()
+            .expect("refused");
+        assert!(long.to_string().contains("3600"), "{long}");
+        assert!(principal(claims(now + 7200, Some(now + 3600))).is_err());
     }
 
     #[test]

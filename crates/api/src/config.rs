@@ -184,12 +184,24 @@ pub struct AdminTokenArgs {
     /// The admin's user id (the `sub` claim).
     #[arg(long)]
     pub user_id: String,
-    /// How long the token is valid.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// How long the token is valid: at most 1h, the longest admin JWT the server accepts.
+    #[arg(long, default_value = "1h", value_parser = admin_token_ttl)]
     pub ttl: Duration,
     /// Roles to put in the token.
     #[arg(long = "role", default_value = "org_admin")]
     pub roles: Vec<String>,
+}
+
+fn admin_token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let max = Duration::from_secs(crate::auth::MAX_LIFETIME_SECONDS);
+    if ttl > max || ttl.is_zero() {
+        return Err(format!(
+            "must be more than 0 and at most {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(ttl)
 }
 
 impl ServeConfig {

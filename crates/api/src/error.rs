@@ -77,12 +77,18 @@ fn store_status(error: StoreError) -> Status {
     Status::unavailable("storage is unavailable; retry later")
 }
 
+/// The message names the first violation; the details carry them all (at most 21).
 fn invalid_argument(violations: Vec<service_accounts_domain::FieldViolation>) -> Status {
-    let summary = violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let summary = match violations.as_slice() {
+        [] => "the request is malformed".to_owned(),
+        [only] => format!("{}: {}", only.field, only.description),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more in the details)",
+            first.field,
+            first.description,
+            rest.len()
+        ),
+    };
     let details: Vec<FieldViolation> = violations
         .into_iter()
         .map(|v| FieldViolation::new(v.field, v.description))

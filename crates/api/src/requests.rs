@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::DateTime;
 use service_accounts_domain::Violations;
 use service_accounts_domain::admin::{NewServiceAccount, NewToken, ServiceAccountPatch};
-use service_accounts_domain::error::{Error, Invalid};
+use service_accounts_domain::error::{Error, Invalid, quote};
 use service_accounts_domain::ids::{ServiceAccountId, TokenId};
 use service_accounts_domain::introspection::Checks;
 use service_accounts_domain::page::{Listing, PageRequest};
@@ -112,8 +112,9 @@ impl Parse for pb::UpdateServiceAccountRequest {
                 other => v.add(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "{other:?} cannot be updated: only display_name and description can \
-                         (app access has its own RPCs)"
+                        "{} cannot be updated: only display_name and description can \
+                         (app access has its own RPCs)",
+                        quote(other)
                     ),
                 ),
             }

@@ -25,9 +25,31 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// At most this many violations are reported per error, plus one saying how many were left
+/// out: a request cannot make the server answer with a large error.
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// At most this many bytes of a caller's input are quoted back in an error.
+pub const MAX_ECHO_BYTES: usize = 64;
+
+/// `input` quoted for an error message, cut to [`MAX_ECHO_BYTES`] bytes.
+pub fn quote(input: &str) -> String {
+    if input.len() <= MAX_ECHO_BYTES {
+        return format!("{input:?}");
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &input[..end])
+}
+
 /// Collects every violation of a request so that callers see all problems at once.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    shown: Vec<FieldViolation>,
+    left_out: usize,
+}
 
 impl Violations {
     pub fn new() -> Self {
@@ -46,23 +68,33 @@ impl Violations {
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
+        if self.shown.len() == MAX_VIOLATIONS {
+            self.left_out += 1;
+            return;
+        }
+        self.shown.push(FieldViolation {
             field: field.into(),
             description: description.into(),
         });
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.shown.is_empty()
     }
 
-    /// `Ok(())` when nothing was recorded, else the `InvalidArgument` error carrying them all.
-    pub fn finish(self) -> Result<(), Error> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(self.0))
+    /// `Ok(())` when nothing was recorded, else the `InvalidArgument` error carrying them all
+    /// (the first [`MAX_VIOLATIONS`], and how many more there were).
+    pub fn finish(mut self) -> Result<(), Error> {
+        if self.shown.is_empty() {
+            return Ok(());
         }
+        if self.left_out > 0 {
+            self.shown.push(FieldViolation {
+                field: "request".into(),
+                description: format!("{} more violations not shown", self.left_out),
+            });
+        }
+        Err(Error::InvalidArgument(self.shown))
     }
 
     /// Like [`Self::finish`], then builds the parsed value from the parts `check` returned.
@@ -127,5 +159,33 @@ impl Error {
             field: field.into(),
             description: description.into(),
         }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_of_violations_become_twenty_and_a_count() {
+        let mut violations = Violations::new();
+        for i in 0..3000 {
+            violations.add(format!("required_scopes[{i}]"), "unknown scope");
+        }
+        let Err(Error::InvalidArgument(shown)) = violations.finish() else {
+            panic!("expected invalid argument");
+        };
+        assert_eq!(shown.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(shown[19].field, "required_scopes[19]");
+        assert_eq!(shown[20].description, "2980 more violations not shown");
+    }
+
+    #[test]
+    fn quoted_input_is_cut_at_64_bytes_on_a_character_boundary() {
+        assert_eq!(quote("short"), "\"short\"");
+        let long = "é".repeat(100);
+        let quoted = quote(&long);
+        assert!(quoted.len() <= MAX_ECHO_BYTES + "\"\"…".len(), "{quoted}");
+        assert!(quoted.ends_with('…'));
     }
 }
