@@ -267,11 +267,9 @@ mod tests {
     fn admin_jwts_need_iat_and_live_at_most_an_hour() {
         let now = jsonwebtoken::get_current_timestamp();
         assert!(principal(claims(now + 3600, Some(now))).is_ok());
-        let missing = principal(claims(now + 60, None)).err().expect("refused");
+        let missing = principal(claims(now + 60, None)).expect_err("refused");
         assert!(missing.to_string().contains("iat"), "{missing}");
-        let long = principal(claims(now + 3601, Some(now)))
-            .err()
-            .expect("refused");
+        let long = principal(claims(now + 3601, Some(now))).expect_err("refused");
         assert!(long.to_string().contains("3600"), "{long}");
         assert!(principal(claims(now + 7200, Some(now + 3600))).is_err());
     }

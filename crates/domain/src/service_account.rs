@@ -12,7 +12,19 @@ pub const MAX_APP_ID_CHARS: usize = 64;
 /// Explicit grants per account; beyond this an admin wants `all_apps`.
 pub const MAX_APP_IDS: usize = 1000;
 
-/// A display name: trimmed, 1-128 characters, no control characters.
+/// Characters that render as nothing or reorder the text around them (Unicode's bidirectional
+/// controls and default-ignorable code points): in a name they let one account pass for another
+/// in callers' logs ("service account 'CI' did X").
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// A display name: trimmed, 1-128 characters, no control, invisible or bidirectional-control
+/// characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -30,6 +42,11 @@ impl DisplayName {
         }
         if trimmed.chars().any(char::is_control) {
             return Err(Invalid::new("must not contain control characters"));
+        }
+        if trimmed.chars().any(is_invisible_or_bidi) {
+            return Err(Invalid::new(
+                "must not contain invisible or bidirectional-control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -158,6 +175,24 @@ mod tests {
             DisplayName::parse("CI Pipeline").unwrap().uniqueness_key(),
             DisplayName::parse("ci pipeline").unwrap().uniqueness_key()
         );
+    }
+
+    #[test]
+    fn names_that_could_pass_for_another_are_refused() {
+        // Right-to-left override, zero-width space and joiner, word joiner, BOM, tag characters.
+        for spoof in [
+            "CI\u{202E}enilepiP",
+            "C\u{200B}I",
+            "C\u{200D}I",
+            "CI\u{2060}",
+            "\u{FEFF}CI",
+            "CI\u{E0041}",
+        ] {
+            let error = DisplayName::parse(spoof).expect_err(spoof);
+            assert!(error.0.contains("invisible"), "{spoof:?}: {error}");
+        }
+        // Visible non-ASCII is fine.
+        assert!(DisplayName::parse("Déploiement 🚀 ビルド").is_ok());
     }
 
     #[test]
