@@ -68,11 +68,19 @@ impl DevKey {
             .map_err(|e| fail(e.to_string()))?;
         // Write a private temporary file, then link it into place: the key appears complete or
         // not at all, and when two processes race, the first link wins and both use its key.
-        let temporary = data_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        // The temporary file is created new (never through an existing file or link) with mode
+        // 0600 from the start, so the key is never readable by others, not even briefly.
+        let temporary = data_dir.join(format!(
+            ".{FILE_NAME}.{}.tmp",
+            uuid::Uuid::now_v7().simple()
+        ));
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
         let mut file = options.open(&temporary).map_err(|e| fail(e.to_string()))?;
         file.write_all(pem.as_bytes())
             .and_then(|()| file.sync_all())
@@ -88,12 +96,38 @@ impl DevKey {
         }
     }
 
+    /// Refuses a key that others could read (anyone who reads it can mint admin JWTs), and one
+    /// reached through a symbolic link.
     fn load(path: &Path) -> Result<Option<Self>, String> {
-        let pem = match fs::read_to_string(path) {
-            Ok(pem) => pem,
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let mut file = match options.open(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err("is a symbolic link; refusing to follow it".into());
+            }
             Err(e) => return Err(e.to_string()),
         };
+        let metadata = file.metadata().map_err(|e| e.to_string())?;
+        if !metadata.is_file() {
+            return Err("is not a regular file".into());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "is readable or writable by group or others (mode {mode:o}); \
+                     run `chmod 600` on it, or delete it to create a new one"
+                ));
+            }
+        }
+        let mut pem = String::new();
+        std::io::Read::read_to_string(&mut file, &mut pem).map_err(|e| e.to_string())?;
         let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
         Ok(Some(Self { signing }))
     }
@@ -146,5 +180,45 @@ impl DevKey {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(KEY_ID.into());
         encode(&header, &claims, &key)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_key_is_created_private_and_refused_once_others_can_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        DevKey::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        DevKey::load_or_create(dir.path()).expect("its own key loads again");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = DevKey::load_or_create(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("group or others"), "{error}");
+    }
+
+    #[test]
+    fn a_key_behind_a_symbolic_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        DevKey::load_or_create(elsewhere.path()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join(FILE_NAME), dir.path().join(FILE_NAME))
+            .unwrap();
+        let error = DevKey::load_or_create(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("symbolic link"), "{error}");
     }
 }
