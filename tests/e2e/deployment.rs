@@ -82,3 +82,31 @@ fn the_dockerfile_builds_with_the_command_ci_runs() {
         "CI does not run `{build}`"
     );
 }
+
+/// Whoever reaches a replica that trusts the development key can use any JWT that key signs: in
+/// compose, such a replica is published on the host's loopback address only.
+#[test]
+fn compose_never_publishes_a_replica_that_trusts_the_dev_key_beyond_loopback() {
+    let mut compose: serde_norway::Value =
+        serde_norway::from_str(&repo_file("docker-compose.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    let mut checked = 0;
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let trusts_dev_key = service["environment"]["SERVICE_ACCOUNTS_ADMIN_TRUST_DEV_KEY"]
+            .as_str()
+            .is_some_and(|v| v == "true");
+        if !trusts_dev_key {
+            continue;
+        }
+        let ports = service["ports"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+        for port in ports {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:") || port.starts_with("[::1]:"),
+                "{name:?} trusts the dev key and publishes {port:?} beyond loopback"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "the check saw no published port");
+}
