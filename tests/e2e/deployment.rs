@@ -98,7 +98,10 @@ fn compose_never_publishes_a_replica_that_trusts_the_dev_key_beyond_loopback() {
         if !trusts_dev_key {
             continue;
         }
-        let ports = service["ports"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+        let ports = service["ports"]
+            .as_sequence()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for port in ports {
             let port = port.as_str().unwrap();
             assert!(

@@ -247,7 +247,7 @@ impl TestApp {
         )
         .expect("copy dev key");
         let mut options = self.options.clone();
-        options.storage.database_url = Some(database_url.to_owned());
+        options.storage.database_url = Some(database_url.into());
         options.storage.data.data_dir = data_dir.path().to_owned();
         let dev_key = DevKey::load_or_create(data_dir.path()).expect("dev key");
         let mut replica = TestApp {

@@ -127,7 +127,7 @@ async fn health_is_not_serving_until_storage_is_ready() {
         Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(200)).await;
     let mut replica = direct.replica().await;
     replica.stop().await.unwrap();
-    replica.options.storage.database_url = Some(url);
+    replica.options.storage.database_url = Some(url.as_str().into());
     replica.start_without_probe().await;
 
     let mut seen = Vec::new();

@@ -244,3 +244,41 @@ fn startup_mistakes_are_one_line_errors_not_panics() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A `DATABASE_URL` password reaches neither the logs nor the error of a failed start.
+#[test]
+fn a_database_password_never_reaches_logs_or_errors() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the connection fails, and the server says so.
+    let output = Command::new(BINARY)
+        .args(["migrate", "--data-dir"])
+        .arg(data_dir.path())
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2-secret@127.0.0.1:1/accounts",
+        )
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "{stderr}{stdout}"
+    );
+    // The variable's value is hidden from --help as well.
+    let help = Command::new(BINARY)
+        .arg("--help")
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2-secret@127.0.0.1:1/accounts",
+        )
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("hunter2"));
+}

@@ -51,8 +51,8 @@ pub struct StorageConfig {
 
     /// Database URL: `postgres://user@host/db` for production, `sqlite://path?mode=rwc` for
     /// embedded. Default: SQLite at `<data-dir>/service-accounts.db`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
+    pub database_url: Option<DatabaseUrl>,
 
     /// Maximum pooled database connections.
     #[arg(
@@ -68,14 +68,64 @@ impl StorageConfig {
         &self.data.data_dir
     }
 
-    pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| sqlite_url(&self.data_dir().join("service-accounts.db")))
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.database_url.clone().unwrap_or_else(|| {
+            DatabaseUrl(sqlite_url(&self.data_dir().join("service-accounts.db")))
+        })
     }
 
     pub fn is_embedded(&self) -> bool {
-        self.database_url().starts_with("sqlite:")
+        self.database_url().is_sqlite()
+    }
+}
+
+/// A database URL. It may hold a password, so its `Debug` and `Display` never show one: only
+/// [`DatabaseUrl::expose`] does, for connecting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Any text: an unsupported scheme is reported when connecting, as for every other
+    /// connection failure.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres")
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("REDACTED"));
+                f.write_str(url.as_str())
+            }
+            Ok(_) => f.write_str(&self.0),
+            Err(_) => f.write_str("<unparsable database URL>"),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
     }
 }
 
@@ -218,7 +268,7 @@ impl ServeConfig {
             .expect("the defaults parse")
             .config;
         config.storage.data.data_dir = data_dir.to_owned();
-        config.storage.database_url = Some(database_url.to_owned());
+        config.storage.database_url = Some(database_url.into());
         config.admin_jwks = None;
         config.admin_jwt_issuer = None;
         config.admin_jwt_audience = None;
@@ -253,5 +303,24 @@ impl ServeConfig {
     /// Per-RPC spans and duration metrics exist only when they are exported.
     pub fn rpc_telemetry(&self) -> bool {
         self.otlp_endpoint.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_password_never_shows_in_debug_or_display() {
+        let url = DatabaseUrl::parse("postgres://app:hunter2@db.internal:5432/accounts").unwrap();
+        let config = ServeConfig::for_tests(Path::new("/tmp"), url.expose());
+        for shown in [format!("{url}"), format!("{url:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        assert!(format!("{url}").contains("app:REDACTED@db.internal"));
+        assert_eq!(
+            url.expose(),
+            "postgres://app:hunter2@db.internal:5432/accounts"
+        );
     }
 }

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 
 use super::gauges::record_flush;
 use super::set_health;
+use crate::config::DatabaseUrl;
 use crate::telemetry::ServiceMetrics;
 
 pub(super) struct Background {
@@ -113,14 +114,14 @@ pub(super) async fn follow_storage(
 /// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,
 /// and while the subscription is down the cache is not trusted at all.
 pub(super) async fn follow_changes(
-    database_url: String,
+    database_url: DatabaseUrl,
     db: Database,
     cache: Arc<IntrospectionCache>,
     stop: CancellationToken,
 ) {
     cache.distrust();
     let on_change = cache.clone();
-    let watcher = changes::watch(&database_url, db, move |change| match change {
+    let watcher = changes::watch(database_url.expose(), db, move |change| match change {
         Change::Subscribed => {
             tracing::info!("subscribed to change notifications; introspection cache enabled");
             on_change.trust();

@@ -25,7 +25,7 @@ pub use admin_keys::{AdminTrust, JwksTrust, authenticator};
 pub use tls::TlsFiles;
 
 use crate::admin_api::AdminApi;
-use crate::config::ServeConfig;
+use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
 use crate::introspection_api::IntrospectionApi;
 use crate::pb;
@@ -80,7 +80,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let local_embedded = config.storage.database_url().starts_with("sqlite:")
+    let local_embedded = config.storage.database_url().is_sqlite()
         && listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     App::build(config, local_embedded)
         .await?
@@ -97,7 +97,7 @@ type TelemetryLayer = tower::layer::util::Stack<
 /// Everything a server runs, built but not yet serving.
 pub struct App {
     config: ServeConfig,
-    database_url: String,
+    database_url: DatabaseUrl,
     db: Database,
     cache: Arc<IntrospectionCache>,
     introspector: Arc<Introspector<Database>>,
@@ -122,7 +122,7 @@ impl App {
         let database_url = config.storage.database_url();
         // Every committed change that alters introspection answers reaches this replica's cache.
         let db = service_accounts_persistence::connect_lazy(
-            &database_url,
+            database_url.expose(),
             config.storage.db_max_connections,
         )
         .await
@@ -194,7 +194,7 @@ impl App {
             router,
         } = self;
         let mut background = Background::new();
-        if database_url.starts_with("postgres") {
+        if database_url.is_postgres() {
             let (url, db, cache) = (database_url, db.clone(), cache.clone());
             background.spawn(|stop| background::follow_changes(url, db, cache, stop));
         }
