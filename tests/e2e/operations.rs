@@ -282,3 +282,37 @@ fn a_database_password_never_reaches_logs_or_errors() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("hunter2"));
 }
+
+/// SQLite has no cross-process invalidation: a second server on the same file is refused at start
+/// with a clear error, rather than serving revoked tokens from its own cache.
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_file_is_refused() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let (url, data_dir) = (app.database.url.clone(), data_path(&app));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is in use by another process")
+            && stderr.contains(&std::process::id().to_string()),
+        "{stderr}"
+    );
+    // The first server is unaffected.
+    let health = app
+        .health_client()
+        .await
+        .unwrap()
+        .check(HealthCheckRequest::default())
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+}

@@ -1,9 +1,12 @@
 //! Connecting, migrating and the pool: the [`Database`] handle every store method runs on.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
@@ -24,6 +27,8 @@ pub struct Database {
     pub(crate) db: DatabaseConnection,
     /// This replica's listener for committed changes (its introspection cache).
     pub(crate) changes: Arc<dyn AccountChanges>,
+    /// Held while any clone lives: see [`lock_sqlite_file`].
+    _file_lock: Option<Arc<File>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -51,6 +56,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreE
 /// Like [`connect`], but connects on first use, so that a server can come up (and report
 /// NOT_SERVING) before its database answers.
 pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+    let file_lock = lock_sqlite_file(url)?;
     let mut options = options(url, max_connections);
     options.connect_lazy(true);
     let db = sea_orm::Database::connect(options)
@@ -59,7 +65,52 @@ pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, S
     Ok(Database {
         db,
         changes: Arc::new(NoListener),
+        _file_lock: file_lock,
     })
+}
+
+/// SQLite has no change notifications between processes, so a second server on the same file
+/// would serve revoked tokens from its cache. One process per file: the second is refused.
+/// The lock is the operating system's (released when the process ends, however it ends).
+fn lock_sqlite_file(url: &str) -> Result<Option<Arc<File>>, StoreError> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Other(format!("invalid SQLite URL: {e}")))?;
+    let path = options.get_filename();
+    if path.to_string_lossy().starts_with("file:") {
+        return Ok(None); // in memory: private to this process
+    }
+    let lock_path = format!("{}.lock", path.display());
+    let fail = |e: std::io::Error| StoreError::Other(format!("{lock_path}: {e}"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(fail)?;
+            write!(file, "{}", std::process::id()).map_err(fail)?;
+            Ok(Some(Arc::new(file)))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file
+                .rewind()
+                .and_then(|()| file.read_to_string(&mut holder));
+            Err(StoreError::Other(format!(
+                "the SQLite database {} is in use by another process (pid {}): the embedded \
+                 mode serves from one process; run several replicas on PostgreSQL",
+                path.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
 }
 
 fn options(url: &str, max_connections: u32) -> ConnectOptions {

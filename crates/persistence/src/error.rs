@@ -73,19 +73,28 @@ pub(crate) fn store_error(error: DbErr) -> StoreError {
     StoreError::Other(error.to_string())
 }
 
+/// SQLite's "database is busy/locked" result codes, with their extended forms: another writer
+/// held the lock for longer than the busy timeout. Retrying later may succeed.
+const SQLITE_BUSY_OR_LOCKED: &[&str] = &["5", "6", "261", "262", "517"];
+
 fn is_unavailable(error: &DbErr) -> bool {
     use sea_orm::sqlx::Error as Sqlx;
     match error {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
-        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => matches!(
-            **e,
-            Sqlx::Io(_)
+        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                Sqlx::Io(_)
                 | Sqlx::Tls(_)
                 | Sqlx::PoolTimedOut
                 | Sqlx::PoolClosed
                 | Sqlx::WorkerCrashed
-                | Sqlx::Protocol(_)
-        ),
+                | Sqlx::Protocol(_) => true,
+                Sqlx::Database(db) => db
+                    .code()
+                    .is_some_and(|code| SQLITE_BUSY_OR_LOCKED.contains(&code.as_ref())),
+                _ => false,
+            }
+        }
         _ => false,
     }
 }
