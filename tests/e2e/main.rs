@@ -8,6 +8,7 @@ mod app_access;
 mod auth;
 mod coherence;
 mod deployment;
+mod every_rpc;
 mod introspection;
 mod lifecycle;
 mod operations;
