@@ -11,6 +11,9 @@
 //! - While the cross-replica invalidation channel is down, the cache is distrusted: nothing is
 //!   served from it or stored in it until the channel is back (then it starts empty).
 //! - Entries also expire after a maximum age, as a backstop.
+//! - The per-account invalidation bookkeeping is bounded: when an account's record of its last
+//!   invalidation is evicted, new records start at the newest evicted epoch, so forgetting one
+//!   can only cause extra misses, never serve a raced fill.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -50,9 +53,11 @@ pub struct Fill(u64);
 
 pub struct IntrospectionCache {
     entries: Cache<TokenHash, Entry>,
-    /// Each account's last invalidation epoch. Idle-expiry longer than an entry's maximum age,
-    /// refreshed by every fill, so the cell outlives every entry that shares it.
+    /// Each account's last invalidation epoch, bounded in number. Idle-expiry longer than an
+    /// entry's maximum age, refreshed by every fill, so a cell usually outlives its entries.
     invalidated: Cache<ServiceAccountId, Arc<AtomicU64>>,
+    /// The newest epoch of an evicted cell: where new cells start.
+    evicted_floor: Arc<AtomicU64>,
     epoch: AtomicU64,
     flushed_at: AtomicU64,
     trusted: AtomicBool,
@@ -75,12 +80,22 @@ pub struct CacheStats {
 impl IntrospectionCache {
     /// `capacity` 0 disables caching.
     pub fn new(capacity: u64, max_age: Duration) -> Self {
+        let evicted_floor = Arc::new(AtomicU64::new(0));
+        let floor = evicted_floor.clone();
         Self {
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(max_age)
                 .build(),
-            invalidated: Cache::builder().time_to_idle(max_age * 2).build(),
+            // At most one cell per cached token (each entry names one account), and never none.
+            invalidated: Cache::builder()
+                .max_capacity(capacity.max(1))
+                .time_to_idle(max_age * 2)
+                .eviction_listener(move |_, cell: Arc<AtomicU64>, _| {
+                    floor.fetch_max(cell.load(Ordering::SeqCst), Ordering::SeqCst);
+                })
+                .build(),
+            evicted_floor,
             epoch: AtomicU64::new(1),
             flushed_at: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
@@ -164,8 +179,9 @@ impl IntrospectionCache {
     }
 
     fn account_cell(&self, account: ServiceAccountId) -> Arc<AtomicU64> {
-        self.invalidated
-            .get_with(account, || Arc::new(AtomicU64::new(0)))
+        self.invalidated.get_with(account, || {
+            Arc::new(AtomicU64::new(self.evicted_floor.load(Ordering::SeqCst)))
+        })
     }
 
     /// Everything is re-read from storage on its next use.
@@ -246,6 +262,23 @@ mod tests {
         // A read that started after the invalidation is served.
         cache.insert(hash, Some(g), cache.begin_fill().unwrap());
         assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
+    }
+
+    #[test]
+    fn a_raced_fill_is_never_served_even_after_its_accounts_bookkeeping_was_evicted() {
+        let cache = IntrospectionCache::new(1, Duration::from_secs(60));
+        let account = ServiceAccountId::generate();
+        let (hash, g) = entry(account);
+        let fill = cache.begin_fill().unwrap();
+        cache.invalidate_account(account);
+        // Many other accounts change: the bookkeeping (one cell here) forgets `account`.
+        for _ in 0..100 {
+            cache.invalidate_account(ServiceAccountId::generate());
+        }
+        cache.invalidated.run_pending_tasks();
+        assert!(cache.invalidated.entry_count() <= 1);
+        cache.insert(hash, Some(g), fill);
+        assert!(matches!(cache.get(&hash), Lookup::Miss));
     }
 
     #[test]
