@@ -205,3 +205,43 @@ async fn every_decision_is_bound_to_the_callers_org(backend: Backend) {
         ]
     );
 }
+
+/// A small unauthenticated request must not buy a large answer: 3,000 empty scopes are answered
+/// with 20 violations and a count, in well under 4 KiB.
+#[tokio::test]
+async fn a_request_with_thousands_of_bad_fields_gets_a_small_bounded_error() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let status = app
+        .introspection()
+        .await
+        .introspect(pb::IntrospectRequest {
+            token: random_well_formed_token(),
+            required_scopes: vec![String::new(); 3000],
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = violated_fields(&status);
+    assert_eq!(fields.len(), 21, "{fields:?}");
+    assert_eq!(fields[20], "request");
+    let answer = status.message().len() + status.details().len();
+    assert!(answer < 4096, "{answer} bytes of message and details");
+}
+
+/// Oversized request metadata is refused by the HTTP/2 layer, and the server keeps serving.
+#[tokio::test]
+async fn oversized_metadata_is_refused_and_the_server_keeps_serving() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let mut request = tonic::Request::new(pb::IntrospectRequest {
+        token: random_well_formed_token(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-padding", "a".repeat(64 * 1024).parse().unwrap());
+    let refused = app.introspection().await.introspect(request).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let after = introspect(&app, &random_well_formed_token(), "", "", &[]).await;
+    assert_eq!(after.inactive_reason(), pb::InactiveReason::Unknown);
+}

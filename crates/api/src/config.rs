@@ -185,6 +185,29 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Introspection storage lookups (cache misses) in flight at once per replica; further misses
+    /// queue. Keep it below --db-max-connections so that admin changes keep connections while
+    /// made-up tokens flood in.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_INTROSPECTION_MAX_LOOKUPS",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub introspection_max_lookups: u32,
+
+    /// HTTP/2 streams (concurrent RPCs) per client connection.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// The longest an RPC may run; a shorter `grpc-timeout` from the caller wins.
+    #[arg(long, env = "SERVICE_ACCOUNTS_RPC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rpc_timeout: Duration,
+
     /// How often storage is checked; health is NOT_SERVING while it does not answer.
     #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub readiness_interval: Duration,

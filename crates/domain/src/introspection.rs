@@ -166,14 +166,19 @@ pub struct Introspector<S> {
     store: S,
     cache: Arc<IntrospectionCache>,
     last_used: LastUsed,
+    /// Storage lookups in flight at once. Anyone can make up well-formed tokens, so misses are
+    /// bounded below the pool size: admin changes and last-used writes keep their connections.
+    lookups: tokio::sync::Semaphore,
 }
 
 impl<S: TokenStore> Introspector<S> {
-    pub fn new(store: S, cache: Arc<IntrospectionCache>) -> Self {
+    /// `max_lookups` (at least 1) storage lookups run at once; the others queue.
+    pub fn new(store: S, cache: Arc<IntrospectionCache>, max_lookups: usize) -> Self {
         Self {
             store,
             cache,
             last_used: LastUsed::default(),
+            lookups: tokio::sync::Semaphore::new(max_lookups.max(1)),
         }
     }
 
@@ -191,6 +196,9 @@ impl<S: TokenStore> Introspector<S> {
             } => (Some(record), Some(last_recorded)),
             Lookup::Unknown => (None, None),
             Lookup::Miss => {
+                let _permit = self.lookups.acquire().await.map_err(|_| {
+                    crate::StoreError::Unavailable("introspection is shutting down".into())
+                })?;
                 let fill = self.cache.begin_fill();
                 let record = self.store.find_token(&hash).await?.map(Arc::new);
                 if let Some(fill) = fill {
@@ -240,7 +248,10 @@ mod tests {
 
     use super::*;
     use crate::fixtures::record;
+    use crate::ids::TokenId;
     use crate::service_account::AppAccess;
+    use crate::store::StoreResult;
+    use crate::token::TokenHash;
 
     fn checks(org: &str, app: &str, scopes: &[&str]) -> Checks {
         Checks::parse(
@@ -368,5 +379,59 @@ mod tests {
         assert_eq!(fields, ["org_id"]);
         assert!(Checks::parse("org", "", &[]).is_ok());
         assert!(Checks::parse("", "", &["mcp:read".into()]).is_ok());
+    }
+
+    /// A store whose lookups take a while and which remembers how many ran at once.
+    #[derive(Default)]
+    struct SlowStore {
+        running: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl TokenStore for Arc<SlowStore> {
+        async fn find_token(&self, _: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.running.fetch_sub(1, SeqCst);
+            Ok(None)
+        }
+
+        async fn record_last_used(&self, _: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_tokens_holds_at_most_the_lookup_bound_of_storage() {
+        let store = Arc::new(SlowStore::default());
+        let introspector = Arc::new(Introspector::new(
+            store.clone(),
+            Arc::new(IntrospectionCache::new(
+                1000,
+                std::time::Duration::from_secs(60),
+            )),
+            3,
+        ));
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let introspector = introspector.clone();
+                tokio::spawn(async move {
+                    let made_up = crate::token::TokenSecret::generate();
+                    introspector
+                        .introspect(made_up.expose(), &Checks::default())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(
+                task.await.unwrap(),
+                Introspection::Unrecognised(Unrecognised::Unknown)
+            ));
+        }
+        assert_eq!(store.most.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

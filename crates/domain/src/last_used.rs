@@ -106,6 +106,7 @@ mod tests {
                 100,
                 std::time::Duration::from_secs(60),
             )),
+            4,
         ));
         let mut tasks = Vec::new();
         for worker in 0..8 {

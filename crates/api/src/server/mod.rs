@@ -38,6 +38,8 @@ use background::Background;
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
 /// An introspection request is a 50-character token and a few short strings.
 const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
+/// Request metadata: an admin JWT is about 1 KiB; nothing legitimate needs more than this.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Why the server could not start or stopped abnormally. Each is one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +130,11 @@ impl App {
         .await
         .map_err(ServeError::Database)?
         .publishing_to(cache.clone());
-        let introspector = Arc::new(Introspector::new(db.clone(), cache.clone()));
+        let introspector = Arc::new(Introspector::new(
+            db.clone(),
+            cache.clone(),
+            config.introspection_max_lookups as usize,
+        ));
         let admin = AdminApi::new(AdminService::new(db.clone()), auth);
         let metrics = ServiceMetrics::new();
         let tls = config.tls();
@@ -143,7 +149,10 @@ impl App {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .timeout(config.rpc_timeout);
         if let Some(files) = &tls {
             builder = builder
                 .tls_config(tls::tls_config(files)?)
