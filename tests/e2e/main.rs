@@ -12,6 +12,7 @@ mod every_rpc;
 mod introspection;
 mod lifecycle;
 mod operations;
+mod quotas;
 mod telemetry;
 mod tls;
 mod tokens;

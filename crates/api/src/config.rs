@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use service_accounts_domain::admin::Quotas;
+
 use crate::server::{AdminTrust, JwksTrust, TlsFiles};
 
 #[derive(Debug, Parser)]
@@ -185,6 +187,22 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Service accounts an org may have.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_MAX_SERVICE_ACCOUNTS_PER_ORG",
+        default_value_t = Quotas::default().service_accounts_per_org
+    )]
+    pub max_service_accounts_per_org: u32,
+
+    /// Tokens that are neither revoked nor expired that a service account may have.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_MAX_TOKENS_PER_SERVICE_ACCOUNT",
+        default_value_t = Quotas::default().live_tokens_per_service_account
+    )]
+    pub max_tokens_per_service_account: u32,
+
     /// Introspection storage lookups (cache misses) in flight at once per replica; further misses
     /// queue. Keep it below --db-max-connections so that admin changes keep connections while
     /// made-up tokens flood in.
@@ -321,6 +339,13 @@ impl ServeConfig {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
+    }
+
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            service_accounts_per_org: self.max_service_accounts_per_org,
+            live_tokens_per_service_account: self.max_tokens_per_service_account,
+        }
     }
 
     /// Per-RPC spans and duration metrics exist only when they are exported.

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use service_accounts_domain::{Error, StoreError};
 use tonic::{Code, Response, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
 use crate::auth::AuthError;
 
@@ -58,6 +58,14 @@ fn domain_status(error: Error) -> Status {
         ),
         Error::FailedPrecondition(message) => Status::failed_precondition(message),
         Error::PermissionDenied(message) => Status::permission_denied(message),
+        Error::ResourceExhausted {
+            subject,
+            description,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            description.clone(),
+            ErrorDetails::with_quota_failure(vec![QuotaViolation::new(subject, description)]),
+        ),
         Error::Aborted => Status::aborted("the resource changed concurrently; retry"),
         Error::Store(error) => store_status(error),
     }

@@ -146,6 +146,12 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A quota is used up: `subject` names it (as in `google.rpc.QuotaFailure`).
+    #[error("{description}")]
+    ResourceExhausted {
+        subject: String,
+        description: String,
+    },
     /// Optimistic concurrency gave up after retries; the client may retry.
     #[error("the resource changed concurrently; retry")]
     Aborted,

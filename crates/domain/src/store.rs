@@ -14,6 +14,16 @@ use crate::token::{Token, TokenHash, TokenRecord};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What creating a row can come to besides a storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// The parent (the service account) does not exist in the org; nothing was written.
+    NoParent,
+    /// The quota was already used up; nothing was written.
+    OverQuota,
+}
+
 /// Told after a committed change that can alter introspection answers for an account (the
 /// introspection cache listens), and when another replica reports one.
 pub trait AccountChanges: Send + Sync + 'static {
@@ -22,12 +32,15 @@ pub trait AccountChanges: Send + Sync + 'static {
 
 /// What the admin use cases need from storage. Every read is scoped to an org.
 pub trait AdminStore: Send + Sync + 'static {
-    /// Fails with `Conflict(ServiceAccountDisplayName)` when the org already has the name.
+    /// Fails with `Conflict(ServiceAccountDisplayName)` when the org already has the name;
+    /// `OverQuota` when the org already has `max_per_org` accounts (checked atomically with the
+    /// insert: two concurrent creates cannot both pass at the limit).
     fn create_service_account(
         &self,
         account: &ServiceAccount,
+        max_per_org: u32,
         event: &AuditEvent,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    ) -> impl Future<Output = StoreResult<Created>> + Send;
 
     fn get_service_account(
         &self,
@@ -61,15 +74,17 @@ pub trait AdminStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
-    /// `false` if the account does not exist (checked in the same transaction, so a token
-    /// never outlives a concurrent delete); nothing is written then.
+    /// `NoParent` if the account does not exist (checked in the same transaction, so a token
+    /// never outlives a concurrent delete); `OverQuota` if it already has `max_live` tokens
+    /// that are neither revoked nor expired (checked atomically with the insert).
     fn create_token(
         &self,
         org: &OrgId,
         token: &Token,
         hash: &TokenHash,
+        max_live: u32,
         event: &AuditEvent,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    ) -> impl Future<Output = StoreResult<Created>> + Send;
 
     fn get_token(
         &self,

@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::{AuditEvent, AuditRecord};
 use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId, UserId};
 use service_accounts_domain::service_account::{AppAccess, ServiceAccount};
-use service_accounts_domain::store::{AdminStore, StoreResult};
+use service_accounts_domain::store::{AdminStore, Created, StoreResult};
 use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{Token, TokenHash};
 
@@ -25,15 +25,26 @@ impl AdminStore for Database {
     async fn create_service_account(
         &self,
         account: &ServiceAccount,
+        max_per_org: u32,
         event: &AuditEvent,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Created> {
         run(async {
             let txn = self.write_transaction().await?;
+            self.serialize_on(&txn, &format!("org:{}", account.org_id))
+                .await?;
+            let count = service_account::Entity::find()
+                .filter(service_account::Column::OrgId.eq(account.org_id.as_str()))
+                .count(&txn)
+                .await?;
+            if count >= u64::from(max_per_org) {
+                return Ok(Created::OverQuota);
+            }
             service_account::Entity::insert(account_row(account))
                 .exec_without_returning(&txn)
                 .await?;
             write_apps(&txn, &account.id.to_string(), &account.app_access).await?;
-            self.commit(txn, event).await
+            self.commit(txn, event).await?;
+            Ok(Created::Created)
         })
         .await
     }
@@ -174,19 +185,35 @@ impl AdminStore for Database {
         org: &OrgId,
         token: &Token,
         hash: &TokenHash,
+        max_live: u32,
         event: &AuditEvent,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Created> {
         run(async {
             let txn = self.write_transaction().await?;
+            let account = token.service_account_id.to_string();
+            self.serialize_on(&txn, &format!("service_account:{account}"))
+                .await?;
             // Re-check inside the transaction so a token never outlives a concurrent delete.
-            let account_exists =
-                service_account::Entity::find_by_id(token.service_account_id.to_string())
-                    .filter(service_account::Column::OrgId.eq(org.as_str()))
-                    .one(&txn)
-                    .await?
-                    .is_some();
+            let account_exists = service_account::Entity::find_by_id(account.as_str())
+                .filter(service_account::Column::OrgId.eq(org.as_str()))
+                .one(&txn)
+                .await?
+                .is_some();
             if !account_exists {
-                return Ok(false);
+                return Ok(Created::NoParent);
+            }
+            let live = token::Entity::find()
+                .filter(token::Column::ServiceAccountId.eq(account.as_str()))
+                .filter(token::Column::RevokedAt.is_null())
+                .filter(
+                    token::Column::ExpireAt
+                        .is_null()
+                        .or(token::Column::ExpireAt.gt(token.create_time)),
+                )
+                .count(&txn)
+                .await?;
+            if live >= u64::from(max_live) {
+                return Ok(Created::OverQuota);
             }
             let inserted = token::Entity::insert(token::ActiveModel {
                 id: Set(token.id.to_string()),
@@ -214,12 +241,12 @@ impl AdminStore for Database {
                         Some(SqlErr::ForeignKeyConstraintViolation(_))
                     ) =>
                 {
-                    return Ok(false);
+                    return Ok(Created::NoParent);
                 }
                 Err(error) => return Err(error.into()),
             }
             self.commit(txn, event).await?;
-            Ok(true)
+            Ok(Created::Created)
         })
         .await
     }

@@ -122,7 +122,9 @@ mod tests {
             revision: 1,
         };
         let create = event(AuditAction::ServiceAccountCreate, account.id);
-        db.create_service_account(&account, &create).await.unwrap();
+        db.create_service_account(&account, 10, &create)
+            .await
+            .unwrap();
         assert!(
             recorder.0.lock().unwrap().is_empty(),
             "a new account has no tokens"

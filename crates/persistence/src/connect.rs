@@ -201,6 +201,26 @@ impl Database {
         self.db.close().await.map_err(store_error)
     }
 
+    /// Serialises the rest of `txn` with every other transaction that names `key` (a quota's
+    /// subject), so that a count and the insert it allows are atomic. SQLite writers are already
+    /// serialised by [`Self::write_transaction`]; PostgreSQL takes a transaction-scoped advisory
+    /// lock.
+    pub(crate) async fn serialize_on(
+        &self,
+        txn: &DatabaseTransaction,
+        key: &str,
+    ) -> Result<(), Failure> {
+        if self.is_postgres() {
+            txn.execute_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                [key.into()],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A transaction that takes SQLite's write lock up front: a deferred one that reads first
     /// fails with SQLITE_BUSY, without waiting, if another writer commits in between.
     pub(crate) async fn write_transaction(&self) -> Result<DatabaseTransaction, Failure> {

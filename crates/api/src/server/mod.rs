@@ -135,7 +135,7 @@ impl App {
             cache.clone(),
             config.introspection_max_lookups as usize,
         ));
-        let admin = AdminApi::new(AdminService::new(db.clone()), auth);
+        let admin = AdminApi::new(AdminService::new(db.clone(), config.quotas()), auth);
         let metrics = ServiceMetrics::new();
         let tls = config.tls();
         let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());

@@ -10,7 +10,7 @@ use crate::error::{Conflict, Error, StoreError};
 use crate::ids::ServiceAccountId;
 use crate::page::{Listing, Page, PageRequest};
 use crate::service_account::{AppAccess, AppId, Description, DisplayName, ServiceAccount};
-use crate::store::AdminStore;
+use crate::store::{AdminStore, Created};
 use crate::time;
 
 /// A validated `CreateServiceAccount`.
@@ -57,11 +57,20 @@ impl<S: AdminStore> AdminService<S> {
                 "app_access": app_access_json(&account.app_access),
             }),
         );
-        self.store
-            .create_service_account(&account, &event)
+        let limit = self.quotas.service_accounts_per_org;
+        match self
+            .store
+            .create_service_account(&account, limit, &event)
             .await
-            .map_err(name_taken)?;
-        Ok(account)
+            .map_err(name_taken)?
+        {
+            Created::Created => Ok(account),
+            Created::OverQuota => Err(Error::ResourceExhausted {
+                subject: format!("org:{}/service_accounts", admin.org_id),
+                description: format!("an org may have at most {limit} service accounts"),
+            }),
+            Created::NoParent => Err(Error::NotFound { kind: "org" }),
+        }
     }
 
     pub async fn get_service_account(

@@ -79,11 +79,29 @@ impl Admin {
 /// with its audit event and publishes it to every replica's cache (see [`crate::audit`]).
 pub struct AdminService<S> {
     pub(super) store: S,
+    pub(super) quotas: Quotas,
+}
+
+/// Limits per tenant, so that one org cannot degrade the service for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub service_accounts_per_org: u32,
+    /// Tokens that are neither revoked nor expired, per service account.
+    pub live_tokens_per_service_account: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            service_accounts_per_org: 1000,
+            live_tokens_per_service_account: 100,
+        }
+    }
 }
 
 impl<S: AdminStore> AdminService<S> {
-    pub fn new(store: S) -> Self {
-        Self { store }
+    pub fn new(store: S, quotas: Quotas) -> Self {
+        Self { store, quotas }
     }
 
     pub async fn list_audit_events(

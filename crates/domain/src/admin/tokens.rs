@@ -9,7 +9,7 @@ use crate::ids::{ServiceAccountId, TokenId};
 use crate::page::{Listing, Page, PageRequest};
 use crate::scope::Scopes;
 use crate::service_account::DisplayName;
-use crate::store::AdminStore;
+use crate::store::{AdminStore, Created};
 use crate::time::{self, Timestamp};
 use crate::token::{Token, TokenSecret};
 
@@ -59,16 +59,23 @@ impl<S: AdminStore> AdminService<S> {
                 "expire_time": token.expire_time.map(|t| t.to_rfc3339()),
             }),
         );
-        if self
+        let limit = self.quotas.live_tokens_per_service_account;
+        match self
             .store
-            .create_token(&admin.org_id, &token, &secret.hash(), &event)
+            .create_token(&admin.org_id, &token, &secret.hash(), limit, &event)
             .await?
         {
-            Ok((token, secret))
-        } else {
-            Err(Error::NotFound {
+            Created::Created => Ok((token, secret)),
+            Created::NoParent => Err(Error::NotFound {
                 kind: "service account",
-            })
+            }),
+            Created::OverQuota => Err(Error::ResourceExhausted {
+                subject: format!("service_account:{account_id}/tokens"),
+                description: format!(
+                    "a service account may have at most {limit} tokens that are neither revoked \
+                     nor expired; revoke one first"
+                ),
+            }),
         }
     }
 
