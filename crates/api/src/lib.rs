@@ -10,6 +10,6 @@ mod introspection_api;
 pub mod methods;
 pub mod pb;
 mod render;
-mod requests;
+pub mod requests;
 pub mod server;
 pub mod telemetry;
