@@ -7,7 +7,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use service_accounts_api::pb;
-use service_accounts_api::server::{AdminTrust, JwksTrust};
+use service_accounts_api::server::{AdminTrust, JwksSource, JwksTrust};
 use tonic::Code;
 
 use crate::helpers::*;
@@ -83,7 +83,7 @@ async fn spawn_with_jwks(signer: &Signer) -> TestApp {
     let mut setup = Setup::new(Backend::Sqlite);
     setup.admin_trust = AdminTrust {
         jwks: Some(JwksTrust {
-            path,
+            source: JwksSource::File(path),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
         }),
@@ -236,7 +236,7 @@ async fn a_jwks_with_a_symmetric_key_is_refused_at_start() {
     .unwrap();
     let trust = AdminTrust {
         jwks: Some(JwksTrust {
-            path,
+            source: JwksSource::File(path),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
         }),

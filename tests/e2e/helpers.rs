@@ -14,7 +14,7 @@ use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::pb;
 use service_accounts_api::pb::service_account_admin_client::ServiceAccountAdminClient;
 use service_accounts_api::pb::token_introspection_client::TokenIntrospectionClient;
-use service_accounts_api::server::{self, AdminTrust};
+use service_accounts_api::server::{self, AdminTrust, JwksSource};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -210,7 +210,10 @@ pub async fn unstarted(setup: Setup) -> Option<TestApp> {
     let mut options = ServeConfig::for_tests(data_dir.path(), &database.url);
     options.storage.db_max_connections = 4;
     if let Some(jwks) = setup.admin_trust.jwks {
-        options.admin_jwks = Some(jwks.path);
+        options.admin_jwks = Some(match jwks.source {
+            JwksSource::File(path) => path.to_string_lossy().into_owned(),
+            JwksSource::Url(url) => url,
+        });
         options.admin_jwt_issuer = Some(jwks.issuer);
         options.admin_jwt_audience = Some(jwks.audience);
     }

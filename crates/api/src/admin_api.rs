@@ -7,8 +7,9 @@ use service_accounts_domain::store::AdminStore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::auth::AdminAuthenticator;
+use crate::auth::{AdminAuthenticator, AuthError};
 use crate::error::{RpcError, handle};
+use crate::jwks::JwksEndpoint;
 use crate::pb;
 use crate::pb::service_account_admin_server::ServiceAccountAdmin;
 use crate::render;
@@ -17,15 +18,31 @@ use crate::requests::Parse;
 pub struct AdminApi<S> {
     service: AdminService<S>,
     auth: Arc<AdminAuthenticator>,
+    jwks: Option<Arc<JwksEndpoint>>,
 }
 
 impl<S: AdminStore> AdminApi<S> {
-    pub fn new(service: AdminService<S>, auth: Arc<AdminAuthenticator>) -> Self {
-        Self { service, auth }
+    pub fn new(
+        service: AdminService<S>,
+        auth: Arc<AdminAuthenticator>,
+        jwks: Option<Arc<JwksEndpoint>>,
+    ) -> Self {
+        Self {
+            service,
+            auth,
+            jwks,
+        }
     }
 
-    fn admin<T>(&self, request: &Request<T>) -> Result<Admin, RpcError> {
-        let principal = self.auth.authenticate(request.metadata())?;
+    async fn admin<T>(&self, request: &Request<T>) -> Result<Admin, RpcError> {
+        let principal = match (self.auth.authenticate(request.metadata()), &self.jwks) {
+            // Perhaps the identity side has started signing with a new key: look again.
+            (Err(AuthError::UnknownKey), Some(jwks)) => {
+                jwks.refresh_for_unknown_key().await;
+                self.auth.authenticate(request.metadata())?
+            }
+            (result, _) => result?,
+        };
         tracing::Span::current().record("org_id", principal.org_id.as_str());
         Ok(Admin::authorize(principal, request_id(request.metadata()))?)
     }
@@ -48,7 +65,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::CreateServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let new = request.get_ref().parse()?;
             let account = self.service.create_service_account(&admin, new).await?;
             Ok(pb::CreateServiceAccountResponse {
@@ -63,7 +80,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::GetServiceAccountRequest>,
     ) -> Result<Response<pb::GetServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let id = request.get_ref().parse()?;
             let account = self.service.get_service_account(&admin, id).await?;
             Ok(pb::GetServiceAccountResponse {
@@ -78,7 +95,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::ListServiceAccountsRequest>,
     ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let page = request.get_ref().parse()?;
             let page = self.service.list_service_accounts(&admin, page).await?;
             Ok(pb::ListServiceAccountsResponse {
@@ -94,7 +111,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::UpdateServiceAccountRequest>,
     ) -> Result<Response<pb::UpdateServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, patch) = request.get_ref().parse()?;
             let account = self
                 .service
@@ -112,7 +129,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<pb::DeleteServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let id = request.get_ref().parse()?;
             self.service.delete_service_account(&admin, id).await?;
             Ok(pb::DeleteServiceAccountResponse {})
@@ -125,7 +142,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::SetAppAccessRequest>,
     ) -> Result<Response<pb::SetAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, access) = request.get_ref().parse()?;
             let account = self.service.set_app_access(&admin, id, access).await?;
             Ok(pb::SetAppAccessResponse {
@@ -140,7 +157,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::GrantAppAccessRequest>,
     ) -> Result<Response<pb::GrantAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, apps) = request.get_ref().parse()?;
             let account = self.service.grant_app_access(&admin, id, apps).await?;
             Ok(pb::GrantAppAccessResponse {
@@ -155,7 +172,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::RevokeAppAccessRequest>,
     ) -> Result<Response<pb::RevokeAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, apps) = request.get_ref().parse()?;
             let account = self.service.revoke_app_access(&admin, id, apps).await?;
             Ok(pb::RevokeAppAccessResponse {
@@ -170,7 +187,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, new) = request.get_ref().parse()?;
             let (token, secret) = self.service.create_token(&admin, id, new).await?;
             Ok(pb::CreateTokenResponse {
@@ -186,7 +203,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, page) = request.get_ref().parse()?;
             let page = self.service.list_tokens(&admin, id, page).await?;
             Ok(pb::ListTokensResponse {
@@ -202,7 +219,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let (id, token_id) = request.get_ref().parse()?;
             let token = self.service.revoke_token(&admin, id, token_id).await?;
             Ok(pb::RevokeTokenResponse {
@@ -217,7 +234,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::ListScopesRequest>,
     ) -> Result<Response<pb::ListScopesResponse>, Status> {
         handle(async {
-            self.admin(&request)?;
+            self.admin(&request).await?;
             request.get_ref().parse()?;
             Ok(pb::ListScopesResponse {
                 scopes: render::scopes(),
@@ -231,7 +248,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request)?;
+            let admin = self.admin(&request).await?;
             let page = request.get_ref().parse()?;
             let page = self.service.list_audit_events(&admin, page).await?;
             Ok(pb::ListAuditEventsResponse {

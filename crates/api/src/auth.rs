@@ -9,6 +9,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use service_accounts_domain::admin::Principal;
 use service_accounts_domain::ids::{OrgId, UserId};
+use std::sync::{Arc, RwLock};
+
 use tonic::metadata::MetadataMap;
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -25,10 +27,13 @@ struct TrustedKey {
     validation: Validation,
 }
 
-/// Verifies admin JWTs. Holds any number of keys, each with the issuer and audience it signs for.
+/// Verifies admin JWTs. Holds any number of keys, each with the issuer and audience it signs for:
+/// fixed ones (a JWKS file, the development key) and ones from a JWKS that is refreshed while the
+/// server runs.
 #[derive(Default)]
 pub struct AdminAuthenticator {
-    keys: Vec<TrustedKey>,
+    fixed: Vec<TrustedKey>,
+    refreshed: RwLock<Arc<Vec<TrustedKey>>>,
 }
 
 /// A JWKS that cannot be trusted as configured.
@@ -49,6 +54,10 @@ pub enum AuthError {
     Malformed,
     #[error("the credential is not signed by a trusted key")]
     UntrustedKey,
+    /// Signed with a key id none of the trusted keys has: perhaps a key the identity side has
+    /// just started to use.
+    #[error("the credential is not signed by a trusted key")]
+    UnknownKey,
     #[error("the credential is not valid: {0}")]
     Invalid(String),
 }
@@ -75,9 +84,33 @@ impl AdminAuthenticator {
             return Err(KeyConfigError::Empty);
         }
         for jwk in &jwks.keys {
-            self.keys.push(trusted_key(jwk, issuer, audience)?);
+            self.fixed.push(trusted_key(jwk, issuer, audience)?);
         }
         Ok(())
+    }
+
+    /// Replaces the refreshed keys with `jwks`'s. Keys this service cannot use (another key
+    /// type, an encryption key) are skipped and returned; with no usable key at all nothing
+    /// changes and the call fails, so a bad refresh never locks admins out.
+    pub fn replace_refreshed(
+        &self,
+        jwks: &JwkSet,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Vec<KeyConfigError>, KeyConfigError> {
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for jwk in &jwks.keys {
+            match trusted_key(jwk, issuer, audience) {
+                Ok(key) => keys.push(key),
+                Err(unusable) => skipped.push(unusable),
+            }
+        }
+        if keys.is_empty() {
+            return Err(skipped.into_iter().next().unwrap_or(KeyConfigError::Empty));
+        }
+        *self.refreshed.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(skipped)
     }
 
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, AuthError> {
@@ -89,8 +122,16 @@ impl AdminAuthenticator {
         }
         let token = token.trim();
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let mut last_error = AuthError::UntrustedKey;
-        let candidates = self.keys.iter().filter(|key| {
+        let refreshed = self
+            .refreshed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut last_error = match header.kid {
+            Some(_) => AuthError::UnknownKey,
+            None => AuthError::UntrustedKey,
+        };
+        let candidates = self.fixed.iter().chain(refreshed.iter()).filter(|key| {
             key.algorithm == header.alg && (header.kid.is_none() || header.kid == key.kid)
         });
         for key in candidates {

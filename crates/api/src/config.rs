@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use service_accounts_domain::admin::Quotas;
 
-use crate::server::{AdminTrust, JwksTrust, TlsFiles};
+use crate::server::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -149,10 +149,20 @@ pub struct ServeConfig {
     )]
     pub listen: SocketAddr,
 
-    /// JWKS file with the public keys that sign admin JWTs (Ed25519, ES256 or RS256 keys).
-    /// When set, the development key is not trusted (see --admin-trust-dev-key).
+    /// The public keys that sign admin JWTs (Ed25519, ES256 or RS256 keys): a JWKS file, or the
+    /// identity side's `https://` JWKS URL, which is refreshed while the server runs. When set,
+    /// the development key is not trusted (see --admin-trust-dev-key).
     #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS", requires_all = ["admin_jwt_issuer", "admin_jwt_audience"])]
-    pub admin_jwks: Option<PathBuf>,
+    pub admin_jwks: Option<String>,
+
+    /// How often a JWKS URL is fetched again. A JWT naming an unknown key id also triggers a
+    /// fetch, at most once per this interval (and at least every 30 s).
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub admin_jwks_refresh_interval: Duration,
+
+    /// PEM CA bundle trusted for a JWKS URL besides the system's roots (a private identity side).
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS_CA")]
+    pub admin_jwks_ca: Option<PathBuf>,
 
     /// Required `iss` of admin JWTs (with --admin-jwks).
     #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWT_ISSUER")]
@@ -311,6 +321,7 @@ impl ServeConfig {
         config.storage.data.data_dir = data_dir.to_owned();
         config.storage.database_url = Some(database_url.into());
         config.admin_jwks = None;
+        config.admin_jwks_ca = None;
         config.admin_jwt_issuer = None;
         config.admin_jwt_audience = None;
         config.admin_trust_dev_key = false;
@@ -324,8 +335,8 @@ impl ServeConfig {
     /// Who may sign admin JWTs, as the flags say.
     pub fn admin_trust(&self) -> AdminTrust {
         AdminTrust {
-            jwks: self.admin_jwks.clone().map(|path| JwksTrust {
-                path,
+            jwks: self.admin_jwks.as_deref().map(|source| JwksTrust {
+                source: JwksSource::parse(source),
                 issuer: self.admin_jwt_issuer.clone().unwrap_or_default(),
                 audience: self.admin_jwt_audience.clone().unwrap_or_default(),
             }),

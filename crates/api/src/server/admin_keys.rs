@@ -18,9 +18,35 @@ pub struct AdminTrust {
 
 #[derive(Debug, Clone)]
 pub struct JwksTrust {
-    pub path: PathBuf,
+    pub source: JwksSource,
     pub issuer: String,
     pub audience: String,
+}
+
+/// Where the admin JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Read at start.
+    File(PathBuf),
+    /// Fetched at start and refreshed while the server runs.
+    Url(String),
+}
+
+impl JwksSource {
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("https://") || text.starts_with("http://") {
+            JwksSource::Url(text.to_owned())
+        } else {
+            JwksSource::File(PathBuf::from(text))
+        }
+    }
+
+    fn describe(&self) -> PathBuf {
+        match self {
+            JwksSource::File(path) => path.clone(),
+            JwksSource::Url(url) => PathBuf::from(url),
+        }
+    }
 }
 
 /// Builds the admin JWT verifier. The development key is trusted only when asked for
@@ -32,14 +58,19 @@ pub fn authenticator(
     local_embedded: bool,
 ) -> Result<AdminAuthenticator, ServeError> {
     let mut auth = AdminAuthenticator::default();
-    if let Some(jwks) = &trust.jwks {
+    if let Some(JwksTrust {
+        source: JwksSource::File(path),
+        issuer,
+        audience,
+    }) = &trust.jwks
+    {
         let fail = |reason: String| ServeError::Jwks {
-            path: jwks.path.clone(),
+            path: path.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(&jwks.path).map_err(|e| fail(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let set: JwkSet = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
-        auth.trust(&set, &jwks.issuer, &jwks.audience)
+        auth.trust(&set, issuer, audience)
             .map_err(|e: KeyConfigError| fail(e.to_string()))?;
     }
     let use_dev_key = trust.trust_dev_key || (trust.jwks.is_none() && local_embedded);
@@ -59,4 +90,32 @@ pub fn authenticator(
         );
     }
     Ok(auth)
+}
+
+/// The refresher of a JWKS URL, if one is configured; the first fetch happens here. A server
+/// whose identity side is down at start still starts (introspection does not need it): admin
+/// calls fail until a refresh succeeds.
+pub async fn jwks_endpoint(
+    trust: &AdminTrust,
+    extra_ca: Option<&Path>,
+    refresh_interval: std::time::Duration,
+    auth: &std::sync::Arc<AdminAuthenticator>,
+) -> Result<Option<std::sync::Arc<crate::jwks::JwksEndpoint>>, ServeError> {
+    let Some(JwksTrust {
+        source: source @ JwksSource::Url(url),
+        issuer,
+        audience,
+    }) = &trust.jwks
+    else {
+        return Ok(None);
+    };
+    let min_gap = refresh_interval.min(std::time::Duration::from_secs(30));
+    let endpoint =
+        crate::jwks::JwksEndpoint::new(url, extra_ca, issuer, audience, auth.clone(), min_gap)
+            .map_err(|reason| ServeError::Jwks {
+                path: source.describe(),
+                reason,
+            })?;
+    let _ = endpoint.refresh().await;
+    Ok(Some(std::sync::Arc::new(endpoint)))
 }

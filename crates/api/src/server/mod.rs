@@ -21,7 +21,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-pub use admin_keys::{AdminTrust, JwksTrust, authenticator};
+pub use admin_keys::{AdminTrust, JwksSource, JwksTrust, authenticator};
 pub use tls::TlsFiles;
 
 use crate::admin_api::AdminApi;
@@ -99,6 +99,7 @@ type TelemetryLayer = tower::layer::util::Stack<
 /// Everything a server runs, built but not yet serving.
 pub struct App {
     config: ServeConfig,
+    jwks: Option<Arc<crate::jwks::JwksEndpoint>>,
     database_url: DatabaseUrl,
     db: Database,
     cache: Arc<IntrospectionCache>,
@@ -112,11 +113,19 @@ impl App {
     /// Builds the services. Touches no database yet: the port can open and report NOT_SERVING
     /// before storage answers.
     pub async fn build(config: ServeConfig, local_embedded: bool) -> Result<Self, ServeError> {
+        let trust = config.admin_trust();
         let auth = Arc::new(authenticator(
-            &config.admin_trust(),
+            &trust,
             config.storage.data_dir(),
             local_embedded,
         )?);
+        let jwks = admin_keys::jwks_endpoint(
+            &trust,
+            config.admin_jwks_ca.as_deref(),
+            config.admin_jwks_refresh_interval,
+            &auth,
+        )
+        .await?;
         let cache = Arc::new(IntrospectionCache::new(
             config.introspection_cache_capacity,
             config.introspection_cache_max_age,
@@ -135,7 +144,11 @@ impl App {
             cache.clone(),
             config.introspection_max_lookups as usize,
         ));
-        let admin = AdminApi::new(AdminService::new(db.clone(), config.quotas()), auth);
+        let admin = AdminApi::new(
+            AdminService::new(db.clone(), config.quotas()),
+            auth,
+            jwks.clone(),
+        );
         let metrics = ServiceMetrics::new();
         let tls = config.tls();
         let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -175,6 +188,7 @@ impl App {
             );
         Ok(Self {
             config,
+            jwks,
             database_url,
             db,
             cache,
@@ -194,6 +208,7 @@ impl App {
     ) -> Result<(), ServeError> {
         let Self {
             config,
+            jwks,
             database_url,
             db,
             cache,
@@ -203,6 +218,10 @@ impl App {
             router,
         } = self;
         let mut background = Background::new();
+        if let Some(jwks) = jwks {
+            let interval = config.admin_jwks_refresh_interval;
+            background.spawn(move |stop| jwks.keep_fresh(interval, stop));
+        }
         if database_url.is_postgres() {
             let (url, db, cache) = (database_url, db.clone(), cache.clone());
             background.spawn(|stop| background::follow_changes(url, db, cache, stop));
