@@ -182,6 +182,7 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
         .await
         .unwrap();
     use sea_orm::ConnectionTrait;
+    let old = listening(&admin, &database).await;
     let killed = admin
         .query_all_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
@@ -197,10 +198,14 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
     revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
     eprintln!("with the listener killed, the revoke was honoured after {took:?}");
-    // And it stays revoked once the listeners have reconnected.
-    wait_until("both replicas' listeners are back", async || {
-        listeners(&admin, &database).await == 2
-    })
+    // And it stays revoked once both listeners are subscribed again.
+    wait_until(
+        "both replicas listen again on new connections",
+        async || {
+            let now = listening(&admin, &database).await;
+            now.len() == 2 && now.iter().all(|pid| !old.contains(pid))
+        },
+    )
     .await;
     for _ in 0..20 {
         assert!(!introspect(&b, &secret, "", "", &[]).await.active);
@@ -208,20 +213,23 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
     admin.close().await.ok();
 }
 
-/// How many change listeners are connected to `database`.
-async fn listeners(admin: &sea_orm::DatabaseConnection, database: &str) -> usize {
+/// The backends of the change listeners on `database` that have issued their LISTEN.
+async fn listening(admin: &sea_orm::DatabaseConnection, database: &str) -> Vec<i32> {
     use sea_orm::ConnectionTrait;
-    admin
+    let rows = admin
         .query_all_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
             format!(
                 "SELECT pid FROM pg_stat_activity \
-                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}'"
+                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}' \
+                 AND query ILIKE 'LISTEN%'"
             ),
         ))
         .await
-        .unwrap()
-        .len()
+        .unwrap();
+    rows.iter()
+        .map(|row| row.try_get::<i32>("", "pid").unwrap())
+        .collect()
 }
 
 fn database_name(url: &str) -> String {

@@ -1,7 +1,8 @@
 //! The server under test, in process: configure a [`Setup`], start it, add replicas.
 //!
 //! ```ignore
-//! let Some(app) = Setup::new(backend).last_used_flush_interval(ms(100)).start().await else {
+//! let setup = Setup::new(backend).last_used_flush_interval(Duration::from_millis(100));
+//! let Some(app) = setup.start().await else {
 //!     return; // PostgreSQL is not configured here
 //! };
 //! let b = app.replica().await; // same database and development key (PostgreSQL)

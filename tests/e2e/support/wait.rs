@@ -1,10 +1,16 @@
 //! Polling with a deadline, in place of hand-written `loop { ...; sleep }` blocks.
 //!
 //! ```ignore
-//! wait_until("the token is revoked", async || !introspect(&app, &secret, "", "", &[]).await.active).await;
-//! let (_, took) = Wait::new("B sees the revoke").within(BOUND).every(Duration::from_millis(2))
-//!     .timed(async || !introspect(&b, &secret, "", "", &[]).await.active).await;
+//! let active = async || introspect(&b, &secret, "", "", &[]).await.active;
+//! wait_until("B reports the token active", active).await; // up to DEFAULT_TIMEOUT
+//! let (_, took) = Wait::new("B sees the revoke")
+//!     .within(BOUND) // panics if the condition does not hold in time
+//!     .every(Duration::from_millis(2))
+//!     .timed(async || !active().await)
+//!     .await;
 //! ```
+//!
+//! A probe returns `bool`, `Option<T>` or `Result<T, E>` (the last `Err` is shown on timeout).
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -120,5 +126,47 @@ impl Wait {
             }
             tokio::time::sleep(self.interval).await;
         }
+    }
+}
+
+/// The helper itself: a missed deadline must fail the test, as the loops it replaced did.
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting until the impossible; last seen: \"no\"")]
+    async fn a_missed_deadline_panics_naming_the_wait() {
+        Wait::new("the impossible")
+            .within(Duration::from_millis(30))
+            .until(async || Err::<(), _>("no"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_condition_that_comes_to_hold_returns_its_value_and_the_time_taken() {
+        let mut polls = 0;
+        let (value, took) = Wait::new("the third poll")
+            .every(Duration::from_millis(5))
+            .timed(async || {
+                polls += 1;
+                (polls == 3).then_some(polls)
+            })
+            .await;
+        assert_eq!(value, 3);
+        assert!(took >= Duration::from_millis(10), "{took:?}");
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the flag stopped holding")]
+    async fn throughout_panics_when_the_condition_breaks() {
+        let mut polls = 0;
+        Wait::new("the flag")
+            .within(Duration::from_secs(5))
+            .every(Duration::from_millis(1))
+            .throughout(async || {
+                polls += 1;
+                polls < 3
+            })
+            .await;
     }
 }
