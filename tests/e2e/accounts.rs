@@ -1,8 +1,8 @@
 use service_accounts_api::pb;
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 on_both_backends!(
     account_lifecycle_is_audited,

@@ -1,8 +1,8 @@
 use service_accounts_api::pb;
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 on_both_backends!(app_grants_change_and_show_in_the_next_introspection);
 

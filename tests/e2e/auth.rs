@@ -10,8 +10,8 @@ use service_accounts_api::pb;
 use service_accounts_api::server::{AdminTrust, JwksSource, JwksTrust};
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 const ISSUER: &str = "https://identity.test";
 const AUDIENCE: &str = "service-accounts";
@@ -80,16 +80,18 @@ async fn spawn_with_jwks(signer: &Signer) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.keep().join("jwks.json");
     std::fs::write(&path, json!({ "keys": [signer.jwk()] }).to_string()).unwrap();
-    let mut setup = Setup::new(Backend::Sqlite);
-    setup.admin_trust = AdminTrust {
-        jwks: Some(JwksTrust {
-            source: JwksSource::File(path),
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-        }),
-        trust_dev_key: false,
-    };
-    spawn_with(setup).await.unwrap()
+    Setup::new(Backend::Sqlite)
+        .admin_trust(AdminTrust {
+            jwks: Some(JwksTrust {
+                source: JwksSource::File(path),
+                issuer: ISSUER.into(),
+                audience: AUDIENCE.into(),
+            }),
+            trust_dev_key: false,
+        })
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn list_with(

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use service_accounts_api::pb;
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 /// How long another replica may take to see a change in these tests. The benchmark reports the
 /// measured distribution (target p99 < 100 ms); this bound only keeps a loaded CI machine green.
@@ -51,6 +51,7 @@ async fn no_introspection_after_a_revoke_returns_reports_active(backend: Backend
             calls
         }));
     }
+    // Half a second of steady load on each side of the revoke: the point is that time passes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     revoke(&app, &jwt, &id, &token.token_id).await;
     let revoked_at = Instant::now();
@@ -82,20 +83,14 @@ async fn no_introspection_after_a_revoke_returns_reports_active(backend: Backend
     );
 }
 
-/// Polls `replica` until the token is inactive; returns how long that took.
+/// Polls `replica` until the token is inactive, within the bound; returns how long that took.
 async fn converge(replica: &TestApp, secret: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let result = introspect(replica, secret, "", "", &[]).await;
-        if !result.active {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < CONVERGENCE_BOUND,
-            "the replica kept the token active"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    Wait::new("the replica no longer reports the token active")
+        .within(CONVERGENCE_BOUND)
+        .every(Duration::from_millis(2))
+        .timed(async || !introspect(replica, secret, "", "", &[]).await.active)
+        .await
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +121,11 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
         ))
         .await
         .unwrap();
-    let started = Instant::now();
-    while introspect(&b, &secret, "org-a", "app-1", &[]).await.allowed {
-        assert!(
-            started.elapsed() < CONVERGENCE_BOUND,
-            "B kept the old grant"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    Wait::new("B drops the old grant")
+        .within(CONVERGENCE_BOUND)
+        .every(Duration::from_millis(2))
+        .until(async || !introspect(&b, &secret, "org-a", "app-1", &[]).await.allowed)
+        .await;
 
     revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
@@ -160,15 +152,14 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
 /// Introspects until two answers in a row are active (the second from B's cache once its
 /// change subscription is live).
 async fn wait_for_cache(app: &TestApp, secret: &str) {
-    for _ in 0..200 {
-        if introspect(app, secret, "", "", &[]).await.active
-            && introspect(app, secret, "", "", &[]).await.active
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("token never became active");
+    Wait::new("the token is active twice in a row")
+        .within(Duration::from_secs(5))
+        .every(Duration::from_millis(10))
+        .until(async || {
+            introspect(app, secret, "", "", &[]).await.active
+                && introspect(app, secret, "", "", &[]).await.active
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,6 +182,7 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
         .await
         .unwrap();
     use sea_orm::ConnectionTrait;
+    let old = listening(&admin, &database).await;
     let killed = admin
         .query_all_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
@@ -206,12 +198,38 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
     revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
     eprintln!("with the listener killed, the revoke was honoured after {took:?}");
-    // And it stays revoked once the listener has resubscribed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And it stays revoked once both listeners are subscribed again.
+    wait_until(
+        "both replicas listen again on new connections",
+        async || {
+            let now = listening(&admin, &database).await;
+            now.len() == 2 && now.iter().all(|pid| !old.contains(pid))
+        },
+    )
+    .await;
     for _ in 0..20 {
         assert!(!introspect(&b, &secret, "", "", &[]).await.active);
     }
     admin.close().await.ok();
+}
+
+/// The backends of the change listeners on `database` that have issued their LISTEN.
+async fn listening(admin: &sea_orm::DatabaseConnection, database: &str) -> Vec<i32> {
+    use sea_orm::ConnectionTrait;
+    let rows = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}' \
+                 AND query ILIKE 'LISTEN%'"
+            ),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| row.try_get::<i32>("", "pid").unwrap())
+        .collect()
 }
 
 fn database_name(url: &str) -> String {
@@ -239,51 +257,34 @@ async fn storage_outage_fails_closed_then_recovers() {
     proxy.cut();
     // B loses its change subscription with its connections, so its cache is no longer
     // trustworthy, and storage cannot answer: the only honest answer is UNAVAILABLE.
-    let started = Instant::now();
-    let status = loop {
-        let result = b
-            .introspection()
+    let call = async || {
+        b.introspection()
             .await
             .introspect(pb::IntrospectRequest {
                 token: secret.clone(),
                 ..Default::default()
             })
-            .await;
-        match result {
-            Err(status) => break status,
+            .await
+    };
+    let status = Wait::new("B stops answering from its cache")
+        .within(CONVERGENCE_BOUND)
+        .every(Duration::from_millis(5))
+        .until(async || match call().await {
+            Err(status) => Some(status),
             Ok(response) => {
                 assert!(response.into_inner().active);
-                assert!(
-                    started.elapsed() < CONVERGENCE_BOUND,
-                    "B kept answering from its cache"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                None
             }
-        }
-    };
+        })
+        .await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     proxy.restore();
-    let started = Instant::now();
-    loop {
-        let result = b
-            .introspection()
-            .await
-            .introspect(pb::IntrospectRequest {
-                token: secret.clone(),
-                ..Default::default()
-            })
-            .await;
-        if let Ok(response) = result {
-            assert!(response.into_inner().active);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "B did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let response = Wait::new("B recovers")
+        .every(Duration::from_millis(50))
+        .until(call)
+        .await;
+    assert!(response.into_inner().active);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,25 +312,32 @@ async fn a_silently_dead_listener_is_detected_by_its_heartbeat() {
     // B may answer from its cache until it notices (heartbeat timeout 1 s, checked every
     // 250 ms); after that it must never say active again (storage is unreachable, so its
     // honest answer is an error or a timeout).
-    let mut first_refusal = None;
-    while revoked.elapsed() < Duration::from_secs(3) {
+    let window = Duration::from_secs(3);
+    let active = async || {
         let mut request = tonic::Request::new(pb::IntrospectRequest {
             token: secret.clone(),
             ..Default::default()
         });
         request.set_timeout(Duration::from_millis(300));
-        let active = matches!(
+        matches!(
             b.introspection().await.introspect(request).await,
             Ok(response) if response.get_ref().active
-        );
-        match (active, first_refusal) {
-            (false, None) => first_refusal = Some(revoked.elapsed()),
-            (true, Some(at)) => panic!("B said active again after refusing at {at:?}"),
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let detected = first_refusal.expect("B kept serving the revoked token from its cache");
+        )
+    };
+    Wait::new("B stops serving the revoked token from its cache")
+        .within(window)
+        .every(Duration::from_millis(20))
+        .until(async || !active().await)
+        .await;
+    let detected = revoked.elapsed();
+    // For the rest of the window it must never say active again.
+    Wait::new(format!(
+        "B refuses the token (it first refused at {detected:?})"
+    ))
+    .within(window.saturating_sub(revoked.elapsed()))
+    .every(Duration::from_millis(20))
+    .throughout(async || !active().await)
+    .await;
     eprintln!("a silent listener loss was detected {detected:?} after the revoke");
     assert!(detected < CONVERGENCE_BOUND, "{detected:?}");
     proxy.cut();

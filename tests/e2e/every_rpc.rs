@@ -6,7 +6,7 @@ use service_accounts_api::methods;
 use service_accounts_api::pb::service_account_admin_server::SERVICE_NAME as ADMIN;
 use tonic::{Code, Request, Status};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Calls `path` with an empty request message: authentication and authorisation come before
 /// any field is read, so an empty message is enough to see them.

@@ -1,8 +1,8 @@
 use service_accounts_api::pb;
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 fn random_well_formed_token() -> String {
     // Built like a real token, checksum included, but never issued.

@@ -6,7 +6,7 @@ use service_accounts_api::pb;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_calls_and_flushes_last_used() {
@@ -23,12 +23,10 @@ async fn shutdown_finishes_in_flight_calls_and_flushes_last_used() {
     // A replica whose every storage round trip takes 300 ms, with no cache: calls stay in flight.
     let (_proxy, slow_url) =
         Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(300)).await;
-    let mut setup_replica = direct.replica_on(&slow_url).await;
-    setup_replica.stop().await.unwrap();
-    setup_replica.options.introspection_cache_capacity = 0;
-    setup_replica.options.last_used_flush_interval = Duration::from_secs(3600);
-    setup_replica.start().await;
-    let replica = setup_replica;
+    let mut replica = direct.unstarted_replica_on(&slow_url);
+    replica.options.introspection_cache_capacity = 0;
+    replica.options.last_used_flush_interval = Duration::from_secs(3600);
+    replica.start().await;
 
     let mut calls = Vec::new();
     for _ in 0..16 {
@@ -43,8 +41,8 @@ async fn shutdown_finishes_in_flight_calls_and_flushes_last_used() {
                 .await
         }));
     }
+    // Give the calls time to reach the server (each then waits 300 ms on storage).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut replica = replica;
     let stopping = Instant::now();
     replica.stop().await.expect("clean shutdown");
     eprintln!(
@@ -106,14 +104,11 @@ async fn status(app: &TestApp) -> ServingStatus {
 }
 
 async fn wait_for_status(app: &TestApp, wanted: ServingStatus) {
-    let started = Instant::now();
-    while status(app).await != wanted {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "health never became {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Wait::new(format!("health becomes {wanted:?}"))
+        .within(Duration::from_secs(15))
+        .every(Duration::from_millis(50))
+        .until(async || status(app).await == wanted)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,35 +120,26 @@ async fn health_is_not_serving_until_storage_is_ready() {
     // Every round trip to storage takes 200 ms, so start-up (ping, migration check) is slow.
     let (_proxy, url) =
         Proxy::in_front_of(&admin_url, &direct.database.url, Duration::from_millis(200)).await;
-    let mut replica = direct.replica().await;
-    replica.stop().await.unwrap();
-    replica.options.storage.database_url = Some(url.as_str().into());
+    let mut replica = direct.unstarted_replica_on(&url);
     replica.start_without_probe().await;
 
+    // Every distinct status, in order, until SERVING.
     let mut seen = Vec::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(mut client) = replica.health_client().await
-            && let Ok(response) = client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-        {
-            let status = response.into_inner().status();
-            if seen.last() != Some(&status) {
+    Wait::new("health becomes SERVING")
+        .within(Duration::from_secs(30))
+        .every(Duration::from_millis(20))
+        .until(async || {
+            if let Ok(status) = health_status(replica.addr, "").await
+                && seen.last() != Some(&status)
+            {
                 seen.push(status);
             }
-            if status == ServingStatus::Serving {
-                break;
+            match seen.last() {
+                Some(ServingStatus::Serving) => Ok(()),
+                _ => Err(seen.clone()),
             }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never SERVING: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        })
+        .await;
     assert_eq!(seen, [ServingStatus::NotServing, ServingStatus::Serving]);
 }
 
@@ -178,14 +164,14 @@ async fn replicas_starting_together_on_a_fresh_database_all_come_up() {
         ));
     }
     for (addr, server) in &servers {
-        let started = Instant::now();
-        loop {
-            assert!(!server.is_finished(), "a replica failed to start");
-            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await;
-            if let Ok(channel) = channel {
+        Wait::new(format!("the replica on {addr} is SERVING"))
+            .within(Duration::from_secs(20))
+            .every(Duration::from_millis(20))
+            .until(async || {
+                assert!(!server.is_finished(), "a replica failed to start");
+                let Ok(channel) = connect(*addr).await else {
+                    return false;
+                };
                 let status = tonic_health::pb::health_client::HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: String::new(),
@@ -194,16 +180,9 @@ async fn replicas_starting_together_on_a_fresh_database_all_come_up() {
                     .unwrap()
                     .into_inner()
                     .status();
-                if status == ServingStatus::Serving {
-                    break;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "a replica never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                status == ServingStatus::Serving
+            })
+            .await;
     }
     for (_, server) in servers {
         server.abort();

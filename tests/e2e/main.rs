@@ -1,7 +1,7 @@
 //! End-to-end tests: the real server on an ephemeral port, real SQLite and PostgreSQL, and the
 //! generated tonic clients.
 
-mod helpers;
+mod support;
 
 mod accounts;
 mod app_access;

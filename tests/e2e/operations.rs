@@ -1,13 +1,11 @@
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use service_accounts_api::pb;
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_service-accounts");
+use crate::support::*;
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
@@ -110,10 +108,6 @@ async fn scopes_are_listed_from_the_catalogue() {
 #[tokio::test]
 async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
     let data_dir = tempfile::tempdir().unwrap();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
     let migrate = Command::new(BINARY)
         .args(["migrate", "--data-dir"])
         .arg(data_dir.path())
@@ -121,19 +115,11 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
         .unwrap();
     assert!(migrate.status.success(), "{migrate:?}");
 
-    let server = Command::new(BINARY)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shutdown-grace",
-            "5s",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = ServerProcess::start(|command| {
+        command
+            .args(["--shutdown-grace", "5s", "--data-dir"])
+            .arg(data_dir.path());
+    });
     let token = Command::new(BINARY)
         .args([
             "admin-token",
@@ -150,7 +136,7 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
     let jwt = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     assert_eq!(jwt.split('.').count(), 3);
 
-    let channel = connect_when_serving(port).await;
+    let channel = server.connect_when_serving().await;
     let mut admin = pb::service_account_admin_client::ServiceAccountAdminClient::new(channel);
     let created = admin
         .create_service_account(authed(
@@ -171,17 +157,9 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
     // SIGTERM: graceful shutdown, exit 0. (Idle client connections can hold hyper's graceful
     // shutdown until the grace period ends; see the README's operations notes.)
     drop(admin);
-    let pid = server.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = server.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let logs = String::from_utf8_lossy(&output.stderr);
+    let exited = server.terminate().await;
+    assert!(exited.status.success(), "{exited:?}");
+    let logs = exited.stderr.as_str();
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(!logs.contains(&jwt), "{logs}");
 }

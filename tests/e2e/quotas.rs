@@ -4,8 +4,8 @@ use service_accounts_api::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 on_both_backends!(
     quotas_refuse_with_a_quota_failure_and_free_up_on_revocation,

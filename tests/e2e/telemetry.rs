@@ -1,9 +1,9 @@
 //! Traces and metrics reach an OTLP collector, joined to the caller's trace, and neither they
 //! nor the logs carry a token secret or an admin JWT.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -21,9 +21,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use service_accounts_api::pb;
 use tonic::{Request, Response, Status};
 
-use crate::helpers::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_service-accounts");
+use crate::support::*;
 
 /// A minimal OTLP collector that keeps everything it receives.
 #[derive(Clone, Default)]
@@ -83,28 +81,15 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     );
 
     let data_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Command::new(BINARY)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shutdown-grace",
-            "2s",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .args(["--otlp-endpoint", &format!("http://{collector_addr}")])
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = ServerProcess::start(|command| {
+        command
+            .args(["--shutdown-grace", "2s", "--data-dir"])
+            .arg(data_dir.path())
+            .args(["--otlp-endpoint", &format!("http://{collector_addr}")])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .env("RUST_LOG", "debug");
+    });
     let jwt = String::from_utf8(
         Command::new(BINARY)
             .args([
@@ -124,7 +109,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     .trim()
     .to_owned();
 
-    let channel = connect_when_serving(port).await;
+    let channel = server.connect_when_serving().await;
     let mut admin =
         pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
     let mut introspection = pb::token_introspection_client::TokenIntrospectionClient::new(channel);
@@ -190,29 +175,24 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
         .await;
 
     // Wait for the introspection span and the metrics, then stop (which flushes the rest).
-    let started = Instant::now();
-    let introspect_span = loop {
-        let found = collector
-            .traces
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.resource_spans.iter())
-            .flat_map(|r| r.scope_spans.iter())
-            .flat_map(|s| s.spans.iter())
-            .find(|s| {
-                s.name.ends_with("TokenIntrospection/Introspect") && hex(&s.trace_id) == trace_id
-            })
-            .cloned();
-        if let Some(span) = found {
-            break span;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no introspection span arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let introspect_span = Wait::new("the introspection span arrives")
+        .every(Duration::from_millis(100))
+        .until(async || {
+            collector
+                .traces
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.resource_spans.iter())
+                .flat_map(|r| r.scope_spans.iter())
+                .flat_map(|s| s.spans.iter())
+                .find(|s| {
+                    s.name.ends_with("TokenIntrospection/Introspect")
+                        && hex(&s.trace_id) == trace_id
+                })
+                .cloned()
+        })
+        .await;
     let attribute = |key: &str| {
         introspect_span
             .attributes
@@ -242,42 +222,32 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
         "service_accounts.introspection.cache.lookups",
         "service_accounts.db.pool.connections",
     ];
-    let started = Instant::now();
-    loop {
-        let names: Vec<String> = collector
-            .metrics
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.resource_metrics.iter())
-            .flat_map(|r| r.scope_metrics.iter())
-            .flat_map(|s| s.metrics.iter())
-            .map(|m| m.name.clone())
-            .collect();
-        if wanted.iter().all(|w| names.iter().any(|n| n == w)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "metrics missing: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::new(format!("the metrics {wanted:?} arrive"))
+        .every(Duration::from_millis(100))
+        .until(async || {
+            let names: Vec<String> = collector
+                .metrics
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.resource_metrics.iter())
+                .flat_map(|r| r.scope_metrics.iter())
+                .flat_map(|s| s.metrics.iter())
+                .map(|m| m.name.clone())
+                .collect();
+            match wanted.iter().all(|w| names.iter().any(|n| n == w)) {
+                true => Ok(()),
+                false => Err(names),
+            }
+        })
+        .await;
 
     drop(admin);
     drop(introspection);
-    let pid = server.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = server.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
+    let exited = server.terminate().await;
+    assert!(exited.status.success(), "{exited:?}");
 
-    let logs = String::from_utf8_lossy(&output.stderr);
+    let logs = exited.stderr.as_str();
     let exported = format!(
         "{:?}{:?}",
         collector.traces.lock().unwrap(),
@@ -286,7 +256,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     assert!(logs.contains("rpc"), "debug logs were captured");
     let random_part = &secret[7..44];
     let signature = jwt.rsplit('.').next().unwrap();
-    for (what, text) in [("logs", &*logs), ("exported telemetry", exported.as_str())] {
+    for (what, text) in [("logs", logs), ("exported telemetry", exported.as_str())] {
         assert!(
             !text.contains(random_part),
             "a token secret reached the {what}"

@@ -5,7 +5,7 @@ use service_accounts_api::pb;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::helpers::*;
+use crate::support::*;
 
 struct Pki {
     ca_pem: String,
@@ -145,11 +145,8 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
 /// Starts the server with TLS; the harness's readiness probe speaks plaintext, so probe here.
 async fn start_tls(app: &mut TestApp, pki: &Pki) {
     app.start_without_probe().await;
-    for _ in 0..200 {
-        if channel(app, pki, Some(&pki.client)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("TLS server did not start");
+    Wait::new("the TLS server accepts connections")
+        .within(std::time::Duration::from_secs(10))
+        .until(async || channel(app, pki, Some(&pki.client)).await)
+        .await;
 }

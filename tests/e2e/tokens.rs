@@ -3,8 +3,8 @@ use std::time::Duration;
 use service_accounts_api::pb;
 use tonic::Code;
 
-use crate::helpers::*;
 use crate::on_both_backends;
+use crate::support::*;
 
 on_both_backends!(
     tokens_are_shown_once_listed_without_secrets_and_revoked,
@@ -347,6 +347,7 @@ async fn expired_tokens_are_inactive(backend: Backend) {
         reported.nanos / 1000,
         (expire.timestamp_subsec_nanos() / 1000) as i32
     );
+    // The point is that time passes: past the expiry, with no event to wait on.
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let after = introspect(&app, &response.secret, "", "", &[]).await;
     assert!(!after.active);
@@ -354,9 +355,8 @@ async fn expired_tokens_are_inactive(backend: Backend) {
 }
 
 async fn last_used_is_recorded_and_flushed_on_shutdown(backend: Backend) {
-    let mut setup = Setup::new(backend);
-    setup.last_used_flush_interval = Duration::from_millis(100);
-    let Some(mut app) = spawn_with(setup).await else {
+    let setup = Setup::new(backend).last_used_flush_interval(Duration::from_millis(100));
+    let Some(mut app) = setup.start().await else {
         return;
     };
     let jwt = app.admin_jwt("org-a");
@@ -368,15 +368,11 @@ async fn last_used_is_recorded_and_flushed_on_shutdown(backend: Backend) {
 
     let before = chrono::Utc::now().timestamp();
     introspect(&app, &secret, "", "", &[]).await;
-    let mut seen = None;
-    for _ in 0..50 {
-        seen = last_used(&app, &jwt, &id).await;
-        if seen.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let seen = seen.expect("last_used_time set by the background flush");
+    let seen = Wait::new("last_used_time is set by the background flush")
+        .within(Duration::from_secs(3))
+        .every(Duration::from_millis(50))
+        .until(async || last_used(&app, &jwt, &id).await)
+        .await;
     assert!(seen.seconds >= before && seen.seconds <= chrono::Utc::now().timestamp());
 
     // With a flush interval too long to matter, shutdown must still write what is pending.
