@@ -2,8 +2,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use service_accounts_api::pb;
@@ -15,37 +13,6 @@ use crate::support::*;
 
 const ISSUER: &str = "https://identity.test";
 const AUDIENCE: &str = "service-accounts";
-
-struct Signer {
-    key: SigningKey,
-    kid: &'static str,
-}
-
-impl Signer {
-    fn new(seed: u8, kid: &'static str) -> Self {
-        Self {
-            key: SigningKey::from_bytes(&[seed; 32]),
-            kid,
-        }
-    }
-
-    fn jwk(&self) -> serde_json::Value {
-        json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "kid": self.kid,
-            "use": "sig",
-            "x": URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes()),
-        })
-    }
-
-    fn sign(&self, claims: &serde_json::Value) -> String {
-        let der = self.key.to_pkcs8_der().unwrap();
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.into());
-        encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes())).unwrap()
-    }
-}
 
 fn now() -> i64 {
     SystemTime::now()

@@ -10,6 +10,7 @@ mod coherence;
 mod deployment;
 mod every_rpc;
 mod introspection;
+mod jwks_rotation;
 mod lifecycle;
 mod operations;
 mod quotas;

@@ -1,6 +1,6 @@
 //! TLS for everyone, and mTLS for introspection callers, with certificates made at test time.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::Issuer;
 use service_accounts_api::pb;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -12,25 +12,6 @@ struct Pki {
     server: (String, String),
     client: (String, String),
     rogue_client: (String, String),
-}
-
-fn authority(name: &str) -> (CertificateParams, KeyPair, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let pem = params.self_signed(&key).unwrap().pem();
-    (params, key, pem)
-}
-
-fn leaf(names: &[&str], issuer: &Issuer<'_, KeyPair>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    (
-        params.signed_by(&key, issuer).unwrap().pem(),
-        key.serialize_pem(),
-    )
 }
 
 fn pki() -> Pki {

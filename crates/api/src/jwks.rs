@@ -21,9 +21,10 @@ pub struct JwksEndpoint {
     audience: String,
     client: reqwest::Client,
     auth: Arc<AdminAuthenticator>,
-    /// Refreshes asked for by unknown key ids are at least this far apart.
+    /// Refreshes asked for by unknown key ids are at least this far apart, so that made-up key
+    /// ids cannot make this service hammer the identity side.
     min_gap: Duration,
-    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl JwksEndpoint {
@@ -60,20 +61,19 @@ impl JwksEndpoint {
             client: client.build().map_err(|e| e.to_string())?,
             auth,
             min_gap,
-            last_attempt: tokio::sync::Mutex::new(None),
+            last_on_demand: tokio::sync::Mutex::new(None),
         })
     }
 
     /// Fetches the keys and trusts them instead of the previous ones.
     pub async fn refresh(&self) -> Result<usize, String> {
-        *self.last_attempt.lock().await = Some(Instant::now());
         self.fetch_and_install().await
     }
 
-    /// For a JWT that names an unknown key id: refreshes unless a refresh ran within the
-    /// minimum gap. Concurrent callers wait for one refresh rather than each starting one.
+    /// For a JWT that names an unknown key id: refreshes unless another such refresh ran within
+    /// the minimum gap. Concurrent callers wait for one refresh rather than each starting one.
     pub async fn refresh_for_unknown_key(&self) {
-        let mut last = self.last_attempt.lock().await;
+        let mut last = self.last_on_demand.lock().await;
         if last.is_some_and(|at| at.elapsed() < self.min_gap) {
             return;
         }

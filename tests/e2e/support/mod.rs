@@ -8,12 +8,15 @@
 //! - [`process`]: the binary as a child process (start, SERVING, SIGTERM, exit).
 //! - [`proxy`]: a TCP proxy to slow, freeze or cut a replica's link to PostgreSQL.
 //! - [`logs`]: every log line the in-process servers emit.
+//! - [`pki`] and [`keys`]: certificates and admin-JWT signing keys made at test time.
 
 pub mod app;
 pub mod calls;
 pub mod clients;
 pub mod database;
+pub mod keys;
 pub mod logs;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod wait;
@@ -22,7 +25,9 @@ pub use app::*;
 pub use calls::*;
 pub use clients::*;
 pub use database::*;
+pub use keys::*;
 pub use logs::*;
+pub use pki::*;
 pub use process::*;
 pub use proxy::*;
 pub use wait::*;
