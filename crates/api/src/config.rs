@@ -185,6 +185,15 @@ pub struct ServeConfig {
     )]
     pub introspection_cache_capacity: u64,
 
+    /// Memory for cached tokens, in MiB; their accounts' shared data (names, app lists) may take
+    /// up to a quarter as much again.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_MIB",
+        default_value_t = 64
+    )]
+    pub introspection_cache_max_mib: u64,
+
     /// Maximum age of an introspection cache entry: a backstop; changes invalidate entries at once.
     #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub introspection_cache_max_age: Duration,

@@ -56,9 +56,9 @@ impl<S: TokenStore> IntrospectionApi<S> {
         self.warned.insert(token.token_id, ());
         tracing::warn!(
             reason = ?reason,
-            org_id = %token.org_id,
-            service_account_id = %token.service_account_id,
-            service_account = %token.service_account_display_name,
+            org_id = %token.account.org_id,
+            service_account_id = %token.account.service_account_id,
+            service_account = %token.account.display_name,
             token_id = %token.token_id,
             "a revoked or expired token was presented"
         );
@@ -122,12 +122,12 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
             pb::IntrospectResponse {
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified as i32,
-                org_id: token.org_id.to_string(),
-                service_account_id: token.service_account_id.to_string(),
-                service_account_display_name: token.service_account_display_name.clone(),
+                org_id: token.account.org_id.to_string(),
+                service_account_id: token.account.service_account_id.to_string(),
+                service_account_display_name: token.account.display_name.clone(),
                 token_id: token.token_id.to_string(),
                 scopes: token.scopes.names().map(str::to_owned).collect(),
-                app_access: Some(render::app_access(&token.app_access)),
+                app_access: Some(render::app_access(&token.account.app_access)),
                 expire_time: token.expire_time.map(render::timestamp),
                 allowed: reasons.is_empty(),
                 denial_reason: first as i32,

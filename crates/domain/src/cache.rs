@@ -11,6 +11,9 @@
 //! - While the cross-replica invalidation channel is down, the cache is distrusted: nothing is
 //!   served from it or stored in it until the channel is back (then it starts empty).
 //! - Entries also expire after a maximum age, as a backstop.
+//! - Memory is bounded in bytes as well as entries: an entry weighs at least its share of the
+//!   byte budget per allowed entry, and an account's data (name, app list) is held once, shared
+//!   by its tokens' entries, in a second map bounded in bytes too.
 //! - The per-account invalidation bookkeeping is bounded: when an account's record of its last
 //!   invalidation is evicted, new records start at the newest evicted epoch, so forgetting one
 //!   can only cause extra misses, never serve a raced fill.
@@ -23,7 +26,16 @@ use moka::sync::Cache;
 
 use crate::ids::ServiceAccountId;
 use crate::store::AccountChanges;
-use crate::token::{TokenHash, TokenRecord};
+use crate::token::{AccountRecord, TokenHash, TokenRecord};
+
+/// Roughly what one entry costs besides its account's shared part: the key, the entry, the
+/// token record, the last-use cell, and the map's own bookkeeping per entry.
+const ENTRY_BYTES: usize = std::mem::size_of::<TokenHash>()
+    + std::mem::size_of::<Entry>()
+    + std::mem::size_of::<TokenRecord>()
+    + 2 * 16 // Arc headers
+    + 8
+    + 96;
 
 #[derive(Clone)]
 struct Entry {
@@ -53,6 +65,8 @@ pub struct Fill(u64);
 
 pub struct IntrospectionCache {
     entries: Cache<TokenHash, Entry>,
+    /// Each account's data, once, shared by its entries.
+    accounts: Cache<ServiceAccountId, Arc<AccountRecord>>,
     /// Each account's last invalidation epoch, bounded in number. Idle-expiry longer than an
     /// entry's maximum age, refreshed by every fill, so a cell usually outlives its entries.
     invalidated: Cache<ServiceAccountId, Arc<AtomicU64>>,
@@ -78,14 +92,27 @@ pub struct CacheStats {
 }
 
 impl IntrospectionCache {
-    /// `capacity` 0 disables caching.
-    pub fn new(capacity: u64, max_age: Duration) -> Self {
+    /// At most `capacity` tokens (0 disables caching) and about `max_bytes` of memory for them,
+    /// plus up to a quarter of that for their accounts' shared data.
+    pub fn new(capacity: u64, max_bytes: u64, max_age: Duration) -> Self {
         let evicted_floor = Arc::new(AtomicU64::new(0));
         let floor = evicted_floor.clone();
+        // Weighing each entry at least max_bytes / capacity bounds the count as well.
+        let least = max_bytes.checked_div(capacity).unwrap_or(0);
+        let weight =
+            move |bytes: usize| u32::try_from((bytes as u64).max(least)).unwrap_or(u32::MAX);
         Self {
             entries: Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(max_bytes)
+                .weigher(move |_, _: &Entry| weight(ENTRY_BYTES))
                 .time_to_live(max_age)
+                .build(),
+            accounts: Cache::builder()
+                .max_capacity(max_bytes / 4)
+                .weigher(|_, account: &Arc<AccountRecord>| {
+                    u32::try_from(account.approximate_bytes()).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(max_age * 2)
                 .build(),
             // At most one cell per cached token (each entry names one account), and never none.
             invalidated: Cache::builder()
@@ -156,19 +183,39 @@ impl IntrospectionCache {
             .then(|| Fill(self.epoch.load(Ordering::SeqCst)))
     }
 
-    pub fn insert(&self, hash: TokenHash, record: Option<Arc<TokenRecord>>, fill: Fill) {
+    /// Stores what storage returned and hands back the record to answer with, its account part
+    /// shared with the account's other cached tokens.
+    pub fn insert(
+        &self,
+        hash: TokenHash,
+        record: Option<TokenRecord>,
+        fill: Fill,
+    ) -> Option<Arc<TokenRecord>> {
+        let record = record.map(|record| Arc::new(self.share_account(record)));
         let account_invalidated = record
             .as_ref()
-            .map(|g| self.account_cell(g.service_account_id));
+            .map(|r| self.account_cell(r.account.service_account_id));
         self.entries.insert(
             hash,
             Entry {
                 filled_at: fill.0,
-                record,
+                record: record.clone(),
                 account_invalidated,
                 last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
             },
         );
+        record
+    }
+
+    /// The account data already held for this account when it is the same, so that a thousand
+    /// tokens of one account hold one copy of its app list.
+    fn share_account(&self, mut record: TokenRecord) -> TokenRecord {
+        let id = record.account.service_account_id;
+        match self.accounts.get(&id) {
+            Some(held) if *held == *record.account => record.account = held,
+            _ => self.accounts.insert(id, record.account.clone()),
+        }
+        record
     }
 
     /// Every cached token of `account` is re-read from storage on its next use.
@@ -226,13 +273,13 @@ mod tests {
     use crate::fixtures::record_of;
     use crate::token::TokenSecret;
 
-    fn entry(account: ServiceAccountId) -> (TokenHash, Arc<TokenRecord>) {
-        let record = record_of(account);
+    fn entry(account: ServiceAccountId) -> (TokenHash, TokenRecord) {
+        let record = TokenRecord::clone(&record_of(account));
         (record.token_hash, record)
     }
 
     fn cache() -> IntrospectionCache {
-        IntrospectionCache::new(1000, Duration::from_secs(60))
+        IntrospectionCache::new(1000, 1 << 20, Duration::from_secs(60))
     }
 
     #[test]
@@ -266,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_raced_fill_is_never_served_even_after_its_accounts_bookkeeping_was_evicted() {
-        let cache = IntrospectionCache::new(1, Duration::from_secs(60));
+        let cache = IntrospectionCache::new(1, 1 << 20, Duration::from_secs(60));
         let account = ServiceAccountId::generate();
         let (hash, g) = entry(account);
         let fill = cache.begin_fill().unwrap();
@@ -279,6 +326,50 @@ mod tests {
         assert!(cache.invalidated.entry_count() <= 1);
         cache.insert(hash, Some(g), fill);
         assert!(matches!(cache.get(&hash), Lookup::Miss));
+    }
+
+    #[test]
+    fn tokens_of_one_account_share_one_copy_of_its_data() {
+        let cache = cache();
+        let account = ServiceAccountId::generate();
+        let (first_hash, first) = entry(account);
+        let (second_hash, mut second) = entry(account);
+        // Read separately from storage: equal, but two allocations.
+        second.account = Arc::new(AccountRecord::clone(&first.account));
+        let first = cache.insert(first_hash, Some(first), cache.begin_fill().unwrap());
+        let second = cache.insert(second_hash, Some(second), cache.begin_fill().unwrap());
+        assert!(Arc::ptr_eq(
+            &first.unwrap().account,
+            &second.unwrap().account
+        ));
+        // A changed account is not confused with the held copy.
+        let (third_hash, mut third) = entry(account);
+        Arc::make_mut(&mut third.account).display_name = "Renamed".into();
+        let third = cache.insert(third_hash, Some(third), cache.begin_fill().unwrap());
+        assert_eq!(third.unwrap().account.display_name, "Renamed");
+    }
+
+    #[test]
+    fn the_cache_holds_no_more_entries_than_its_byte_budget_allows() {
+        // 64 KiB for up to 1,000 entries: each weighs at least 64 bytes, and really several
+        // hundred, so far fewer than 1,000 fit.
+        let cache = IntrospectionCache::new(1000, 64 * 1024, Duration::from_secs(60));
+        for _ in 0..1000 {
+            let (hash, record) = entry(ServiceAccountId::generate());
+            cache.insert(hash, Some(record), cache.begin_fill().unwrap());
+        }
+        let held = cache.entry_count();
+        assert!(
+            held > 0 && held <= (64 * 1024 / ENTRY_BYTES) as u64,
+            "{held} entries held"
+        );
+        // And the entry count bounds it as well when entries are small next to the budget.
+        let cache = IntrospectionCache::new(10, 1 << 30, Duration::from_secs(60));
+        for _ in 0..100 {
+            let (hash, record) = entry(ServiceAccountId::generate());
+            cache.insert(hash, Some(record), cache.begin_fill().unwrap());
+        }
+        assert!(cache.entry_count() <= 10, "{}", cache.entry_count());
     }
 
     #[test]
@@ -313,7 +404,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_caches_nothing() {
-        let cache = IntrospectionCache::new(0, Duration::from_secs(60));
+        let cache = IntrospectionCache::new(0, 1 << 20, Duration::from_secs(60));
         assert!(cache.begin_fill().is_none(), "nothing is ever stored");
     }
 }

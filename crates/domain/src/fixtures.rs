@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
 use crate::scope::Scopes;
 use crate::service_account::{AppAccess, AppId};
-use crate::token::{TokenRecord, TokenSecret};
+use crate::token::{AccountRecord, TokenRecord, TokenSecret};
 
 /// An active token of org `org` with `mcp:tools:call` and `mcp:read`, allowed app `app1`.
 pub fn record() -> Arc<TokenRecord> {
@@ -23,13 +23,15 @@ pub fn issued(account: ServiceAccountId) -> (TokenSecret, TokenRecord) {
     let record = TokenRecord {
         token_id: TokenId::generate(),
         token_hash: secret.hash(),
-        org_id: OrgId::parse("org").unwrap(),
-        service_account_id: account,
-        service_account_display_name: "CI".into(),
         scopes: Scopes::parse(["mcp:tools:call", "mcp:read"]).unwrap(),
-        app_access: AppAccess::explicit([AppId::parse("app1").unwrap()].into()).unwrap(),
         expire_time: None,
         revoke_time: None,
+        account: Arc::new(AccountRecord {
+            org_id: OrgId::parse("org").unwrap(),
+            service_account_id: account,
+            display_name: "CI".into(),
+            app_access: AppAccess::explicit([AppId::parse("app1").unwrap()].into()).unwrap(),
+        }),
     };
     (secret, record)
 }

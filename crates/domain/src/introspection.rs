@@ -140,12 +140,12 @@ pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Int
     let org_matches = checks
         .org_id
         .as_ref()
-        .is_none_or(|org| *org == token.org_id);
+        .is_none_or(|org| *org == token.account.org_id);
     if !org_matches {
         denials.reasons.push(Denial::OrgMismatch);
     }
     if let Some(app) = &checks.app_id
-        && !(org_matches && token.app_access.allows(app))
+        && !(org_matches && token.account.app_access.allows(app))
     {
         denials.reasons.push(Denial::AppNotGranted);
     }
@@ -200,10 +200,11 @@ impl<S: TokenStore> Introspector<S> {
                     crate::StoreError::Unavailable("introspection is shutting down".into())
                 })?;
                 let fill = self.cache.begin_fill();
-                let record = self.store.find_token(&hash).await?.map(Arc::new);
-                if let Some(fill) = fill {
-                    self.cache.insert(hash, record.clone(), fill);
-                }
+                let record = self.store.find_token(&hash).await?;
+                let record = match fill {
+                    Some(fill) => self.cache.insert(hash, record, fill),
+                    None => record.map(Arc::new),
+                };
                 (record, None)
             }
         };
@@ -326,7 +327,7 @@ mod tests {
     #[test]
     fn another_orgs_app_is_never_granted_even_to_an_all_apps_account() {
         let mut g = record();
-        Arc::make_mut(&mut g).app_access = AppAccess::AllApps;
+        Arc::make_mut(&mut Arc::make_mut(&mut g).account).app_access = AppAccess::AllApps;
         let now = time::now();
         assert!(denials(evaluate(g.clone(), &checks("org", "any-app", &[]), now)).allowed());
         let result = denials(evaluate(
@@ -410,6 +411,7 @@ mod tests {
             store.clone(),
             Arc::new(IntrospectionCache::new(
                 1000,
+                1 << 20,
                 std::time::Duration::from_secs(60),
             )),
             3,

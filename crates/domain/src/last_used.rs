@@ -104,6 +104,7 @@ mod tests {
             store.clone(),
             Arc::new(IntrospectionCache::new(
                 100,
+                1 << 20,
                 std::time::Duration::from_secs(60),
             )),
             4,

@@ -4,6 +4,7 @@
 //! lets secret scanners match tokens with almost no false positives.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -132,18 +133,37 @@ pub struct Token {
 }
 
 /// A stored token joined with what introspection reports about its account: what one
-/// storage lookup returns and what the introspection cache holds.
+/// storage lookup returns and what the introspection cache holds. The account part is shared
+/// by every cached token of the account, not copied into each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRecord {
     pub token_id: TokenId,
     pub token_hash: TokenHash,
-    pub org_id: OrgId,
-    pub service_account_id: ServiceAccountId,
-    pub service_account_display_name: String,
     pub scopes: Scopes,
-    pub app_access: AppAccess,
     pub expire_time: Option<Timestamp>,
     pub revoke_time: Option<Timestamp>,
+    pub account: Arc<AccountRecord>,
+}
+
+/// What introspection reports about a token's service account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRecord {
+    pub org_id: OrgId,
+    pub service_account_id: ServiceAccountId,
+    pub display_name: String,
+    pub app_access: AppAccess,
+}
+
+impl AccountRecord {
+    /// Roughly the heap and inline bytes this record holds, for the cache's byte bound.
+    pub fn approximate_bytes(&self) -> usize {
+        let apps = match &self.app_access {
+            AppAccess::AllApps => 0,
+            // A B-tree node entry, the string header and its bytes.
+            AppAccess::Apps(apps) => apps.iter().map(|a| a.as_str().len() + 48).sum(),
+        };
+        std::mem::size_of::<Self>() + self.org_id.as_str().len() + self.display_name.len() + apps
+    }
 }
 
 #[cfg(test)]

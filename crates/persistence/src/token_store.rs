@@ -1,5 +1,7 @@
 //! The introspection side of storage: one lookup by hash, and last-used times.
 
+use std::sync::Arc;
+
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement};
 use service_accounts_domain::StoreError;
@@ -7,7 +9,7 @@ use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::store::{StoreResult, TokenStore};
 use service_accounts_domain::time::Timestamp;
-use service_accounts_domain::token::{TokenHash, TokenRecord};
+use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
 
 use crate::Database;
 use crate::admin_store::app_ids;
@@ -69,13 +71,15 @@ impl TokenStore for Database {
             Ok(Some(TokenRecord {
                 token_id: rows::token_id(&token_id)?,
                 token_hash,
-                org_id: rows::org_id(&org_id)?,
-                service_account_id: rows::account_id(&account_id)?,
-                service_account_display_name: display_name,
                 scopes: Scopes::from_stored(&scopes),
-                app_access: rows::app_access(all_apps, apps)?,
                 expire_time,
                 revoke_time,
+                account: Arc::new(AccountRecord {
+                    org_id: rows::org_id(&org_id)?,
+                    service_account_id: rows::account_id(&account_id)?,
+                    display_name,
+                    app_access: rows::app_access(all_apps, apps)?,
+                }),
             }))
         })
         .await

@@ -128,6 +128,9 @@ impl App {
         .await?;
         let cache = Arc::new(IntrospectionCache::new(
             config.introspection_cache_capacity,
+            config
+                .introspection_cache_max_mib
+                .saturating_mul(1024 * 1024),
             config.introspection_cache_max_age,
         ));
         let database_url = config.storage.database_url();
