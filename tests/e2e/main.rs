@@ -9,6 +9,7 @@ mod auth;
 mod coherence;
 mod deployment;
 mod every_rpc;
+mod flood;
 mod introspection;
 mod jwks_rotation;
 mod lifecycle;

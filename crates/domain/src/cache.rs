@@ -25,6 +25,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use crate::ids::ServiceAccountId;
+use crate::issued::IssuedTokens;
 use crate::store::AccountChanges;
 use crate::token::{AccountRecord, TokenHash, TokenRecord};
 
@@ -64,6 +65,8 @@ pub enum Lookup {
 pub struct Fill(u64);
 
 pub struct IntrospectionCache {
+    /// Which tokens were issued (kept even when caching is off): orders storage lookups.
+    issued: IssuedTokens,
     entries: Cache<TokenHash, Entry>,
     /// Each account's data, once, shared by its entries.
     accounts: Cache<ServiceAccountId, Arc<AccountRecord>>,
@@ -102,6 +105,7 @@ impl IntrospectionCache {
         let weight =
             move |bytes: usize| u32::try_from((bytes as u64).max(least)).unwrap_or(u32::MAX);
         Self {
+            issued: IssuedTokens::default(),
             entries: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(move |_, _: &Entry| weight(ENTRY_BYTES))
@@ -255,6 +259,10 @@ impl IntrospectionCache {
         self.trusted.load(Ordering::Acquire)
     }
 
+    pub fn issued(&self) -> &IssuedTokens {
+        &self.issued
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
@@ -264,6 +272,10 @@ impl IntrospectionCache {
 impl AccountChanges for IntrospectionCache {
     fn account_changed(&self, account: ServiceAccountId) {
         self.invalidate_account(account);
+    }
+
+    fn token_issued(&self, prefix: u64) {
+        self.issued.add(prefix);
     }
 }
 

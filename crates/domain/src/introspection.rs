@@ -166,20 +166,30 @@ pub struct Introspector<S> {
     store: S,
     cache: Arc<IntrospectionCache>,
     last_used: LastUsed,
-    /// Storage lookups in flight at once. Anyone can make up well-formed tokens, so misses are
-    /// bounded below the pool size: admin changes and last-used writes keep their connections.
-    lookups: tokio::sync::Semaphore,
+    /// Storage lookups in flight at once, in two lanes. Anyone can make up well-formed tokens:
+    /// lookups of issued tokens never queue behind made-up ones, and both lanes together stay
+    /// below the pool size, so admin changes and last-used writes keep their connections.
+    issued_lane: tokio::sync::Semaphore,
+    other_lane: tokio::sync::Semaphore,
 }
 
 impl<S: TokenStore> Introspector<S> {
-    /// `max_lookups` (at least 1) storage lookups run at once; the others queue.
+    /// Up to `max_lookups` (at least 1) lookups of issued tokens run at once, and a quarter as
+    /// many (at least 1) of tokens not known to be issued; the others queue in their lane.
     pub fn new(store: S, cache: Arc<IntrospectionCache>, max_lookups: usize) -> Self {
         Self {
             store,
             cache,
             last_used: LastUsed::default(),
-            lookups: tokio::sync::Semaphore::new(max_lookups.max(1)),
+            issued_lane: tokio::sync::Semaphore::new(max_lookups.max(1)),
+            other_lane: tokio::sync::Semaphore::new((max_lookups / 4).max(1)),
         }
+    }
+
+    /// Reads which tokens storage holds, so that lookups can be ordered; see [`crate::issued`].
+    pub async fn load_issued(&self) -> Result<usize, crate::StoreError> {
+        let prefixes = self.store.issued_prefixes().await?;
+        Ok(self.cache.issued().load(prefixes))
     }
 
     /// Malformed tokens are answered without touching the cache or storage. A storage failure
@@ -196,11 +206,19 @@ impl<S: TokenStore> Introspector<S> {
             } => (Some(record), Some(last_recorded)),
             Lookup::Unknown => (None, None),
             Lookup::Miss => {
-                let _permit = self.lookups.acquire().await.map_err(|_| {
+                let lane = if self.cache.issued().contains(&hash) {
+                    &self.issued_lane
+                } else {
+                    &self.other_lane
+                };
+                let _permit = lane.acquire().await.map_err(|_| {
                     crate::StoreError::Unavailable("introspection is shutting down".into())
                 })?;
                 let fill = self.cache.begin_fill();
                 let record = self.store.find_token(&hash).await?;
+                if record.is_some() {
+                    self.cache.issued().add(crate::issued::prefix(&hash));
+                }
                 let record = match fill {
                     Some(fill) => self.cache.insert(hash, record, fill),
                     None => record.map(Arc::new),
@@ -397,6 +415,10 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             self.running.fetch_sub(1, SeqCst);
             Ok(None)
+        }
+
+        async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {
+            Ok(Vec::new())
         }
 
         async fn record_last_used(&self, _: &[(TokenId, Timestamp)]) -> StoreResult<()> {

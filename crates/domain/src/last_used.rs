@@ -75,6 +75,10 @@ mod tests {
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
         }
 
+        async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {
+            Ok(Vec::new())
+        }
+
         async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
             *self.flushes.lock().unwrap() += 1;
             let mut writes = self.writes.lock().unwrap();

@@ -11,6 +11,7 @@ pub mod error;
 mod fixtures;
 pub mod ids;
 pub mod introspection;
+pub mod issued;
 pub mod last_used;
 pub mod page;
 pub mod scope;

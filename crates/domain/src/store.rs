@@ -28,6 +28,9 @@ pub enum Created {
 /// introspection cache listens), and when another replica reports one.
 pub trait AccountChanges: Send + Sync + 'static {
     fn account_changed(&self, account: ServiceAccountId);
+
+    /// A token was issued (its hash's first 8 bytes, see [`crate::issued`]).
+    fn token_issued(&self, _prefix: u64) {}
 }
 
 /// What the admin use cases need from storage. Every read is scoped to an org.
@@ -128,6 +131,9 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         hash: &TokenHash,
     ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send;
+
+    /// The first 8 bytes (see [`crate::issued::prefix`]) of every stored token's hash.
+    fn issued_prefixes(&self) -> impl Future<Output = StoreResult<Vec<u64>>> + Send;
 
     /// Sets each token's last-used time, never moving it backwards.
     fn record_last_used(

@@ -245,7 +245,7 @@ impl AdminStore for Database {
                 }
                 Err(error) => return Err(error.into()),
             }
-            self.commit(txn, event).await?;
+            self.commit_issuing(txn, event, Some(hash)).await?;
             Ok(Created::Created)
         })
         .await

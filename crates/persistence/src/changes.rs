@@ -24,22 +24,28 @@ pub enum Change {
     Subscribed,
     /// Something about this account changed.
     Account(ServiceAccountId),
+    /// A token was issued (the first 8 bytes of its hash).
+    TokenIssued(u64),
     /// The subscription is gone: notifications may be missed until the next `Subscribed`.
     Lost,
 }
 
-/// Queues a change notification in `db`'s transaction (a no-op on SQLite).
-pub(crate) async fn notify(
-    db: &impl ConnectionTrait,
-    account: ServiceAccountId,
-) -> Result<(), DbErr> {
+const ISSUED_PREFIX: &str = "issued:";
+
+pub(crate) fn issued_payload(prefix: u64) -> String {
+    format!("{ISSUED_PREFIX}{prefix:016x}")
+}
+
+/// Queues a change notification in `db`'s transaction (a no-op on SQLite): an account id, or an
+/// [`issued_payload`].
+pub(crate) async fn notify(db: &impl ConnectionTrait, payload: &str) -> Result<(), DbErr> {
     if db.get_database_backend() != DatabaseBackend::Postgres {
         return Ok(());
     }
     db.execute_raw(Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         "SELECT pg_notify($1, $2)",
-        [CHANNEL.into(), account.to_string().into()],
+        [CHANNEL.into(), payload.into()],
     ))
     .await?;
     Ok(())
@@ -116,6 +122,11 @@ async fn follow(
                         last_heard = Instant::now();
                     } else if payload.starts_with(HEARTBEAT_PREFIX) {
                         // Another replica's heartbeat.
+                    } else if let Some(prefix) = payload
+                        .strip_prefix(ISSUED_PREFIX)
+                        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    {
+                        on_change(Change::TokenIssued(prefix));
                     } else if let Ok(account) = ServiceAccountId::parse(payload) {
                         on_change(Change::Account(account));
                     } else {

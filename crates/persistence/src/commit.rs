@@ -8,10 +8,12 @@
 use sea_orm::{DatabaseTransaction, EntityTrait};
 use service_accounts_domain::audit::AuditEvent;
 use service_accounts_domain::ids::ServiceAccountId;
+use service_accounts_domain::issued::prefix;
 use service_accounts_domain::store::AccountChanges;
+use service_accounts_domain::token::TokenHash;
 
 use crate::Database;
-use crate::changes::notify;
+use crate::changes::{issued_payload, notify};
 use crate::entity::audit_event;
 use crate::error::Failure;
 use crate::rows::audit_row;
@@ -22,12 +24,27 @@ impl Database {
         txn: DatabaseTransaction,
         event: &AuditEvent,
     ) -> Result<(), Failure> {
+        self.commit_issuing(txn, event, None).await
+    }
+
+    /// [`Self::commit`] for a change that issues the token with this hash: every replica also
+    /// learns that it was issued (see `service_accounts_domain::issued`).
+    pub(crate) async fn commit_issuing(
+        &self,
+        txn: DatabaseTransaction,
+        event: &AuditEvent,
+        issued: Option<&TokenHash>,
+    ) -> Result<(), Failure> {
         audit_event::Entity::insert(audit_row(event))
             .exec_without_returning(&txn)
             .await?;
         let stale = event.stale_account();
         if let Some(account) = stale {
-            notify(&txn, account).await?;
+            notify(&txn, &account.to_string()).await?;
+        }
+        let issued = issued.map(prefix);
+        if let Some(prefix) = issued {
+            notify(&txn, &issued_payload(prefix)).await?;
         }
         // Armed before the commit: this replica forgets the account's entries once the commit
         // is done, and also if the caller stops waiting during it (an extra invalidation costs
@@ -37,6 +54,9 @@ impl Database {
             account,
         });
         txn.commit().await?;
+        if let Some(prefix) = issued {
+            self.changes.token_issued(prefix);
+        }
         tracing::info!(
             target: "audit",
             action = %event.action.as_str(),

@@ -6,6 +6,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement};
 use service_accounts_domain::StoreError;
 use service_accounts_domain::ids::TokenId;
+use service_accounts_domain::issued::prefix;
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::store::{StoreResult, TokenStore};
 use service_accounts_domain::time::Timestamp;
@@ -81,6 +82,27 @@ impl TokenStore for Database {
                     app_access: rows::app_access(all_apps, apps)?,
                 }),
             }))
+        })
+        .await
+    }
+
+    async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {
+        run(async {
+            let rows = self
+                .db
+                .query_all_raw(Statement::from_string(
+                    self.db.get_database_backend(),
+                    "SELECT token_hash FROM tokens",
+                ))
+                .await?;
+            let mut prefixes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let hash: Vec<u8> = row.try_get("", "token_hash")?;
+                if let Some(hash) = TokenHash::from_slice(&hash) {
+                    prefixes.push(prefix(&hash));
+                }
+            }
+            Ok(prefixes)
         })
         .await
     }

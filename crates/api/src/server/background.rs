@@ -127,6 +127,7 @@ pub(super) async fn follow_changes(
             on_change.trust();
         }
         Change::Account(account) => on_change.invalidate_account(account),
+        Change::TokenIssued(prefix) => on_change.issued().add(prefix),
         Change::Lost => {
             tracing::warn!(
                 "change notifications lost; introspection cache disabled until resubscribed"
@@ -138,4 +139,27 @@ pub(super) async fn follow_changes(
     watcher.abort();
     // RPCs still draining must not trust entries nobody keeps coherent any more.
     cache.distrust();
+}
+
+/// Reads which tokens storage holds, once storage answers, so that made-up tokens cannot delay
+/// lookups of issued ones (see `service_accounts_domain::issued`). Retried until it succeeds.
+pub(super) async fn load_issued_tokens(
+    introspector: Arc<Introspector<Database>>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match introspector.load_issued().await {
+            Ok(count) => {
+                tracing::info!(count, "issued tokens known; lookups ordered");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot read issued tokens"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
 }

@@ -265,6 +265,8 @@ impl App {
                 drain_grace = config.shutdown_grace;
                 set_health(&health, ServingStatus::Serving).await;
                 tracing::info!("storage ready; SERVING");
+                let loader = introspector.clone();
+                background.spawn(move |stop| background::load_issued_tokens(loader, stop));
                 let (ready_db, ready_health) = (db.clone(), health.clone());
                 let interval = config.readiness_interval;
                 background.spawn(move |stop| {
