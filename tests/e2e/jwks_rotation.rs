@@ -128,6 +128,21 @@ fn admin_jwt(signer: &Signer) -> String {
     }))
 }
 
+/// A server that trusts only `identity`'s JWKS URL, refreshed every `refresh_interval`.
+async fn app_trusting(identity: &JwksServer, refresh_interval: Duration) -> TestApp {
+    let mut app = unstarted(Setup::new(Backend::Sqlite)).await.unwrap();
+    let ca_path = data_path(&app).join("identity-ca.pem");
+    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
+    app.options.admin_jwks = Some(identity.url.clone());
+    app.options.admin_jwt_issuer = Some(ISSUER.into());
+    app.options.admin_jwt_audience = Some(AUDIENCE.into());
+    app.options.admin_jwks_ca = Some(ca_path);
+    app.options.admin_trust_dev_key = false;
+    app.options.admin_jwks_refresh_interval = refresh_interval;
+    app.start().await;
+    app
+}
+
 async fn list_as(app: &TestApp, signer: &Signer) -> Result<(), tonic::Status> {
     app.admin()
         .await
@@ -145,16 +160,7 @@ async fn admin_keys_rotate_at_the_identity_side_without_a_restart() {
     let identity = JwksServer::start().await;
     identity.publish_keys(&[&old]);
 
-    let mut app = unstarted(Setup::new(Backend::Sqlite)).await.unwrap();
-    let ca_path = data_path(&app).join("identity-ca.pem");
-    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
-    app.options.admin_jwks = Some(identity.url.clone());
-    app.options.admin_jwt_issuer = Some(ISSUER.into());
-    app.options.admin_jwt_audience = Some(AUDIENCE.into());
-    app.options.admin_jwks_ca = Some(ca_path);
-    app.options.admin_trust_dev_key = false;
-    app.options.admin_jwks_refresh_interval = Duration::from_secs(1);
-    app.start().await;
+    let app = app_trusting(&identity, Duration::from_secs(1)).await;
 
     list_as(&app, &old)
         .await
@@ -190,17 +196,8 @@ async fn an_unknown_key_id_triggers_a_fetch_before_the_periodic_one() {
     let (old, new) = (Signer::new(21, "first"), Signer::new(22, "second"));
     let identity = JwksServer::start().await;
     identity.publish_keys(&[&old]);
-    let mut app = unstarted(Setup::new(Backend::Sqlite)).await.unwrap();
-    let ca_path = data_path(&app).join("identity-ca.pem");
-    std::fs::write(&ca_path, &identity.ca_pem).unwrap();
-    app.options.admin_jwks = Some(identity.url.clone());
-    app.options.admin_jwt_issuer = Some(ISSUER.into());
-    app.options.admin_jwt_audience = Some(AUDIENCE.into());
-    app.options.admin_jwks_ca = Some(ca_path);
-    app.options.admin_trust_dev_key = false;
     // Periodic refreshes are an hour apart; on-demand ones at least 30 s apart.
-    app.options.admin_jwks_refresh_interval = Duration::from_secs(3600);
-    app.start().await;
+    let app = app_trusting(&identity, Duration::from_secs(3600)).await;
     assert_eq!(identity.fetches(), 1, "fetched once at start");
 
     identity.publish_keys(&[&old, &new]);
