@@ -13,6 +13,8 @@ pub mod ids;
 pub mod introspection;
 pub mod last_used;
 pub mod page;
+#[cfg(test)]
+mod properties;
 pub mod scope;
 pub mod service_account;
 pub mod store;
