@@ -14,6 +14,8 @@ pub mod introspection;
 pub mod issued;
 pub mod last_used;
 pub mod page;
+#[cfg(test)]
+mod properties;
 pub mod scope;
 pub mod service_account;
 pub mod store;
