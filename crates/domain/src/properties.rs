@@ -275,13 +275,15 @@ prop_compose! {
         crate::token::TokenRecord {
             token_id: TokenId::generate(),
             token_hash: TokenSecret::generate().hash(),
-            org_id,
-            service_account_id: ServiceAccountId::generate(),
-            service_account_display_name: "CI".into(),
             scopes,
-            app_access,
             expire_time,
             revoke_time,
+            account: std::sync::Arc::new(crate::token::AccountRecord {
+                org_id,
+                service_account_id: ServiceAccountId::generate(),
+                display_name: "CI".into(),
+                app_access,
+            }),
         }
     }
 }
@@ -326,12 +328,12 @@ proptest! {
     ) {
         let revoked = record.revoke_time.is_some();
         let expired = record.expire_time.is_some_and(|t| t <= now);
-        let other_org = checks.org_id.as_ref().is_some_and(|org| *org != record.org_id);
+        let other_org = checks.org_id.as_ref().is_some_and(|org| *org != record.account.org_id);
         let lacks_scope = checks.required_scopes.iter().any(|s| !record.scopes.contains(*s));
         let app_refused = checks
             .app_id
             .as_ref()
-            .is_some_and(|app| !record.app_access.allows(app));
+            .is_some_and(|app| !record.account.app_access.allows(app));
         let denied = revoked || expired || other_org || lacks_scope || app_refused;
 
         let result = evaluate(Arc::new(record.clone()), &checks, now);
@@ -375,9 +377,9 @@ proptest! {
             && denials.allowed()
             && !app.is_empty()
         {
-            prop_assert_eq!(org.as_str(), record.org_id.as_str());
+            prop_assert_eq!(org.as_str(), record.account.org_id.as_str());
             let app = AppId::parse(&app).expect("valid");
-            prop_assert!(record.app_access.allows(&app));
+            prop_assert!(record.account.app_access.allows(&app));
         }
     }
 }
