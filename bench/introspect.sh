@@ -170,8 +170,10 @@ ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http
   --service-account-id "$prop_account" --trials 200 \
   | sed 's/^{/{"label":"propagation",/' | tee -a "$RESULTS"
 
-say "memory: RSS with 100,000 cached entries"
-head -n 100000 "$WORK/miss-all.txt" > "$WORK/mem.txt"
+# 100,000 entries, or every seeded token when MISS_TOKENS is smaller.
+MEM_ENTRIES=$(( MISS_TOKENS < 100000 ? MISS_TOKENS : 100000 ))
+say "memory: RSS with $MEM_ENTRIES cached entries"
+head -n "$MEM_ENTRIES" "$WORK/miss-all.txt" > "$WORK/mem.txt"
 start pg_mem 50105 --database-url "$PG_URL" --introspection-cache-capacity 200000
 # Touch a few tokens first so that pools, buffers and the runtime are warm before the baseline.
 head -n 100 "$WORK/mem.txt" > "$WORK/mem-warm.txt"
@@ -181,7 +183,7 @@ before=$("$LOAD" rss --pid "$PID_pg_mem")
 "$LOAD" load --target http://127.0.0.1:50105 --rpc introspect --tokens "$WORK/mem.txt" \
   --duration 30s --warmup 0s --label fill > "$WORK/fill.json"
 after=$("$LOAD" rss --pid "$PID_pg_mem")
-echo "{\"label\":\"memory\",\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"requests\":$(python3 -c "import json;print(json.load(open('$WORK/fill.json'))['requests'])")}" | tee -a "$RESULTS"
+echo "{\"label\":\"memory\",\"entries\":$MEM_ENTRIES,\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"requests\":$(python3 -c "import json;print(json.load(open('$WORK/fill.json'))['requests'])")}" | tee -a "$RESULTS"
 
 if command -v h2load >/dev/null; then
   say "h2load cross-check (independent client) against the SQLite server"
@@ -226,7 +228,7 @@ print(f"b/pgbench mean latency = {ratio('pg-b-misses', 'pgbench-lookup', 'mean_u
 p = r["propagation"]
 print(f"propagation over {p['trials']} trials: p50 {p['p50_us']} us, p99 {p['p99_us']} us, max {p['max_us']} us")
 m = r["memory"]
-print(f"memory: {(m['rss_after_kib'] - m['rss_before_kib']) * 1024 / 100000:.0f} bytes per cached entry "
+print(f"memory: {(m['rss_after_kib'] - m['rss_before_kib']) * 1024 / m['entries']:.0f} bytes per cached entry "
       f"(RSS {m['rss_before_kib']} -> {m['rss_after_kib']} KiB)")
 for rpc in ("health", "introspect"):
     if f"h2load-{rpc}" in r:
