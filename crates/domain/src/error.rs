@@ -32,16 +32,18 @@ pub const MAX_VIOLATIONS: usize = 20;
 /// At most this many bytes of a caller's input are quoted back in an error.
 pub const MAX_ECHO_BYTES: usize = 64;
 
-/// `input` quoted for an error message, cut to [`MAX_ECHO_BYTES`] bytes.
+/// `input` quoted for an error message (escaped as Rust's `Debug` does), cut so that at most
+/// [`MAX_ECHO_BYTES`] bytes of it are shown: escaping can multiply the size of odd characters.
 pub fn quote(input: &str) -> String {
-    if input.len() <= MAX_ECHO_BYTES {
-        return format!("{input:?}");
+    let quoted = format!("{input:?}");
+    if quoted.len() <= MAX_ECHO_BYTES {
+        return quoted;
     }
     let mut end = MAX_ECHO_BYTES;
-    while !input.is_char_boundary(end) {
+    while !quoted.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}…", &input[..end])
+    format!("{}…", &quoted[..end])
 }
 
 /// Collects every violation of a request so that callers see all problems at once.
@@ -189,9 +191,11 @@ mod tests {
     #[test]
     fn quoted_input_is_cut_at_64_bytes_on_a_character_boundary() {
         assert_eq!(quote("short"), "\"short\"");
-        let long = "é".repeat(100);
-        let quoted = quote(&long);
-        assert!(quoted.len() <= MAX_ECHO_BYTES + "\"\"…".len(), "{quoted}");
-        assert!(quoted.ends_with('…'));
+        // Multi-byte characters, and characters that escaping makes six times longer.
+        for long in ["é".repeat(100), "\u{7f}".repeat(64)] {
+            let quoted = quote(&long);
+            assert!(quoted.len() <= MAX_ECHO_BYTES + "…".len(), "{quoted}");
+            assert!(quoted.ends_with('…'));
+        }
     }
 }

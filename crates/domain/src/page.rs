@@ -120,12 +120,33 @@ fn decode(listing: Listing, token: &str) -> Result<Option<Uuid>, Invalid> {
     if tag != listing.tag() {
         return Err(invalid());
     }
-    Uuid::try_parse(id).map(Some).map_err(|_| invalid())
+    // Only the form `encode` writes: a token is opaque, and one token means one position.
+    match Uuid::try_parse(id) {
+        Ok(uuid) if uuid.hyphenated().to_string() == id => Ok(Some(uuid)),
+        _ => Err(invalid()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_page_token_form_this_service_writes_is_accepted() {
+        let id = Uuid::now_v7();
+        let upper = URL_SAFE_NO_PAD.encode(format!(
+            "{}:{}",
+            Listing::Tokens.tag(),
+            id.hyphenated().to_string().to_uppercase()
+        ));
+        assert!(decode(Listing::Tokens, &upper).is_err());
+        let simple = URL_SAFE_NO_PAD.encode(format!("{}:{}", Listing::Tokens.tag(), id.simple()));
+        assert!(decode(Listing::Tokens, &simple).is_err());
+        assert_eq!(
+            decode(Listing::Tokens, &encode(Listing::Tokens, id)),
+            Ok(Some(id))
+        );
+    }
 
     #[test]
     fn page_size_defaults_caps_and_rejects_negative() {
