@@ -209,8 +209,11 @@ fn trusted_key(jwk: &Jwk, issuer: &str, audience: &str) -> Result<TrustedKey, Ke
             let modulus = URL_SAFE_NO_PAD
                 .decode(&p.n)
                 .map_err(|_| unsupported("n is not base64url"))?;
-            let leading_zeros = modulus.iter().take_while(|b| **b == 0).count();
-            if (modulus.len() - leading_zeros) * 8 < MIN_RSA_BITS {
+            let zero_bytes = modulus.iter().take_while(|b| **b == 0).count();
+            let bits = modulus.get(zero_bytes).map_or(0, |first| {
+                (modulus.len() - zero_bytes) * 8 - first.leading_zeros() as usize
+            });
+            if bits < MIN_RSA_BITS {
                 return Err(unsupported("RSA keys must have at least 2048 bits"));
             }
             Algorithm::RS256

@@ -117,7 +117,7 @@ impl JwksEndpoint {
     }
 
     async fn fetch(&self) -> Result<JwkSet, String> {
-        let response = self
+        let mut response = self
             .client
             .get(self.url.clone())
             .send()
@@ -130,12 +130,16 @@ impl JwksEndpoint {
         {
             return Err("the JWKS document is too large".into());
         }
-        let body = response
-            .bytes()
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| e.without_url().to_string())?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("the JWKS document is too large".into());
+            .map_err(|e| e.without_url().to_string())?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err("the JWKS document is too large".into());
+            }
+            body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
     }

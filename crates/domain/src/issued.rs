@@ -50,6 +50,12 @@ impl IssuedTokens {
         set.len()
     }
 
+    /// Notifications of new tokens may have been missed: until the next [`Self::load`], every
+    /// token counts as issued again.
+    pub fn mark_incomplete(&self) {
+        self.loaded.store(false, Ordering::Release);
+    }
+
     pub fn len(&self) -> usize {
         self.prefixes
             .read()

@@ -114,14 +114,31 @@ impl From<&str> for DatabaseUrl {
 
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("REDACTED"));
-                f.write_str(url.as_str())
-            }
-            Ok(_) => f.write_str(&self.0),
-            Err(_) => f.write_str("<unparsable database URL>"),
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return f.write_str("<unparsable database URL>");
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("REDACTED"));
         }
+        // A password may also come as a query parameter (`?password=…`).
+        if url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+        {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "REDACTED".to_owned()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        f.write_str(url.as_str())
     }
 }
 
@@ -157,7 +174,7 @@ pub struct ServeConfig {
 
     /// How often a JWKS URL is fetched again. A JWT naming an unknown key id also triggers a
     /// fetch, at most once per this interval (and at least every 30 s).
-    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICE_ACCOUNTS_ADMIN_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = positive_duration)]
     pub admin_jwks_refresh_interval: Duration,
 
     /// PEM CA bundle trusted for a JWKS URL besides the system's roots (a private identity side).
@@ -195,11 +212,11 @@ pub struct ServeConfig {
     pub introspection_cache_max_mib: u64,
 
     /// Maximum age of an introspection cache entry: a backstop; changes invalidate entries at once.
-    #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = positive_duration)]
     pub introspection_cache_max_age: Duration,
 
     /// How often coalesced last-used times are written to storage.
-    #[arg(long, env = "SERVICE_ACCOUNTS_LAST_USED_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICE_ACCOUNTS_LAST_USED_FLUSH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
 
     /// How long in-flight RPCs may take to finish after SIGTERM/SIGINT.
@@ -242,11 +259,11 @@ pub struct ServeConfig {
     pub max_concurrent_streams: u32,
 
     /// The longest an RPC may run; a shorter `grpc-timeout` from the caller wins.
-    #[arg(long, env = "SERVICE_ACCOUNTS_RPC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICE_ACCOUNTS_RPC_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub rpc_timeout: Duration,
 
     /// How often storage is checked; health is NOT_SERVING while it does not answer.
-    #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub readiness_interval: Duration,
 
     /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
@@ -302,6 +319,15 @@ pub struct AdminTokenArgs {
     pub roles: Vec<String>,
 }
 
+/// A duration that must not be zero (an interval of zero would spin or panic).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(duration)
+}
+
 fn admin_token_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     let max = Duration::from_secs(crate::auth::MAX_LIFETIME_SECONDS);
@@ -316,28 +342,24 @@ fn admin_token_ttl(text: &str) -> Result<Duration, String> {
 
 impl ServeConfig {
     /// Every flag at its default, on `database_url` with `data_dir`: where tests start before
-    /// changing what they exercise. Settings that change behaviour (keys, TLS, export) are
-    /// cleared even if the environment sets them.
+    /// changing what they exercise.
     pub fn for_tests(data_dir: &Path, database_url: &str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
         #[derive(Parser)]
         struct Defaults {
             #[command(flatten)]
             config: ServeConfig,
         }
-        let mut config = Defaults::try_parse_from(["service-accounts"])
+        // The environment is not read: every flag is at its documented default.
+        let matches = Defaults::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["service-accounts"])
+            .expect("the defaults parse");
+        let mut config = Defaults::from_arg_matches(&matches)
             .expect("the defaults parse")
             .config;
         config.storage.data.data_dir = data_dir.to_owned();
         config.storage.database_url = Some(database_url.into());
-        config.admin_jwks = None;
-        config.admin_jwks_ca = None;
-        config.admin_jwt_issuer = None;
-        config.admin_jwt_audience = None;
-        config.admin_trust_dev_key = false;
-        config.tls_cert = None;
-        config.tls_key = None;
-        config.tls_client_ca = None;
-        config.otlp_endpoint = None;
         config
     }
 

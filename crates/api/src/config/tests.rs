@@ -8,6 +8,13 @@ fn a_database_password_never_shows_in_debug_or_display() {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
     assert!(format!("{url}").contains("app:REDACTED@db.internal"));
+    let in_query =
+        DatabaseUrl::parse("postgres://app@db/sa?sslmode=require&password=hunter2").unwrap();
+    let shown = format!("{in_query:?}");
+    assert!(
+        !shown.contains("hunter2") && shown.contains("sslmode=require"),
+        "{shown}"
+    );
     assert_eq!(
         url.expose(),
         "postgres://app:hunter2@db.internal:5432/accounts"

@@ -109,7 +109,9 @@ pub async fn jwks_endpoint(
     else {
         return Ok(None);
     };
-    let min_gap = refresh_interval.min(std::time::Duration::from_secs(30));
+    let min_gap = refresh_interval
+        .min(std::time::Duration::from_secs(30))
+        .max(std::time::Duration::from_secs(1));
     let endpoint =
         crate::jwks::JwksEndpoint::new(url, extra_ca, issuer, audience, auth.clone(), min_gap)
             .map_err(|reason| ServeError::Jwks {

@@ -117,14 +117,17 @@ pub(super) async fn follow_changes(
     database_url: DatabaseUrl,
     db: Database,
     cache: Arc<IntrospectionCache>,
+    reload_issued: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
-    cache.distrust();
     let on_change = cache.clone();
     let watcher = changes::watch(database_url.expose(), db, move |change| match change {
         Change::Subscribed => {
             tracing::info!("subscribed to change notifications; introspection cache enabled");
             on_change.trust();
+            // Tokens issued while unsubscribed were not announced: read them again.
+            on_change.issued().mark_incomplete();
+            reload_issued.notify_one();
         }
         Change::Account(account) => on_change.invalidate_account(account),
         Change::TokenIssued(prefix) => on_change.issued().add(prefix),
@@ -137,29 +140,41 @@ pub(super) async fn follow_changes(
     });
     stop.cancelled().await;
     watcher.abort();
-    // RPCs still draining must not trust entries nobody keeps coherent any more.
+    // Wait until no callback can run any more (one could otherwise trust the cache again),
+    // then: RPCs still draining must not trust entries nobody keeps coherent.
+    let _ = watcher.await;
     cache.distrust();
 }
 
-/// Reads which tokens storage holds, once storage answers, so that made-up tokens cannot delay
-/// lookups of issued ones (see `service_accounts_domain::issued`). Retried until it succeeds.
+/// Reads which tokens storage holds once storage answers, and again whenever `reload` is
+/// notified, so that made-up tokens cannot delay lookups of issued ones (see
+/// `service_accounts_domain::issued`). A failed read is retried.
 pub(super) async fn load_issued_tokens(
     introspector: Arc<Introspector<Database>>,
+    reload: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_secs(1);
     loop {
-        match introspector.load_issued().await {
-            Ok(count) => {
-                tracing::info!(count, "issued tokens known; lookups ordered");
-                return;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match introspector.load_issued().await {
+                Ok(count) => {
+                    tracing::info!(count, "issued tokens known; lookups ordered");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "cannot read issued tokens");
+                }
             }
-            Err(error) => tracing::warn!(%error, retry_in = ?delay, "cannot read issued tokens"),
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = reload.notified() => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }

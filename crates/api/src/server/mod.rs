@@ -142,6 +142,16 @@ impl App {
         .await
         .map_err(ServeError::Database)?
         .publishing_to(cache.clone());
+        let lanes =
+            config.introspection_max_lookups + (config.introspection_max_lookups / 4).max(1);
+        if lanes >= config.storage.db_max_connections {
+            tracing::warn!(
+                lookups = lanes,
+                pool = config.storage.db_max_connections,
+                "introspection lookups can take every database connection; \
+                 lower --introspection-max-lookups or raise --db-max-connections"
+            );
+        }
         let introspector = Arc::new(Introspector::new(
             db.clone(),
             cache.clone(),
@@ -221,13 +231,17 @@ impl App {
             router,
         } = self;
         let mut background = Background::new();
+        let reload_issued = Arc::new(tokio::sync::Notify::new());
         if let Some(jwks) = jwks {
             let interval = config.admin_jwks_refresh_interval;
             background.spawn(move |stop| jwks.keep_fresh(interval, stop));
         }
         if database_url.is_postgres() {
+            // Not trusted until the subscription is live, from before the first RPC.
+            cache.distrust();
             let (url, db, cache) = (database_url, db.clone(), cache.clone());
-            background.spawn(|stop| background::follow_changes(url, db, cache, stop));
+            let reload = reload_issued.clone();
+            background.spawn(|stop| background::follow_changes(url, db, cache, reload, stop));
         }
         let (flush_introspector, flush_metrics) = (introspector.clone(), metrics.clone());
         let interval = config.last_used_flush_interval;
@@ -265,8 +279,8 @@ impl App {
                 drain_grace = config.shutdown_grace;
                 set_health(&health, ServingStatus::Serving).await;
                 tracing::info!("storage ready; SERVING");
-                let loader = introspector.clone();
-                background.spawn(move |stop| background::load_issued_tokens(loader, stop));
+                let (loader, reload) = (introspector.clone(), reload_issued.clone());
+                background.spawn(move |stop| background::load_issued_tokens(loader, reload, stop));
                 let (ready_db, ready_health) = (db.clone(), health.clone());
                 let interval = config.readiness_interval;
                 background.spawn(move |stop| {
@@ -286,8 +300,7 @@ impl App {
             }
         };
 
-        // One teardown, whatever happened above. Nothing was served before SERVING, so a
-        // failed start does not wait for idle connections to drain.
+        // One teardown, whatever happened above. A failed start has nothing worth draining.
         set_health(&health, ServingStatus::NotServing).await;
         background.stopping().cancel();
         if tokio::time::timeout(drain_grace, &mut server)
@@ -300,6 +313,8 @@ impl App {
             server.abort();
         }
         background.stop().await;
+        // Again: the storage watch may have reported SERVING while it was being stopped.
+        set_health(&health, ServingStatus::NotServing).await;
         match introspector.flush_last_used().await {
             Ok(0) => {}
             Ok(written) => {

@@ -12,11 +12,12 @@
 //!   served from it or stored in it until the channel is back (then it starts empty).
 //! - Entries also expire after a maximum age, as a backstop.
 //! - Memory is bounded in bytes as well as entries: an entry weighs at least its share of the
-//!   byte budget per allowed entry, and an account's data (name, app list) is held once, shared
-//!   by its tokens' entries, in a second map bounded in bytes too.
-//! - The per-account invalidation bookkeeping is bounded: when an account's record of its last
-//!   invalidation is evicted, new records start at the newest evicted epoch, so forgetting one
-//!   can only cause extra misses, never serve a raced fill.
+//!   byte budget per allowed entry, and is charged its account's data (name, app list) in full,
+//!   although that data is held once and shared by the account's entries: the bound holds
+//!   whatever is evicted, and sharing only makes real use lower.
+//! - The per-account invalidation bookkeeping is a fixed array of epochs indexed by a hash of
+//!   the account id: nothing in it is ever evicted, so an entry always sees its account's last
+//!   invalidation; two accounts sharing a slot only cause extra misses.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -38,13 +39,16 @@ const ENTRY_BYTES: usize = std::mem::size_of::<TokenHash>()
     + 8
     + 96;
 
+/// Slots of the invalidation array: 512 KiB of epochs.
+const INVALIDATION_SLOTS: usize = 1 << 16;
+
 #[derive(Clone)]
 struct Entry {
     filled_at: u64,
     record: Option<Arc<TokenRecord>>,
-    /// The account's last invalidation epoch, shared by all of its entries: a hit checks it
-    /// with one atomic load instead of a second map lookup.
-    account_invalidated: Option<Arc<AtomicU64>>,
+    /// The slot of the account's last invalidation epoch: a hit checks it with one atomic load
+    /// instead of a second map lookup.
+    account_slot: usize,
     /// Second of the last recorded use, so last-used is recorded at most once a second per entry.
     last_recorded: Arc<AtomicI64>,
 }
@@ -70,11 +74,8 @@ pub struct IntrospectionCache {
     entries: Cache<TokenHash, Entry>,
     /// Each account's data, once, shared by its entries.
     accounts: Cache<ServiceAccountId, Arc<AccountRecord>>,
-    /// Each account's last invalidation epoch, bounded in number. Idle-expiry longer than an
-    /// entry's maximum age, refreshed by every fill, so a cell usually outlives its entries.
-    invalidated: Cache<ServiceAccountId, Arc<AtomicU64>>,
-    /// The newest epoch of an evicted cell: where new cells start.
-    evicted_floor: Arc<AtomicU64>,
+    /// The last invalidation epoch of the accounts hashed to each slot.
+    invalidated: Box<[AtomicU64]>,
     epoch: AtomicU64,
     flushed_at: AtomicU64,
     trusted: AtomicBool,
@@ -98,8 +99,6 @@ impl IntrospectionCache {
     /// At most `capacity` tokens (0 disables caching) and about `max_bytes` of memory for them,
     /// plus up to a quarter of that for their accounts' shared data.
     pub fn new(capacity: u64, max_bytes: u64, max_age: Duration) -> Self {
-        let evicted_floor = Arc::new(AtomicU64::new(0));
-        let floor = evicted_floor.clone();
         // Weighing each entry at least max_bytes / capacity bounds the count as well.
         let least = max_bytes.checked_div(capacity).unwrap_or(0);
         let weight =
@@ -108,7 +107,13 @@ impl IntrospectionCache {
             issued: IssuedTokens::default(),
             entries: Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(move |_, _: &Entry| weight(ENTRY_BYTES))
+                .weigher(move |_, entry: &Entry| {
+                    let account = entry
+                        .record
+                        .as_ref()
+                        .map_or(0, |r| r.account.approximate_bytes());
+                    weight(ENTRY_BYTES + account)
+                })
                 .time_to_live(max_age)
                 .build(),
             accounts: Cache::builder()
@@ -118,15 +123,7 @@ impl IntrospectionCache {
                 })
                 .time_to_idle(max_age * 2)
                 .build(),
-            // At most one cell per cached token (each entry names one account), and never none.
-            invalidated: Cache::builder()
-                .max_capacity(capacity.max(1))
-                .time_to_idle(max_age * 2)
-                .eviction_listener(move |_, cell: Arc<AtomicU64>, _| {
-                    floor.fetch_max(cell.load(Ordering::SeqCst), Ordering::SeqCst);
-                })
-                .build(),
-            evicted_floor,
+            invalidated: (0..INVALIDATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(1),
             flushed_at: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
@@ -166,11 +163,10 @@ impl IntrospectionCache {
         if entry.filled_at < self.flushed_at.load(Ordering::Acquire) {
             return Lookup::Miss;
         }
-        match (entry.record, entry.account_invalidated) {
-            (None, _) => Lookup::Unknown,
-            (Some(_), None) => Lookup::Miss,
-            (Some(record), Some(invalidated)) => {
-                if entry.filled_at < invalidated.load(Ordering::SeqCst) {
+        match entry.record {
+            None => Lookup::Unknown,
+            Some(record) => {
+                if entry.filled_at < self.invalidated[entry.account_slot].load(Ordering::SeqCst) {
                     return Lookup::Miss;
                 }
                 Lookup::Known {
@@ -196,15 +192,15 @@ impl IntrospectionCache {
         fill: Fill,
     ) -> Option<Arc<TokenRecord>> {
         let record = record.map(|record| Arc::new(self.share_account(record)));
-        let account_invalidated = record
+        let account_slot = record
             .as_ref()
-            .map(|r| self.account_cell(r.account.service_account_id));
+            .map_or(0, |r| slot(r.account.service_account_id));
         self.entries.insert(
             hash,
             Entry {
                 filled_at: fill.0,
                 record: record.clone(),
-                account_invalidated,
+                account_slot,
                 last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
             },
         );
@@ -225,14 +221,7 @@ impl IntrospectionCache {
     /// Every cached token of `account` is re-read from storage on its next use.
     pub fn invalidate_account(&self, account: ServiceAccountId) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.account_cell(account)
-            .fetch_max(epoch, Ordering::SeqCst);
-    }
-
-    fn account_cell(&self, account: ServiceAccountId) -> Arc<AtomicU64> {
-        self.invalidated.get_with(account, || {
-            Arc::new(AtomicU64::new(self.evicted_floor.load(Ordering::SeqCst)))
-        })
+        self.invalidated[slot(account)].fetch_max(epoch, Ordering::SeqCst);
     }
 
     /// Everything is re-read from storage on its next use.
@@ -267,6 +256,13 @@ impl IntrospectionCache {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
+}
+
+/// The invalidation slot of an account: its id's bits folded and spread over the slots.
+fn slot(account: ServiceAccountId) -> usize {
+    let bits = account.as_uuid().as_u128();
+    let folded = (bits as u64) ^ ((bits >> 64) as u64);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 16)) as usize
 }
 
 impl AccountChanges for IntrospectionCache {
