@@ -124,6 +124,19 @@ async fn storage_failure_fails_closed() {
         })
         .await;
     assert_code(result, Code::Unavailable);
+    // The admin service answers a storage failure the same way: retry later, not a server bug.
+    let listed = app
+        .admin()
+        .await
+        .list_tokens(authed(
+            pb::ListTokensRequest {
+                service_account_id: id.clone(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await;
+    assert_code(listed, Code::Unavailable);
     // Malformed tokens never touch storage, so they are still answered.
     assert_eq!(
         introspect(&app, "nope", "", "", &[])
