@@ -25,7 +25,11 @@ const RANDOM_CHARS: usize = 37;
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases,
+        // `PROPTEST_CASES` overrides the count for a longer local run.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(cases),
         // Failures are reported with their minimal input; no regression files in the tree.
         failure_persistence: None,
         ..ProptestConfig::default()
