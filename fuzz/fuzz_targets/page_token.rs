@@ -12,10 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
 use service_accounts_domain::page::{Listing, Page, PageRequest, PageSize};
 
-/// Finding 1 (docs/fuzzing.md): `page::decode` accepts any form `Uuid::try_parse` does
-/// (upper-case hex, simple, braced, URN), so one position has many tokens. Harmless while the
-/// id is only a keyset position; set this to `true` once decoding insists on the canonical form.
-const CANONICAL_ONLY: bool = false;
+/// Finding 1 (docs/fuzzing.md): decoding once accepted any form `Uuid::try_parse` does; it now
+/// insists on the canonical form it writes, and this checks it.
+const CANONICAL_ONLY: bool = true;
 
 const LISTINGS: [Listing; 3] = [
     Listing::ServiceAccounts,

@@ -158,11 +158,6 @@ pub fn decode_and_parse_request(kind: u8, bytes: &[u8]) -> Option<Result<(), Err
 /// The largest `InvalidArgument` the parsers may answer with: 20 violations and one saying how
 /// many more there were.
 pub const MAX_VIOLATIONS: usize = 21;
-/// The longest violation description: a fixed sentence plus at most 64 quoted input bytes.
-///
-/// The intended bound is about 300 bytes. Finding 2 (docs/fuzzing.md): `error::quote` cuts the
-/// *input* to 64 bytes but then escapes it with `{:?}`, which writes a control character as up
-/// to 6 bytes (`\u{7f}`), so an `update_mask` path of 64 DEL bytes yields a 473-byte
-/// description (`findings/requests-description-473-bytes`). Until `quote` bounds its output,
-/// the target checks the bound that holds today; lower this to 300 with that fix.
-pub const MAX_DESCRIPTION_BYTES: usize = 480;
+/// The longest violation description: a fixed sentence plus at most 64 bytes of quoted input
+/// (counted after escaping; finding 2 in docs/fuzzing.md).
+pub const MAX_DESCRIPTION_BYTES: usize = 300;
