@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             ".embrace.serviceaccounts.v1.IntrospectRequest",
             ".embrace.serviceaccounts.v1.CreateTokenResponse",
+            ".embrace.serviceaccounts.v1.RotateTokenResponse",
         ])
         .compile_fds(descriptors)?;
     Ok(())

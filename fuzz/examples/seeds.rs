@@ -233,6 +233,7 @@ fn main() {
                 seconds: 4_102_444_800,
                 nanos: 0,
             }),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::1".into()],
         },
     );
     request(
@@ -246,6 +247,7 @@ fn main() {
                 seconds: 1,
                 nanos: -1,
             }),
+            allowed_cidrs: vec!["10.0.0.0/33".into()],
         },
     );
     request(
@@ -282,6 +284,7 @@ fn main() {
             org_id: "acme".into(),
             app_id: "app1".into(),
             required_scopes: vec!["mcp:read".into()],
+            client_ip: "192.0.2.1".into(),
         },
     );
     request(
@@ -292,6 +295,7 @@ fn main() {
             org_id: String::new(),
             app_id: "app1".into(),
             required_scopes: vec!["nope".into()],
+            client_ip: "not an address".into(),
         },
     );
 }

@@ -315,6 +315,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .create_token(authed(
                         pb::CreateTokenRequest {
+                            allowed_cidrs: Vec::new(),
                             service_account_id: target.clone(),
                             display_name: "t".into(),
                             scopes: vec!["mcp:tools:call".into()],
@@ -451,6 +452,7 @@ async fn non_admins_are_denied_everywhere(backend: Backend) {
             admin
                 .create_token(authed(
                     pb::CreateTokenRequest {
+                        allowed_cidrs: Vec::new(),
                         service_account_id: id.clone(),
                         display_name: "t".into(),
                         scopes: vec!["mcp:tools:call".into()],

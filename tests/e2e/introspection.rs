@@ -62,6 +62,7 @@ async fn bad_checks_are_invalid_arguments() {
     let app = spawn(Backend::Sqlite).await.unwrap();
     let mut client = app.introspection().await;
     let request = |org_id: &str, app_id: &str, scopes: &[&str]| pb::IntrospectRequest {
+        client_ip: String::new(),
         token: random_well_formed_token(),
         org_id: org_id.into(),
         app_id: app_id.into(),

@@ -134,6 +134,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     let created = admin
         .create_token(authed(
             pb::CreateTokenRequest {
+                allowed_cidrs: Vec::new(),
                 service_account_id: account.service_account_id.clone(),
                 display_name: "t".into(),
                 scopes: vec!["mcp:tools:call".into()],

@@ -377,6 +377,7 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
             .create_token(authed(
                 &jwt,
                 pb::CreateTokenRequest {
+                    allowed_cidrs: Vec::new(),
                     service_account_id: args.service_account_id.clone(),
                     display_name: "propagation".into(),
                     scopes: vec!["mcp:tools:call".into()],
@@ -454,6 +455,7 @@ async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
             .create_token(authed(
                 &jwt,
                 pb::CreateTokenRequest {
+                    allowed_cidrs: Vec::new(),
                     service_account_id: account.service_account_id.clone(),
                     display_name: format!("bench {n}"),
                     scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use service_accounts_domain::admin::{Admin, AdminService};
+use service_accounts_domain::service_account::AccountState;
 use service_accounts_domain::store::AdminStore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -224,6 +225,129 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
             let token = self.service.revoke_token(&admin, id, token_id).await?;
             Ok(pb::RevokeTokenResponse {
                 token: Some(render::token(&token)),
+            })
+        })
+        .await
+    }
+
+    async fn disable_service_account(
+        &self,
+        request: Request<pb::DisableServiceAccountRequest>,
+    ) -> Result<Response<pb::DisableServiceAccountResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let id = request.get_ref().parse()?;
+            let account = self
+                .service
+                .set_service_account_state(&admin, id, AccountState::Disabled)
+                .await?;
+            Ok(pb::DisableServiceAccountResponse {
+                service_account: Some(render::service_account(&account)),
+            })
+        })
+        .await
+    }
+
+    async fn enable_service_account(
+        &self,
+        request: Request<pb::EnableServiceAccountRequest>,
+    ) -> Result<Response<pb::EnableServiceAccountResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let id = request.get_ref().parse()?;
+            let account = self
+                .service
+                .set_service_account_state(&admin, id, AccountState::Active)
+                .await?;
+            Ok(pb::EnableServiceAccountResponse {
+                service_account: Some(render::service_account(&account)),
+            })
+        })
+        .await
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<pb::RotateTokenRequest>,
+    ) -> Result<Response<pb::RotateTokenResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let (id, token_id, rotation) = request.get_ref().parse()?;
+            let (token, secret, previous) = self
+                .service
+                .rotate_token(&admin, id, token_id, rotation)
+                .await?;
+            Ok(pb::RotateTokenResponse {
+                token: Some(render::token(&token)),
+                secret: secret.expose().to_owned(),
+                previous_token: Some(render::token(&previous)),
+            })
+        })
+        .await
+    }
+
+    async fn update_token(
+        &self,
+        request: Request<pb::UpdateTokenRequest>,
+    ) -> Result<Response<pb::UpdateTokenResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let (id, token_id, patch) = request.get_ref().parse()?;
+            let token = self
+                .service
+                .update_token(&admin, id, token_id, patch)
+                .await?;
+            Ok(pb::UpdateTokenResponse {
+                token: Some(render::token(&token)),
+            })
+        })
+        .await
+    }
+
+    async fn list_expiring_tokens(
+        &self,
+        request: Request<pb::ListExpiringTokensRequest>,
+    ) -> Result<Response<pb::ListExpiringTokensResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let (within, page) = request.get_ref().parse()?;
+            let page = self
+                .service
+                .list_expiring_tokens(&admin, within, page)
+                .await?;
+            Ok(pb::ListExpiringTokensResponse {
+                tokens: page.items.iter().map(render::token).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_token_policy(
+        &self,
+        request: Request<pb::GetTokenPolicyRequest>,
+    ) -> Result<Response<pb::GetTokenPolicyResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            request.get_ref().parse()?;
+            let policy = self.service.get_token_policy(&admin).await?;
+            Ok(pb::GetTokenPolicyResponse {
+                token_policy: Some(render::token_policy(&policy)),
+            })
+        })
+        .await
+    }
+
+    async fn update_token_policy(
+        &self,
+        request: Request<pb::UpdateTokenPolicyRequest>,
+    ) -> Result<Response<pb::UpdateTokenPolicyResponse>, Status> {
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let patch = request.get_ref().parse()?;
+            let policy = self.service.update_token_policy(&admin, patch).await?;
+            Ok(pb::UpdateTokenPolicyResponse {
+                token_policy: Some(render::token_policy(&policy)),
             })
         })
         .await

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use service_accounts_domain::{Error, StoreError};
 use tonic::{Code, Response, Status};
-use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, QuotaViolation, StatusExt};
 
 use crate::auth::AuthError;
 
@@ -67,6 +67,22 @@ fn domain_status(error: Error) -> Status {
             ErrorDetails::with_quota_failure(vec![QuotaViolation::new(subject, description)]),
         ),
         Error::Aborted => Status::aborted("the resource changed concurrently; retry"),
+        Error::StaleEtag => Status::aborted(
+            "the etag does not match: the resource changed since it was read; get it again and \
+             retry",
+        ),
+        Error::PolicyViolation {
+            subject,
+            description,
+        } => Status::with_error_details(
+            Code::FailedPrecondition,
+            description.clone(),
+            ErrorDetails::with_precondition_failure(vec![PreconditionViolation::new(
+                "TOKEN_POLICY",
+                subject,
+                description,
+            )]),
+        ),
         Error::Store(error) => store_status(error),
     }
 }

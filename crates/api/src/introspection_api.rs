@@ -47,8 +47,9 @@ impl<S: TokenStore> IntrospectionApi<S> {
         }
     }
 
-    /// A revoked or expired token still being presented is worth an operator's attention (a
-    /// leaked old token?), but at most once a minute per token.
+    /// A revoked or expired token, or one of a disabled account, still being presented is worth
+    /// an operator's attention (a leaked old token? a client nobody told?), but at most once a
+    /// minute per token.
     fn warn_ended_token(&self, reason: Ended, token: &TokenRecord) {
         if self.warned.contains_key(&token.token_id) {
             return;
@@ -60,7 +61,7 @@ impl<S: TokenStore> IntrospectionApi<S> {
             service_account_id = %token.account.service_account_id,
             service_account = %token.account.display_name,
             token_id = %token.token_id,
-            "a revoked or expired token was presented"
+            "a token that no longer works was presented"
         );
     }
 }
@@ -144,6 +145,7 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
 fn denial_reason(denial: Denial) -> pb::DenialReason {
     match denial {
         Denial::OrgMismatch => pb::DenialReason::OrgMismatch,
+        Denial::ClientIpNotAllowed => pb::DenialReason::ClientIpNotAllowed,
         Denial::AppNotGranted => pb::DenialReason::AppNotGranted,
         Denial::ScopeMissing => pb::DenialReason::ScopeMissing,
     }
@@ -158,6 +160,7 @@ fn outcome(response: &pb::IntrospectResponse) -> &'static str {
         pb::InactiveReason::Unknown => "unknown",
         pb::InactiveReason::Revoked => "revoked",
         pb::InactiveReason::Expired => "expired",
+        pb::InactiveReason::AccountDisabled => "account_disabled",
         pb::InactiveReason::Unspecified => "unspecified",
     }
 }
@@ -174,6 +177,10 @@ fn inactive_reason(result: &Introspection) -> pb::InactiveReason {
             reason: Ended::Expired,
             ..
         } => pb::InactiveReason::Expired,
+        Introspection::Ended {
+            reason: Ended::AccountDisabled,
+            ..
+        } => pb::InactiveReason::AccountDisabled,
         Introspection::Active { .. } => pb::InactiveReason::Unspecified,
     }
 }

@@ -15,6 +15,7 @@ impl std::fmt::Debug for IntrospectRequest {
             .field("org_id", &self.org_id)
             .field("app_id", &self.app_id)
             .field("required_scopes", &self.required_scopes)
+            .field("client_ip", &self.client_ip)
             .finish()
     }
 }
@@ -24,6 +25,16 @@ impl std::fmt::Debug for CreateTokenResponse {
         f.debug_struct("CreateTokenResponse")
             .field("token", &self.token)
             .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RotateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateTokenResponse")
+            .field("token", &self.token)
+            .field("secret", &"<redacted>")
+            .field("previous_token", &self.previous_token)
             .finish()
     }
 }
@@ -43,7 +54,12 @@ mod tests {
             token: None,
             secret: secret.into(),
         };
+        let rotated = RotateTokenResponse {
+            secret: secret.into(),
+            ..Default::default()
+        };
         assert!(!format!("{request:?}").contains("SECRET"));
         assert!(!format!("{response:?}").contains("SECRET"));
+        assert!(!format!("{rotated:?}").contains("SECRET"));
     }
 }

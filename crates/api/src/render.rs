@@ -1,10 +1,12 @@
 //! Domain values to protobuf messages (the other direction is `requests`).
 
+use chrono::TimeDelta;
 use service_accounts_domain::audit::AuditRecord;
+use service_accounts_domain::policy::TokenPolicy;
 use service_accounts_domain::scope::CATALOGUE;
-use service_accounts_domain::service_account::{AppAccess, ServiceAccount};
+use service_accounts_domain::service_account::{AccountState, AppAccess, ServiceAccount};
 use service_accounts_domain::time::Timestamp;
-use service_accounts_domain::token::Token;
+use service_accounts_domain::token::{RevokeReason, Token};
 
 use crate::pb;
 
@@ -38,6 +40,26 @@ pub fn service_account(account: &ServiceAccount) -> pb::ServiceAccount {
         create_time: Some(timestamp(account.create_time)),
         update_time: Some(timestamp(account.update_time)),
         created_by: account.created_by.to_string(),
+        state: match account.state {
+            AccountState::Active => pb::service_account::State::Active,
+            AccountState::Disabled => pb::service_account::State::Disabled,
+        } as i32,
+        etag: account.etag(),
+        last_used_time: account.last_used_time.map(timestamp),
+    }
+}
+
+fn duration(d: TimeDelta) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: 0,
+    }
+}
+
+pub fn token_policy(policy: &TokenPolicy) -> pb::TokenPolicy {
+    pb::TokenPolicy {
+        max_lifetime: policy.max_lifetime.map(duration),
+        default_lifetime: policy.default_lifetime.map(duration),
     }
 }
 
@@ -58,6 +80,32 @@ pub fn token(token: &Token) -> pb::Token {
             .unwrap_or_default(),
         last_used_time: token.last_used_time.map(timestamp),
         hint: token.hint.clone(),
+        revoke_reason: token
+            .revoke_reason
+            .map_or(pb::token::RevokeReason::Unspecified, |r| match r {
+                RevokeReason::Admin => pb::token::RevokeReason::Admin,
+                RevokeReason::Rotated => pb::token::RevokeReason::Rotated,
+                RevokeReason::Leaked => pb::token::RevokeReason::Leaked,
+                RevokeReason::AccountDeleted => pb::token::RevokeReason::AccountDeleted,
+            }) as i32,
+        previous_token_id: token
+            .previous_token_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        allowed_cidrs: token
+            .allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        last_used_app_id: token
+            .last_used_app_id
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+        last_used_client_ip: token
+            .last_used_client_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -3,13 +3,18 @@
 
 use std::collections::BTreeSet;
 
-use chrono::DateTime;
+use chrono::{DateTime, TimeDelta};
 use service_accounts_domain::Violations;
-use service_accounts_domain::admin::{NewServiceAccount, NewToken, ServiceAccountPatch};
+use service_accounts_domain::admin::{
+    MAX_EXPIRING_WITHIN_SECONDS, MAX_GRACE_SECONDS, NewServiceAccount, NewToken, Rotation,
+    ServiceAccountPatch, TokenPatch,
+};
 use service_accounts_domain::error::{Error, Invalid, quote};
 use service_accounts_domain::ids::{ServiceAccountId, TokenId};
 use service_accounts_domain::introspection::Checks;
-use service_accounts_domain::page::{Listing, PageRequest};
+use service_accounts_domain::network::AllowedCidrs;
+use service_accounts_domain::page::{Listing, PageRequest, TimedPageRequest};
+use service_accounts_domain::policy::{self, TokenPolicyPatch};
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::{AppAccess, AppId, Description, DisplayName};
 use service_accounts_domain::time::{self, Timestamp};
@@ -52,6 +57,22 @@ impl Parse for pb::GetServiceAccountRequest {
 }
 
 impl Parse for pb::DeleteServiceAccountRequest {
+    type Command = ServiceAccountId;
+
+    fn parse(&self) -> Result<ServiceAccountId, Error> {
+        only_account_id(&self.service_account_id)
+    }
+}
+
+impl Parse for pb::DisableServiceAccountRequest {
+    type Command = ServiceAccountId;
+
+    fn parse(&self) -> Result<ServiceAccountId, Error> {
+        only_account_id(&self.service_account_id)
+    }
+}
+
+impl Parse for pb::EnableServiceAccountRequest {
     type Command = ServiceAccountId;
 
     fn parse(&self) -> Result<ServiceAccountId, Error> {
@@ -138,12 +159,14 @@ impl Parse for pb::UpdateServiceAccountRequest {
         } else {
             Some(None)
         };
+        let etag = (!account.etag.is_empty()).then(|| account.etag.clone());
         v.finish_with(|| {
             Some((
                 id?,
                 ServiceAccountPatch {
                     display_name: display_name?,
                     description: description?,
+                    etag,
                 },
             ))
         })
@@ -194,12 +217,8 @@ impl Parse for pb::CreateTokenRequest {
             "scopes",
             Scopes::parse(self.scopes.iter().map(String::as_str)),
         );
-        let expire_time = match &self.expire_time {
-            Some(t) => v
-                .check("expire_time", timestamp(t).and_then(in_the_future))
-                .map(Some),
-            None => Some(None),
-        };
+        let expire_time = expire_time(&mut v, self.expire_time.as_ref());
+        let allowed_cidrs = allowed_cidrs(&mut v, "allowed_cidrs", &self.allowed_cidrs);
         v.finish_with(|| {
             Some((
                 id?,
@@ -207,6 +226,7 @@ impl Parse for pb::CreateTokenRequest {
                     display_name: display_name?,
                     scopes: scopes?,
                     expire_time: expire_time?,
+                    allowed_cidrs: allowed_cidrs?,
                 },
             ))
         })
@@ -232,6 +252,203 @@ impl Parse for pb::RevokeTokenRequest {
         let id = account_id(&mut v, &self.service_account_id);
         let token_id = v.check("token_id", TokenId::parse(&self.token_id));
         v.finish_with(|| Some((id?, token_id?)))
+    }
+}
+
+impl Parse for pb::RotateTokenRequest {
+    type Command = (ServiceAccountId, TokenId, Rotation);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let id = account_id(&mut v, &self.service_account_id);
+        let token_id = v.check("token_id", TokenId::parse(&self.token_id));
+        let grace_period = match &self.grace_period {
+            Some(d) => v.check(
+                "grace_period",
+                time::whole_seconds(d.seconds, d.nanos, 0, MAX_GRACE_SECONDS),
+            ),
+            None => Some(TimeDelta::zero()),
+        };
+        let expire_time = expire_time(&mut v, self.expire_time.as_ref());
+        v.finish_with(|| {
+            Some((
+                id?,
+                token_id?,
+                Rotation {
+                    grace_period: grace_period?,
+                    expire_time: expire_time?,
+                },
+            ))
+        })
+    }
+}
+
+impl Parse for pb::UpdateTokenRequest {
+    type Command = (ServiceAccountId, TokenId, TokenPatch);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let Some(token) = &self.token else {
+            return Err(Error::invalid("token", "is required"));
+        };
+        let mut v = Violations::new();
+        let id = v.check(
+            "token.service_account_id",
+            ServiceAccountId::parse(&token.service_account_id),
+        );
+        let token_id = v.check("token.token_id", TokenId::parse(&token.token_id));
+        let paths = self.update_mask.as_ref().map_or(&[][..], |m| &m.paths[..]);
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "is required: name the fields to change (display_name, allowed_cidrs)",
+            );
+        }
+        let (mut name, mut cidrs) = (false, false);
+        for (i, path) in paths.iter().enumerate() {
+            match path.as_str() {
+                "display_name" => name = true,
+                "allowed_cidrs" => cidrs = true,
+                "*" => (name, cidrs) = (true, true),
+                other => v.add(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{} cannot be updated: only display_name and allowed_cidrs can",
+                        quote(other)
+                    ),
+                ),
+            }
+        }
+        let display_name = if name {
+            v.check(
+                "token.display_name",
+                DisplayName::parse(&token.display_name),
+            )
+            .map(Some)
+        } else {
+            Some(None)
+        };
+        let allowed_cidrs = if cidrs {
+            allowed_cidrs(&mut v, "token.allowed_cidrs", &token.allowed_cidrs).map(Some)
+        } else {
+            Some(None)
+        };
+        v.finish_with(|| {
+            Some((
+                id?,
+                token_id?,
+                TokenPatch {
+                    display_name: display_name?,
+                    allowed_cidrs: allowed_cidrs?,
+                },
+            ))
+        })
+    }
+}
+
+impl Parse for pb::ListExpiringTokensRequest {
+    type Command = (TimeDelta, TimedPageRequest);
+
+    fn parse(&self) -> Result<Self::Command, Error> {
+        let mut v = Violations::new();
+        let within = match &self.within {
+            Some(d) => v.check(
+                "within",
+                time::whole_seconds(d.seconds, d.nanos, 1, MAX_EXPIRING_WITHIN_SECONDS),
+            ),
+            None => {
+                v.add(
+                    "within",
+                    "is required: how far ahead to look, such as 604800s",
+                );
+                None
+            }
+        };
+        let page = match TimedPageRequest::parse(
+            Listing::ExpiringTokens,
+            self.page_size,
+            &self.page_token,
+        ) {
+            Ok(page) => Some(page),
+            Err(problems) => {
+                for (field, invalid) in problems {
+                    v.add(field, invalid.0);
+                }
+                None
+            }
+        };
+        v.finish_with(|| Some((within?, page?)))
+    }
+}
+
+impl Parse for pb::GetTokenPolicyRequest {
+    type Command = ();
+
+    fn parse(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Parse for pb::UpdateTokenPolicyRequest {
+    type Command = TokenPolicyPatch;
+
+    fn parse(&self) -> Result<TokenPolicyPatch, Error> {
+        let given = self.token_policy.unwrap_or_default();
+        let mut v = Violations::new();
+        // AIP-134: without a mask, the set fields are the ones to change.
+        let paths: Vec<&str> = match &self.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
+            _ => [
+                ("max_lifetime", given.max_lifetime.is_some()),
+                ("default_lifetime", given.default_lifetime.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(path, set)| set.then_some(path))
+            .collect(),
+        };
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "nothing to update: name the fields in update_mask (an unset field named there \
+                 removes that limit) or set them",
+            );
+        }
+        let (mut max, mut default) = (false, false);
+        for (i, path) in paths.iter().enumerate() {
+            match *path {
+                "max_lifetime" => max = true,
+                "default_lifetime" => default = true,
+                "*" => (max, default) = (true, true),
+                other => v.add(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{} is not a token policy field: max_lifetime or default_lifetime",
+                        quote(other)
+                    ),
+                ),
+            }
+        }
+        let mut lifetime = |named: bool, field: &str, value: &Option<prost_types::Duration>| {
+            if !named {
+                return Some(None);
+            }
+            match value {
+                None => Some(Some(None)),
+                Some(d) => v
+                    .check(
+                        format!("token_policy.{field}"),
+                        policy::lifetime(d.seconds, d.nanos),
+                    )
+                    .map(|d| Some(Some(d))),
+            }
+        };
+        let max_lifetime = lifetime(max, "max_lifetime", &given.max_lifetime);
+        let default_lifetime = lifetime(default, "default_lifetime", &given.default_lifetime);
+        v.finish_with(|| {
+            Some(TokenPolicyPatch {
+                max_lifetime: max_lifetime?,
+                default_lifetime: default_lifetime?,
+            })
+        })
     }
 }
 
@@ -263,7 +480,12 @@ impl Parse for pb::IntrospectRequest {
 
     /// The token itself is not parsed here: a malformed token is an answer, not an error.
     fn parse(&self) -> Result<Checks, Error> {
-        Checks::parse(&self.org_id, &self.app_id, &self.required_scopes)
+        Checks::parse(
+            &self.org_id,
+            &self.app_id,
+            &self.required_scopes,
+            &self.client_ip,
+        )
     }
 }
 
@@ -337,6 +559,34 @@ fn page(v: &mut Violations, listing: Listing, size: i32, token: &str) -> Option<
     }
 }
 
+fn expire_time(
+    v: &mut Violations,
+    t: Option<&prost_types::Timestamp>,
+) -> Option<Option<Timestamp>> {
+    match t {
+        Some(t) => v
+            .check("expire_time", timestamp(t).and_then(in_the_future))
+            .map(Some),
+        None => Some(None),
+    }
+}
+
+fn allowed_cidrs(v: &mut Violations, field: &str, entries: &[String]) -> Option<AllowedCidrs> {
+    match AllowedCidrs::parse(entries.iter().map(String::as_str)) {
+        Ok(cidrs) => Some(cidrs),
+        Err(problems) => {
+            for (i, invalid) in problems {
+                if i == usize::MAX {
+                    v.add(field, invalid.0);
+                } else {
+                    v.add(format!("{field}[{i}]"), invalid.0);
+                }
+            }
+            None
+        }
+    }
+}
+
 fn timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, Invalid> {
     u32::try_from(t.nanos)
         .ok()
@@ -368,6 +618,7 @@ mod tests {
                 seconds: 1,
                 nanos: 0,
             }),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()],
         };
         let Err(Error::InvalidArgument(violations)) = request.parse() else {
             panic!("expected invalid argument");
@@ -379,7 +630,8 @@ mod tests {
                 "service_account_id",
                 "display_name",
                 "scopes",
-                "expire_time"
+                "expire_time",
+                "allowed_cidrs[1]"
             ]
         );
     }

@@ -13,11 +13,16 @@ pub enum AuditAction {
     ServiceAccountCreate,
     ServiceAccountUpdate,
     ServiceAccountDelete,
+    ServiceAccountDisable,
+    ServiceAccountEnable,
     AppAccessSet,
     AppAccessGrant,
     AppAccessRevoke,
     TokenCreate,
     TokenRevoke,
+    TokenRotate,
+    TokenUpdate,
+    TokenPolicyUpdate,
 }
 
 /// What a committed change means for cached introspection answers.
@@ -36,62 +41,80 @@ impl AuditAction {
             AuditAction::ServiceAccountCreate => "service_account.create",
             AuditAction::ServiceAccountUpdate => "service_account.update",
             AuditAction::ServiceAccountDelete => "service_account.delete",
+            AuditAction::ServiceAccountDisable => "service_account.disable",
+            AuditAction::ServiceAccountEnable => "service_account.enable",
             AuditAction::AppAccessSet => "service_account.app_access.set",
             AuditAction::AppAccessGrant => "service_account.app_access.grant",
             AuditAction::AppAccessRevoke => "service_account.app_access.revoke",
             AuditAction::TokenCreate => "token.create",
             AuditAction::TokenRevoke => "token.revoke",
+            AuditAction::TokenRotate => "token.rotate",
+            AuditAction::TokenUpdate => "token.update",
+            AuditAction::TokenPolicyUpdate => "token_policy.update",
         }
     }
 
     /// No wildcard arm: a new action does not compile until someone decides this.
     pub fn effect(self) -> Effect {
         match self {
-            // The display name and app access are part of every introspection answer.
+            // The display name, state and app access are part of every introspection answer;
+            // a rotation shortens or revokes the old token; an update may change its networks.
             AuditAction::ServiceAccountUpdate
             | AuditAction::ServiceAccountDelete
+            | AuditAction::ServiceAccountDisable
+            | AuditAction::ServiceAccountEnable
             | AuditAction::AppAccessSet
             | AuditAction::AppAccessGrant
             | AuditAction::AppAccessRevoke
-            | AuditAction::TokenRevoke => Effect::ChangesIntrospection,
-            // A new account has no tokens; a new token's hash was never seen by any cache.
-            AuditAction::ServiceAccountCreate | AuditAction::TokenCreate => Effect::None,
+            | AuditAction::TokenRevoke
+            | AuditAction::TokenRotate
+            | AuditAction::TokenUpdate => Effect::ChangesIntrospection,
+            // A new account has no tokens; a new token's hash was never seen by any cache; a
+            // policy applies to tokens not yet created.
+            AuditAction::ServiceAccountCreate
+            | AuditAction::TokenCreate
+            | AuditAction::TokenPolicyUpdate => Effect::None,
         }
     }
 }
 
 /// What a change was made to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     ServiceAccount(ServiceAccountId),
     Token {
         service_account_id: ServiceAccountId,
         token_id: TokenId,
     },
+    /// An org's token policy.
+    TokenPolicy(OrgId),
 }
 
 impl Target {
-    pub fn type_name(self) -> &'static str {
+    pub fn type_name(&self) -> &'static str {
         match self {
             Target::ServiceAccount(_) => "service_account",
             Target::Token { .. } => "token",
+            Target::TokenPolicy(_) => "token_policy",
         }
     }
 
-    pub fn id(self) -> String {
+    pub fn id(&self) -> String {
         match self {
             Target::ServiceAccount(id) => id.to_string(),
             Target::Token { token_id, .. } => token_id.to_string(),
+            Target::TokenPolicy(org) => org.to_string(),
         }
     }
 
-    pub fn service_account_id(self) -> ServiceAccountId {
+    pub fn service_account_id(&self) -> Option<ServiceAccountId> {
         match self {
             Target::ServiceAccount(id)
             | Target::Token {
                 service_account_id: id,
                 ..
-            } => id,
+            } => Some(*id),
+            Target::TokenPolicy(_) => None,
         }
     }
 }
@@ -114,7 +137,7 @@ impl AuditEvent {
     /// The account whose cached introspection answers this change makes stale, if any.
     pub fn stale_account(&self) -> Option<ServiceAccountId> {
         match self.action.effect() {
-            Effect::ChangesIntrospection => Some(self.target.service_account_id()),
+            Effect::ChangesIntrospection => self.target.service_account_id(),
             Effect::None => None,
         }
     }
@@ -149,6 +172,8 @@ mod tests {
         ("service_account.create", Effect::None),
         ("service_account.update", Effect::ChangesIntrospection),
         ("service_account.delete", Effect::ChangesIntrospection),
+        ("service_account.disable", Effect::ChangesIntrospection),
+        ("service_account.enable", Effect::ChangesIntrospection),
         (
             "service_account.app_access.set",
             Effect::ChangesIntrospection,
@@ -163,6 +188,9 @@ mod tests {
         ),
         ("token.create", Effect::None),
         ("token.revoke", Effect::ChangesIntrospection),
+        ("token.rotate", Effect::ChangesIntrospection),
+        ("token.update", Effect::ChangesIntrospection),
+        ("token_policy.update", Effect::None),
     ];
 
     #[test]
@@ -201,7 +229,7 @@ mod tests {
             token_id: TokenId::generate(),
         };
         assert_eq!(
-            event(AuditAction::TokenRevoke, token).stale_account(),
+            event(AuditAction::TokenRevoke, token.clone()).stale_account(),
             Some(account)
         );
         assert_eq!(event(AuditAction::TokenCreate, token).stale_account(), None);

@@ -157,6 +157,16 @@ pub enum Error {
     /// Optimistic concurrency gave up after retries; the client may retry.
     #[error("the resource changed concurrently; retry")]
     Aborted,
+    /// The caller's etag names an older version of the resource.
+    #[error("the etag does not match: the resource changed since it was read")]
+    StaleEtag,
+    /// The org's token policy forbids the request (`google.rpc.PreconditionFailure` of type
+    /// `TOKEN_POLICY`; `subject` names the rule).
+    #[error("{description}")]
+    PolicyViolation {
+        subject: &'static str,
+        description: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

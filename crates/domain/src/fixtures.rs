@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
+use crate::network::AllowedCidrs;
 use crate::scope::Scopes;
 use crate::service_account::{AppAccess, AppId};
 use crate::token::{AccountRecord, TokenRecord, TokenSecret};
@@ -26,11 +27,13 @@ pub fn issued(account: ServiceAccountId) -> (TokenSecret, TokenRecord) {
         scopes: Scopes::parse(["mcp:tools:call", "mcp:read"]).unwrap(),
         expire_time: None,
         revoke_time: None,
+        allowed_cidrs: AllowedCidrs::none(),
         account: Arc::new(AccountRecord {
             org_id: OrgId::parse("org").unwrap(),
             service_account_id: account,
             display_name: "CI".into(),
             app_access: AppAccess::explicit([AppId::parse("app1").unwrap()].into()).unwrap(),
+            disabled: false,
         }),
     };
     (secret, record)

@@ -1,43 +1,156 @@
-//! Coalesces "token was used at T" in memory so that storage sees at most one write per token
-//! per flush, however many requests a token serves.
+//! Coalesces token use in memory (when, for which app, from which address) so that storage sees
+//! at most one write per token per flush, however many requests a token serves.
+//!
+//! Each token being used has a [`UsageCell`] (held by its cache entry) that every use updates in
+//! place; the cell is queued for the next flush only when it goes from clean to dirty, so the
+//! shared queue is touched once per token per flush interval, not per request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::StoreError;
 use crate::ids::TokenId;
+use crate::service_account::AppId;
 use crate::store::TokenStore;
 use crate::time::Timestamp;
 
+/// A token's latest use. `app_id` and `client_ip` come from the latest use that carried them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub at: Timestamp,
+    pub app_id: Option<AppId>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Usage {
+    fn merge(&mut self, later: &Usage) {
+        if later.at >= self.at {
+            self.at = later.at;
+            if later.app_id.is_some() {
+                self.app_id.clone_from(&later.app_id);
+            }
+            if later.client_ip.is_some() {
+                self.client_ip = later.client_ip;
+            }
+        } else {
+            // An older use only fills what the newer ones never carried.
+            if self.app_id.is_none() {
+                self.app_id.clone_from(&later.app_id);
+            }
+            if self.client_ip.is_none() {
+                self.client_ip = later.client_ip;
+            }
+        }
+    }
+}
+
+/// One token's pending use.
+#[derive(Debug)]
+pub struct UsageCell {
+    /// Second of the last recorded use that carried neither an app nor an address: such uses
+    /// are recorded at most once a second, without taking the lock.
+    plain_second: AtomicI64,
+    state: Mutex<CellState>,
+}
+
+#[derive(Debug, Default)]
+struct CellState {
+    latest: Option<Usage>,
+    queued: bool,
+}
+
+impl Default for UsageCell {
+    fn default() -> Self {
+        Self {
+            plain_second: AtomicI64::new(i64::MIN),
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl UsageCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CellState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the pending use, leaving the cell clean.
+    fn take(&self) -> Option<Usage> {
+        let mut state = self.lock();
+        state.queued = false;
+        state.latest.take()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LastUsed {
-    pending: Mutex<HashMap<TokenId, Timestamp>>,
+    pending: Mutex<HashMap<TokenId, Arc<UsageCell>>>,
 }
 
 impl LastUsed {
-    pub fn record(&self, token: TokenId, at: Timestamp) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending
-            .entry(token)
-            .and_modify(|t| *t = (*t).max(at))
-            .or_insert(at);
+    /// Records a use of `token` in its cell.
+    pub fn record(&self, token: TokenId, cell: &Arc<UsageCell>, usage: Usage) {
+        if usage.app_id.is_none() && usage.client_ip.is_none() {
+            let second = usage.at.timestamp();
+            if cell.plain_second.swap(second, Ordering::Relaxed) == second {
+                return;
+            }
+        }
+        self.put(token, cell, usage);
+    }
+
+    fn put(&self, token: TokenId, cell: &Arc<UsageCell>, usage: Usage) {
+        let newly_queued = {
+            let mut state = cell.lock();
+            match &mut state.latest {
+                Some(latest) => latest.merge(&usage),
+                None => state.latest = Some(usage),
+            }
+            !std::mem::replace(&mut state.queued, true)
+        };
+        if !newly_queued {
+            return;
+        }
+        let replaced = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.insert(token, cell.clone())
+        };
+        // The token's cache entry was replaced while its old cell was queued: keep what the
+        // old cell held.
+        if let Some(old) = replaced.filter(|old| !Arc::ptr_eq(old, cell))
+            && let Some(older) = old.take()
+        {
+            let mut state = cell.lock();
+            match &mut state.latest {
+                Some(latest) => latest.merge(&older),
+                None => state.latest = Some(older),
+            }
+        }
     }
 
     /// Writes everything pending in one batch; on failure the batch is kept for the next flush.
     /// Returns how many tokens were written.
     pub async fn flush(&self, store: &impl TokenStore) -> Result<usize, StoreError> {
-        let batch: Vec<(TokenId, Timestamp)> = {
+        let taken: Vec<(TokenId, Arc<UsageCell>, Usage)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect()
-        };
-        if batch.is_empty() {
+            pending.drain().collect::<Vec<_>>()
+        }
+        .into_iter()
+        .filter_map(|(token, cell)| cell.take().map(|usage| (token, cell, usage)))
+        .collect();
+        if taken.is_empty() {
             return Ok(0);
         }
+        let batch: Vec<(TokenId, Usage)> = taken
+            .iter()
+            .map(|(token, _, usage)| (*token, usage.clone()))
+            .collect();
         match store.record_last_used(&batch).await {
             Ok(()) => Ok(batch.len()),
             Err(error) => {
-                for (token, at) in batch {
-                    self.record(token, at);
+                for (token, cell, usage) in taken {
+                    self.put(token, &cell, usage);
                 }
                 Err(error)
             }
@@ -51,7 +164,6 @@ impl LastUsed {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::Mutex as StdMutex;
 
     use super::*;
@@ -62,12 +174,13 @@ mod tests {
     use crate::store::StoreResult;
     use crate::token::{TokenHash, TokenRecord};
 
-    /// An in-memory token store that counts writes per token.
+    /// An in-memory token store that keeps what was written per token.
     #[derive(Default)]
     struct CountingStore {
         records: StdMutex<HashMap<[u8; 32], TokenRecord>>,
-        writes: StdMutex<HashMap<TokenId, usize>>,
+        writes: StdMutex<HashMap<TokenId, Vec<Usage>>>,
         flushes: StdMutex<usize>,
+        failing: std::sync::atomic::AtomicBool,
     }
 
     impl TokenStore for Arc<CountingStore> {
@@ -79,11 +192,14 @@ mod tests {
             Ok(Vec::new())
         }
 
-        async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+        async fn record_last_used(&self, uses: &[(TokenId, Usage)]) -> StoreResult<()> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
             *self.flushes.lock().unwrap() += 1;
             let mut writes = self.writes.lock().unwrap();
-            for (token, _) in uses {
-                *writes.entry(*token).or_default() += 1;
+            for (token, usage) in uses {
+                writes.entry(*token).or_default().push(usage.clone());
             }
             Ok(())
         }
@@ -100,11 +216,8 @@ mod tests {
         (secret.expose().to_owned(), token_id)
     }
 
-    #[tokio::test]
-    async fn thousands_of_uses_become_one_write_per_token_per_flush() {
-        let store = Arc::new(CountingStore::default());
-        let tokens: Vec<(String, TokenId)> = (0..3).map(|_| issue(&store)).collect();
-        let introspector = Arc::new(Introspector::new(
+    fn introspector(store: &Arc<CountingStore>) -> Arc<Introspector<Arc<CountingStore>>> {
+        Arc::new(Introspector::new(
             store.clone(),
             Arc::new(IntrospectionCache::new(
                 100,
@@ -112,7 +225,18 @@ mod tests {
                 std::time::Duration::from_secs(60),
             )),
             4,
-        ));
+        ))
+    }
+
+    fn checks(app: &str, ip: &str) -> Checks {
+        Checks::parse("org", app, &[], ip).unwrap()
+    }
+
+    #[tokio::test]
+    async fn thousands_of_uses_become_one_write_per_token_per_flush() {
+        let store = Arc::new(CountingStore::default());
+        let tokens: Vec<(String, TokenId)> = (0..3).map(|_| issue(&store)).collect();
+        let introspector = introspector(&store);
         let mut tasks = Vec::new();
         for worker in 0..8 {
             let introspector = introspector.clone();
@@ -120,10 +244,13 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for i in 0..500 {
                     let (secret, _) = &tokens[(worker + i) % tokens.len()];
-                    let result = introspector
-                        .introspect(secret, &Checks::default())
-                        .await
-                        .unwrap();
+                    // Half the uses name an app and an address, half do not.
+                    let checks = if i % 2 == 0 {
+                        checks("app1", "192.0.2.1")
+                    } else {
+                        Checks::default()
+                    };
+                    let result = introspector.introspect(secret, &checks).await.unwrap();
                     assert!(matches!(result, Introspection::Active { .. }));
                 }
             }));
@@ -139,20 +266,77 @@ mod tests {
         );
         let writes = store.writes.lock().unwrap().clone();
         assert_eq!(writes.len(), 3);
-        assert!(writes.values().all(|&n| n == 1), "{writes:?}");
+        assert!(writes.values().all(|w| w.len() == 1), "{writes:?}");
         assert_eq!(*store.flushes.lock().unwrap(), 1);
     }
 
+    #[tokio::test]
+    async fn the_app_and_address_written_are_the_latest_ones_carried_even_within_one_second() {
+        let store = Arc::new(CountingStore::default());
+        let (secret, token) = issue(&store);
+        let introspector = introspector(&store);
+        for checks in [
+            checks("app1", "192.0.2.1"),
+            checks("app2", ""),
+            Checks::default(),
+            checks("", "2001:db8::7"),
+        ] {
+            introspector.introspect(&secret, &checks).await.unwrap();
+        }
+        introspector.flush_last_used().await.unwrap();
+        let written = store.writes.lock().unwrap()[&token].clone();
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].app_id.as_ref().map(AppId::as_str), Some("app2"));
+        assert_eq!(written[0].client_ip, Some("2001:db8::7".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_keeps_its_batch_for_the_next_one() {
+        let store = Arc::new(CountingStore::default());
+        let (secret, token) = issue(&store);
+        let introspector = introspector(&store);
+        introspector
+            .introspect(&secret, &checks("app1", "192.0.2.1"))
+            .await
+            .unwrap();
+        store.failing.store(true, Ordering::Relaxed);
+        assert!(introspector.flush_last_used().await.is_err());
+        store.failing.store(false, Ordering::Relaxed);
+        assert_eq!(introspector.flush_last_used().await.unwrap(), 1);
+        let written = store.writes.lock().unwrap()[&token].clone();
+        assert_eq!(written[0].app_id.as_ref().map(AppId::as_str), Some("app1"));
+    }
+
     #[test]
-    fn recording_keeps_the_latest_time_per_token() {
+    fn recording_keeps_the_latest_time_and_fills_from_older_uses_only_what_is_missing() {
         let last_used = LastUsed::default();
         let token = TokenId::generate();
+        let cell = Arc::new(UsageCell::default());
         let early = crate::time::now();
         let late = early + chrono::TimeDelta::seconds(5);
-        last_used.record(token, late);
-        last_used.record(token, early);
+        let app = |s| Some(AppId::parse(s).unwrap());
+        last_used.record(
+            token,
+            &cell,
+            Usage {
+                at: late,
+                app_id: app("new"),
+                client_ip: None,
+            },
+        );
+        last_used.record(
+            token,
+            &cell,
+            Usage {
+                at: early,
+                app_id: app("old"),
+                client_ip: Some("192.0.2.1".parse().unwrap()),
+            },
+        );
         assert_eq!(last_used.pending(), 1);
-        let pending = last_used.pending.lock().unwrap().get(&token).copied();
-        assert_eq!(pending, Some(late));
+        let usage = cell.take().unwrap();
+        assert_eq!(usage.at, late);
+        assert_eq!(usage.app_id, app("new"));
+        assert_eq!(usage.client_ip, Some("192.0.2.1".parse().unwrap()));
     }
 }

@@ -13,7 +13,9 @@ pub mod ids;
 pub mod introspection;
 pub mod issued;
 pub mod last_used;
+pub mod network;
 pub mod page;
+pub mod policy;
 #[cfg(test)]
 mod properties;
 pub mod scope;

@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
 use crate::error::Invalid;
+use crate::time::Timestamp;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -33,6 +34,7 @@ pub enum Listing {
     ServiceAccounts,
     Tokens,
     AuditEvents,
+    ExpiringTokens,
 }
 
 impl Listing {
@@ -41,6 +43,7 @@ impl Listing {
             Listing::ServiceAccounts => "sa",
             Listing::Tokens => "tk",
             Listing::AuditEvents => "ae",
+            Listing::ExpiringTokens => "ex",
         }
     }
 }
@@ -105,6 +108,94 @@ impl<T> Page<T> {
     }
 }
 
+/// Where a page of a listing ordered by a time, then id, starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedPageRequest {
+    pub after: Option<(Timestamp, Uuid)>,
+    pub size: PageSize,
+}
+
+impl TimedPageRequest {
+    pub fn parse(
+        listing: Listing,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Self, Vec<(&'static str, Invalid)>> {
+        let size = PageSize::parse(page_size);
+        let after = decode_timed(listing, page_token);
+        match (size, after) {
+            (Ok(size), Ok(after)) => Ok(Self { after, size }),
+            (size, after) => Err([
+                size.err().map(|e| ("page_size", e)),
+                after.err().map(|e| ("page_token", e)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
+    }
+}
+
+impl<T> Page<T> {
+    /// [`Page::from_rows`] for a listing ordered by `(time, id)`.
+    pub fn from_timed_rows(
+        listing: Listing,
+        mut rows: Vec<T>,
+        size: PageSize,
+        key: impl Fn(&T) -> (Timestamp, Uuid),
+    ) -> Self {
+        let size = size.get() as usize;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| encode_timed(listing, key(last)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self {
+            items: rows,
+            next_page_token,
+        }
+    }
+}
+
+fn encode_timed(listing: Listing, (time, id): (Timestamp, Uuid)) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}:{}",
+        listing.tag(),
+        time.timestamp_micros(),
+        id.hyphenated()
+    ))
+}
+
+fn decode_timed(listing: Listing, token: &str) -> Result<Option<(Timestamp, Uuid)>, Invalid> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Invalid::new("is not a page token returned by this listing");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    let mut parts = text.splitn(3, ':');
+    let (Some(tag), Some(micros), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    if tag != listing.tag() {
+        return Err(invalid());
+    }
+    let time = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    let id = Uuid::try_parse(id).map_err(|_| invalid())?;
+    // Only the form `encode_timed` writes: one token means one position.
+    if encode_timed(listing, (time, id)) != token {
+        return Err(invalid());
+    }
+    Ok(Some((time, id)))
+}
+
 fn encode(listing: Listing, after: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", listing.tag(), after.hyphenated()))
 }
@@ -145,6 +236,30 @@ mod tests {
         assert_eq!(
             decode(Listing::Tokens, &encode(Listing::Tokens, id)),
             Ok(Some(id))
+        );
+    }
+
+    #[test]
+    fn timed_page_tokens_round_trip_in_one_form_only() {
+        let position = (crate::time::now(), Uuid::now_v7());
+        let token = encode_timed(Listing::ExpiringTokens, position);
+        assert_eq!(
+            decode_timed(Listing::ExpiringTokens, &token),
+            Ok(Some(position))
+        );
+        assert!(decode_timed(Listing::Tokens, &token).is_err());
+        let padded = URL_SAFE_NO_PAD.encode(format!(
+            "ex:0{}:{}",
+            position.0.timestamp_micros(),
+            position.1.hyphenated()
+        ));
+        assert!(decode_timed(Listing::ExpiringTokens, &padded).is_err());
+        assert!(
+            decode_timed(
+                Listing::ExpiringTokens,
+                &encode(Listing::ExpiringTokens, position.1)
+            )
+            .is_err()
         );
     }
 

@@ -229,6 +229,24 @@ fn app() -> impl Strategy<Value = AppId> {
         .prop_map(|s| AppId::parse(s).expect("valid app"))
 }
 
+fn allowed_cidrs() -> impl Strategy<Value = crate::network::AllowedCidrs> {
+    proptest::sample::subsequence(vec!["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"], 0..=2)
+        .prop_map(|nets| crate::network::AllowedCidrs::parse(nets.into_iter()).expect("valid"))
+}
+
+fn client_ip() -> impl Strategy<Value = Option<std::net::IpAddr>> {
+    proptest::option::of(
+        proptest::sample::select(vec![
+            "10.1.2.3",
+            "192.0.2.7",
+            "192.0.2.8",
+            "2001:db8::1",
+            "::1",
+        ])
+        .prop_map(|s| s.parse().expect("valid address")),
+    )
+}
+
 fn scope() -> impl Strategy<Value = Scope> {
     proptest::sample::select(CATALOGUE.iter().map(|d| d.name).collect::<Vec<_>>())
         .prop_map(|name| Scope::parse(name).expect("catalogue scope"))
@@ -275,6 +293,8 @@ prop_compose! {
         app_access in app_access(),
         expire_time in proptest::option::of(around(fixed_now())),
         revoke_time in proptest::option::of(around(fixed_now())),
+        allowed_cidrs in allowed_cidrs(),
+        disabled in proptest::bool::weighted(0.2),
     ) -> crate::token::TokenRecord {
         crate::token::TokenRecord {
             token_id: TokenId::generate(),
@@ -282,11 +302,13 @@ prop_compose! {
             scopes,
             expire_time,
             revoke_time,
+            allowed_cidrs,
             account: std::sync::Arc::new(crate::token::AccountRecord {
                 org_id,
                 service_account_id: ServiceAccountId::generate(),
                 display_name: "CI".into(),
                 app_access,
+                disabled,
             }),
         }
     }
@@ -298,11 +320,13 @@ fn checks() -> impl Strategy<Value = Checks> {
         proptest::option::of(org()),
         proptest::option::of(app()),
         proptest::collection::vec(scope(), 0..=4),
+        client_ip(),
     )
-        .prop_map(|(org_id, app_id, required_scopes)| Checks {
+        .prop_map(|(org_id, app_id, required_scopes, client_ip)| Checks {
             app_id: if org_id.is_some() { app_id } else { None },
             org_id,
             required_scopes,
+            client_ip,
         })
 }
 
@@ -313,11 +337,13 @@ fn any_checks() -> impl Strategy<Value = Checks> {
         proptest::option::of(org()),
         proptest::option::of(app()),
         proptest::collection::vec(scope(), 0..=4),
+        client_ip(),
     )
-        .prop_map(|(org_id, app_id, required_scopes)| Checks {
+        .prop_map(|(org_id, app_id, required_scopes, client_ip)| Checks {
             org_id,
             app_id,
             required_scopes,
+            client_ip,
         })
 }
 
@@ -338,20 +364,29 @@ proptest! {
             .app_id
             .as_ref()
             .is_some_and(|app| !record.account.app_access.allows(app));
-        let denied = revoked || expired || other_org || lacks_scope || app_refused;
+        let disabled = record.account.disabled;
+        let network_refused = !record.allowed_cidrs.is_empty()
+            && !checks.client_ip.is_some_and(|ip| record.allowed_cidrs.iter().any(|n| n.contains(&ip)));
+        let denied = revoked || expired || disabled || other_org || lacks_scope || app_refused
+            || network_refused;
 
         let result = evaluate(Arc::new(record.clone()), &checks, now);
         let allowed = matches!(&result, Introspection::Active { denials, .. } if denials.allowed());
         prop_assert!(
             !(denied && allowed),
-            "allowed although revoked={revoked} expired={expired} other_org={other_org} \
-             lacks_scope={lacks_scope} app_refused={app_refused}: {result:?}"
+            "allowed although revoked={revoked} expired={expired} disabled={disabled} \
+             other_org={other_org} lacks_scope={lacks_scope} app_refused={app_refused} \
+             network_refused={network_refused}: {result:?}"
         );
         // And the converse: nothing is refused without a reason.
         prop_assert_eq!(allowed, !denied);
         if let Introspection::Active { denials, .. } = &result {
-            prop_assert!(!revoked && !expired);
+            prop_assert!(!revoked && !expired && !disabled);
             prop_assert_eq!(denials.reasons.contains(&Denial::OrgMismatch), other_org);
+            prop_assert_eq!(
+                denials.reasons.contains(&Denial::ClientIpNotAllowed),
+                network_refused
+            );
             prop_assert_eq!(denials.reasons.contains(&Denial::ScopeMissing), lacks_scope);
             prop_assert_eq!(!denials.missing_scopes.is_empty(), lacks_scope);
             if app_refused {
@@ -371,7 +406,7 @@ proptest! {
         app in "(app1|app2|billing|)",
         required in proptest::collection::vec("(mcp:read|mcp:write|mcp:tools:call)", 0..=3),
     ) {
-        let Ok(checks) = Checks::parse(&org, &app, &required) else {
+        let Ok(checks) = Checks::parse(&org, &app, &required, "") else {
             prop_assert!(org.is_empty() && !app.is_empty(), "only an app without an org is refused");
             return Ok(());
         };

@@ -145,6 +145,32 @@ impl AppAccess {
     }
 }
 
+/// Whether an account's tokens work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccountState {
+    #[default]
+    Active,
+    /// No token of the account works until it is enabled again.
+    Disabled,
+}
+
+impl AccountState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::Active => "active",
+            AccountState::Disabled => "disabled",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(AccountState::Active),
+            "disabled" => Some(AccountState::Disabled),
+            _ => None,
+        }
+    }
+}
+
 /// A service account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceAccount {
@@ -156,8 +182,18 @@ pub struct ServiceAccount {
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub created_by: UserId,
+    pub state: AccountState,
+    /// The latest last-used time of its tokens (read, never stored on the account).
+    pub last_used_time: Option<Timestamp>,
     /// Bumped on every change; stores update only the revision they read (optimistic locking).
     pub revision: i64,
+}
+
+impl ServiceAccount {
+    /// The account's version as clients see it: changes with every change of the account.
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@ use std::future::Future;
 
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::StoreError;
-use crate::ids::{OrgId, ServiceAccountId, TokenId, UserId};
+use crate::ids::{OrgId, ServiceAccountId, TokenId};
+use crate::last_used::Usage;
+use crate::policy::{StoredPolicy, TokenPolicy};
 use crate::service_account::ServiceAccount;
 use crate::time::Timestamp;
-use crate::token::{Token, TokenHash, TokenRecord};
+use crate::token::{Revocation, Token, TokenHash, TokenRecord};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -59,8 +61,8 @@ pub trait AdminStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<ServiceAccount>>> + Send;
 
-    /// Stores `account` (name, description, app access, update time, revision) only if the
-    /// stored revision is still `expected_revision`; otherwise `Stale`.
+    /// Stores `account` (name, description, app access, state, update time, revision) only if
+    /// the stored revision is still `expected_revision`; otherwise `Stale`.
     fn update_service_account(
         &self,
         account: &ServiceAccount,
@@ -68,14 +70,21 @@ pub trait AdminStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Deletes the account with its grants and tokens. `false` if it did not exist (and then
+    /// Deletes the account: from then on it is not found, and each of its tokens not yet
+    /// revoked is revoked with `revocation`; the tokens are kept (so introspection can still say
+    /// "revoked") until [`Self::purge_deleted`]. `false` if the account did not exist (and then
     /// nothing, not even the event, is written).
     fn delete_service_account(
         &self,
         org: &OrgId,
         id: ServiceAccountId,
+        revocation: &Revocation,
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Forgets accounts deleted before `before`, with their grants and tokens (not their audit
+    /// events). Returns how many accounts were purged.
+    fn purge_deleted(&self, before: Timestamp) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// `NoParent` if the account does not exist (checked in the same transaction, so a token
     /// never outlives a concurrent delete); `OverQuota` if it already has `max_live` tokens
@@ -104,6 +113,17 @@ pub trait AdminStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<Token>>> + Send;
 
+    /// Up to `limit` of the org's unrevoked tokens with `from <= expire_time <= until`, ordered
+    /// by expire time then id, starting after `after`.
+    fn list_expiring_tokens(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        until: Timestamp,
+        after: Option<(Timestamp, TokenId)>,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<Token>>> + Send;
+
     /// Marks the token revoked if it is not already. `false` if it was already revoked or does
     /// not exist (and then nothing is written).
     fn revoke_token(
@@ -111,10 +131,44 @@ pub trait AdminStore: Send + Sync + 'static {
         org: &OrgId,
         account: ServiceAccountId,
         id: TokenId,
-        at: Timestamp,
-        by: &UserId,
+        revocation: &Revocation,
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Stores the token's display name and allowed networks.
+    fn update_token(
+        &self,
+        org: &OrgId,
+        token: &Token,
+        event: &AuditEvent,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// In one transaction: ends `old` as `ending` says, provided it is still live at the new
+    /// token's create time (else `OldTokenEnded`, nothing written), then issues the new token
+    /// under the same quota rule as [`Self::create_token`].
+    fn rotate_token(
+        &self,
+        org: &OrgId,
+        old: TokenId,
+        ending: &Ending,
+        new: Issue<'_>,
+        event: &AuditEvent,
+    ) -> impl Future<Output = StoreResult<Rotated>> + Send;
+
+    fn get_token_policy(
+        &self,
+        org: &OrgId,
+    ) -> impl Future<Output = StoreResult<StoredPolicy>> + Send;
+
+    /// Stores the org's policy only if its revision is still `expected_revision` (0: none was
+    /// ever stored); otherwise `Stale`.
+    fn put_token_policy(
+        &self,
+        org: &OrgId,
+        policy: &TokenPolicy,
+        expected_revision: i64,
+        event: &AuditEvent,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     fn list_audit_events(
         &self,
@@ -122,6 +176,32 @@ pub trait AdminStore: Send + Sync + 'static {
         after: Option<uuid::Uuid>,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<AuditRecord>>> + Send;
+}
+
+/// A token to issue, under the account's quota of live tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Issue<'a> {
+    pub token: &'a Token,
+    pub hash: &'a TokenHash,
+    pub max_live: u32,
+}
+
+/// How a rotated token ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// It expires at this time (kept if it already expires earlier).
+    ExpireBy(Timestamp),
+    Revoke(Revocation),
+}
+
+/// What a rotation can come to besides a storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotated {
+    Rotated,
+    /// The old token is revoked or expired (or gone); nothing was written.
+    OldTokenEnded,
+    /// The account already has its quota of live tokens; nothing was written.
+    OverQuota,
 }
 
 /// What introspection needs from storage.
@@ -135,9 +215,10 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The first 8 bytes (see [`crate::issued::prefix`]) of every stored token's hash.
     fn issued_prefixes(&self) -> impl Future<Output = StoreResult<Vec<u64>>> + Send;
 
-    /// Sets each token's last-used time, never moving it backwards.
+    /// Records each token's latest use: its time never moves backwards, and the app and
+    /// address are replaced only when the use carried them and is the latest.
     fn record_last_used(
         &self,
-        uses: &[(TokenId, Timestamp)],
+        uses: &[(TokenId, Usage)],
     ) -> impl Future<Output = StoreResult<()>> + Send;
 }

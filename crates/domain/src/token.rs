@@ -3,19 +3,21 @@
 //! stored; the checksum lets us reject typos and random strings without touching storage, and
 //! lets secret scanners match tokens with almost no false positives.
 
-use std::fmt;
-use std::sync::Arc;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
+use std::fmt;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+use std::net::IpAddr;
+
 use crate::ids::{OrgId, ServiceAccountId, TokenId, UserId};
+use crate::network::AllowedCidrs;
 use crate::scope::Scopes;
-use crate::service_account::{AppAccess, DisplayName};
+use crate::service_account::{AppAccess, AppId, DisplayName};
 use crate::time::Timestamp;
 
 pub const PREFIX: &str = "emb_sa_";
@@ -116,6 +118,49 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// Why a token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// `RevokeToken`.
+    Admin,
+    /// Replaced by `RotateToken` without a grace period.
+    Rotated,
+    /// Reported leaked.
+    Leaked,
+    /// Its account was deleted.
+    AccountDeleted,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Admin => "admin",
+            RevokeReason::Rotated => "rotated",
+            RevokeReason::Leaked => "leaked",
+            RevokeReason::AccountDeleted => "account_deleted",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Option<Self> {
+        [
+            RevokeReason::Admin,
+            RevokeReason::Rotated,
+            RevokeReason::Leaked,
+            RevokeReason::AccountDeleted,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A revocation: when, by whom, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    pub at: Timestamp,
+    pub by: UserId,
+    pub reason: RevokeReason,
+}
+
 /// A token's metadata, as admins see it. Never holds the secret or its hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Token {
@@ -128,8 +173,22 @@ pub struct Token {
     pub expire_time: Option<Timestamp>,
     pub revoke_time: Option<Timestamp>,
     pub revoked_by: Option<UserId>,
+    /// Set with `revoke_time`. Tokens revoked before reasons were recorded read as `Admin`.
+    pub revoke_reason: Option<RevokeReason>,
     pub last_used_time: Option<Timestamp>,
+    pub last_used_app_id: Option<AppId>,
+    pub last_used_client_ip: Option<IpAddr>,
     pub hint: String,
+    /// The token this one replaced (`RotateToken`).
+    pub previous_token_id: Option<TokenId>,
+    pub allowed_cidrs: AllowedCidrs,
+}
+
+impl Token {
+    /// Whether the token still works at `now` (its account's state aside).
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.revoke_time.is_none() && self.expire_time.is_none_or(|expiry| expiry > now)
+    }
 }
 
 /// A stored token joined with what introspection reports about its account: what one
@@ -142,6 +201,7 @@ pub struct TokenRecord {
     pub scopes: Scopes,
     pub expire_time: Option<Timestamp>,
     pub revoke_time: Option<Timestamp>,
+    pub allowed_cidrs: AllowedCidrs,
     pub account: Arc<AccountRecord>,
 }
 
@@ -152,6 +212,7 @@ pub struct AccountRecord {
     pub service_account_id: ServiceAccountId,
     pub display_name: String,
     pub app_access: AppAccess,
+    pub disabled: bool,
 }
 
 impl AccountRecord {

@@ -90,7 +90,7 @@ mod tests {
     use service_accounts_domain::audit::{AuditAction, Target};
     use service_accounts_domain::ids::{AuditEventId, OrgId, UserId};
     use service_accounts_domain::service_account::{
-        AppAccess, Description, DisplayName, ServiceAccount,
+        AccountState, AppAccess, Description, DisplayName, ServiceAccount,
     };
     use service_accounts_domain::store::AdminStore;
     use service_accounts_domain::time;
@@ -139,6 +139,8 @@ mod tests {
             create_time: now,
             update_time: now,
             created_by: UserId::parse("admin").unwrap(),
+            state: AccountState::Active,
+            last_used_time: None,
             revision: 1,
         };
         let create = event(AuditAction::ServiceAccountCreate, account.id);

@@ -149,14 +149,13 @@ impl Database {
     /// transaction holding an advisory lock, and the others find nothing left to do.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         run(async {
-            if !self.is_postgres() {
-                let pending = Migrator::get_pending_migrations(&self.db).await?.len();
-                Migrator::up(&self.db, None).await?;
-                return Ok(pending);
-            }
+            // One transaction on one connection: on SQLite a pooled connection in the middle of
+            // a read could otherwise see the schema from before a step of the migration.
             let txn = self.db.begin().await?;
-            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
-                .await?;
+            if self.is_postgres() {
+                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                    .await?;
+            }
             let pending = Migrator::get_pending_migrations(&txn).await?.len();
             Migrator::up(&txn, None).await?;
             txn.commit().await?;

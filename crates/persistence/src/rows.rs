@@ -7,11 +7,13 @@ use sea_orm::ActiveValue::Set;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::{AuditEvent, AuditRecord};
 use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
+use service_accounts_domain::network::AllowedCidrs;
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::{
-    AppAccess, AppId, Description, DisplayName, ServiceAccount,
+    AccountState, AppAccess, AppId, Description, DisplayName, ServiceAccount,
 };
-use service_accounts_domain::token::Token;
+use service_accounts_domain::time::Timestamp;
+use service_accounts_domain::token::{RevokeReason, Token};
 
 use crate::entity::{audit_event, service_account, token};
 
@@ -46,9 +48,18 @@ pub(crate) fn app_access(all_apps: bool, app_ids: Vec<String>) -> Result<AppAcce
     Ok(AppAccess::Apps(apps))
 }
 
+pub(crate) fn account_state(s: &str) -> Result<AccountState, StoreError> {
+    AccountState::from_stored(s).ok_or_else(|| corrupt("account state", s))
+}
+
+pub(crate) fn allowed_cidrs(s: &str) -> Result<AllowedCidrs, StoreError> {
+    AllowedCidrs::from_stored(s).ok_or_else(|| corrupt("allowed CIDRs", s))
+}
+
 pub(crate) fn service_account(
     row: service_account::Model,
     app_ids: Vec<String>,
+    last_used_time: Option<Timestamp>,
 ) -> Result<ServiceAccount, StoreError> {
     Ok(ServiceAccount {
         id: account_id(&row.id)?,
@@ -61,6 +72,8 @@ pub(crate) fn service_account(
         create_time: row.created_at,
         update_time: row.updated_at,
         created_by: user_id(&row.created_by)?,
+        state: account_state(&row.state)?,
+        last_used_time,
         revision: row.revision,
     })
 }
@@ -77,8 +90,28 @@ pub(crate) fn token(row: token::Model) -> Result<Token, StoreError> {
         expire_time: row.expire_at,
         revoke_time: row.revoked_at,
         revoked_by: row.revoked_by.as_deref().map(user_id).transpose()?,
+        revoke_reason: match (&row.revoked_at, row.revoke_reason.as_deref()) {
+            (None, _) => None,
+            (Some(_), None) => Some(RevokeReason::Admin),
+            (Some(_), Some(reason)) => Some(
+                RevokeReason::from_stored(reason)
+                    .ok_or_else(|| corrupt("revoke reason", reason))?,
+            ),
+        },
         last_used_time: row.last_used_at,
+        last_used_app_id: row
+            .last_used_app_id
+            .as_deref()
+            .map(|id| AppId::parse(id).map_err(|_| corrupt("app id", id)))
+            .transpose()?,
+        last_used_client_ip: row
+            .last_used_client_ip
+            .as_deref()
+            .map(|ip| ip.parse().map_err(|_| corrupt("client address", ip)))
+            .transpose()?,
         hint: row.hint,
+        previous_token_id: row.previous_token_id.as_deref().map(token_id).transpose()?,
+        allowed_cidrs: allowed_cidrs(&row.allowed_cidrs)?,
     })
 }
 
@@ -122,5 +155,35 @@ pub(crate) fn account_row(account: &ServiceAccount) -> service_account::ActiveMo
         updated_at: Set(account.update_time),
         created_by: Set(account.created_by.to_string()),
         revision: Set(account.revision),
+        state: Set(account.state.as_str().to_owned()),
+        deleted_at: Set(None),
+    }
+}
+
+/// A new token's row (no use, not revoked).
+pub(crate) fn token_row(
+    org: &OrgId,
+    token: &Token,
+    hash: &service_accounts_domain::token::TokenHash,
+) -> token::ActiveModel {
+    token::ActiveModel {
+        id: Set(token.id.to_string()),
+        service_account_id: Set(token.service_account_id.to_string()),
+        org_id: Set(org.to_string()),
+        display_name: Set(token.display_name.as_str().to_owned()),
+        token_hash: Set(hash.as_bytes().to_vec()),
+        scopes: Set(token.scopes.to_stored()),
+        hint: Set(token.hint.clone()),
+        created_at: Set(token.create_time),
+        created_by: Set(token.created_by.to_string()),
+        expire_at: Set(token.expire_time),
+        revoked_at: Set(None),
+        revoked_by: Set(None),
+        last_used_at: Set(None),
+        revoke_reason: Set(None),
+        previous_token_id: Set(token.previous_token_id.map(|id| id.to_string())),
+        allowed_cidrs: Set(token.allowed_cidrs.to_stored()),
+        last_used_app_id: Set(None),
+        last_used_client_ip: Set(None),
     }
 }

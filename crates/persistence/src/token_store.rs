@@ -7,7 +7,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Sta
 use service_accounts_domain::StoreError;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::issued::prefix;
+use service_accounts_domain::last_used::Usage;
 use service_accounts_domain::scope::Scopes;
+use service_accounts_domain::service_account::AccountState;
 use service_accounts_domain::store::{StoreResult, TokenStore};
 use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
@@ -24,7 +26,8 @@ fn lookup_query(backend: sea_orm::DbBackend) -> &'static str {
         ($placeholder:literal) => {
             concat!(
                 "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, ",
-                "a.id AS account_id, a.org_id, a.display_name, a.all_apps ",
+                "t.allowed_cidrs, a.id AS account_id, a.org_id, a.display_name, a.all_apps, ",
+                "a.state, a.deleted_at ",
                 "FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id ",
                 "WHERE t.token_hash = ",
                 $placeholder
@@ -58,6 +61,9 @@ impl TokenStore for Database {
             let scopes: String = row.try_get("", "scopes").map_err(column)?;
             let expire_time: Option<Timestamp> = row.try_get("", "expire_at").map_err(column)?;
             let revoke_time: Option<Timestamp> = row.try_get("", "revoked_at").map_err(column)?;
+            let allowed_cidrs: String = row.try_get("", "allowed_cidrs").map_err(column)?;
+            let state: String = row.try_get("", "state").map_err(column)?;
+            let deleted_at: Option<Timestamp> = row.try_get("", "deleted_at").map_err(column)?;
             let account_id: String = row.try_get("", "account_id").map_err(column)?;
             let org_id: String = row.try_get("", "org_id").map_err(column)?;
             let display_name: String = row.try_get("", "display_name").map_err(column)?;
@@ -74,12 +80,16 @@ impl TokenStore for Database {
                 token_hash,
                 scopes: Scopes::from_stored(&scopes),
                 expire_time,
-                revoke_time,
+                // Deletion revokes every token in its transaction; reading the account's
+                // deletion too keeps that true whatever wrote the rows.
+                revoke_time: revoke_time.or(deleted_at),
+                allowed_cidrs: rows::allowed_cidrs(&allowed_cidrs)?,
                 account: Arc::new(AccountRecord {
                     org_id: rows::org_id(&org_id)?,
                     service_account_id: rows::account_id(&account_id)?,
                     display_name,
                     app_access: rows::app_access(all_apps, apps)?,
+                    disabled: rows::account_state(&state)? == AccountState::Disabled,
                 }),
             }))
         })
@@ -107,17 +117,27 @@ impl TokenStore for Database {
         .await
     }
 
-    async fn record_last_used(&self, uses: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+    async fn record_last_used(&self, uses: &[(TokenId, Usage)]) -> StoreResult<()> {
         run(async {
             let txn = self.write_transaction().await?;
-            for (id, at) in uses {
-                token::Entity::update_many()
-                    .col_expr(token::Column::LastUsedAt, Expr::value(*at))
+            for (id, usage) in uses {
+                let mut update = token::Entity::update_many()
+                    .col_expr(token::Column::LastUsedAt, Expr::value(usage.at));
+                if let Some(app) = &usage.app_id {
+                    update =
+                        update.col_expr(token::Column::LastUsedAppId, Expr::value(app.as_str()));
+                }
+                if let Some(ip) = usage.client_ip {
+                    update = update
+                        .col_expr(token::Column::LastUsedClientIp, Expr::value(ip.to_string()));
+                }
+                // Another replica may have written a later use: never move backwards.
+                update
                     .filter(token::Column::Id.eq(id.to_string()))
                     .filter(
                         token::Column::LastUsedAt
                             .is_null()
-                            .or(token::Column::LastUsedAt.lt(*at)),
+                            .or(token::Column::LastUsedAt.lt(usage.at)),
                     )
                     .exec(&txn)
                     .await?;

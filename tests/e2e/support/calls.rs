@@ -85,6 +85,7 @@ pub async fn create_token(
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                allowed_cidrs: Vec::new(),
                 service_account_id: account_id.into(),
                 display_name: "test token".into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -109,6 +110,7 @@ pub async fn introspect(
     app.introspection()
         .await
         .introspect(pb::IntrospectRequest {
+            client_ip: String::new(),
             token: token.into(),
             org_id: org_id.into(),
             app_id: app_id.into(),

@@ -219,6 +219,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_LAST_USED_FLUSH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
 
+    /// How long a deleted service account's tokens are kept (revoked, so introspecting one says
+    /// REVOKED rather than UNKNOWN) before they and the account are purged. Audit events stay.
+    #[arg(long, env = "SERVICE_ACCOUNTS_DELETED_RETENTION", default_value = "30days", value_parser = positive_duration)]
+    pub deleted_retention: Duration,
+
     /// How long in-flight RPCs may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SERVICE_ACCOUNTS_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

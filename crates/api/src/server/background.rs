@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use service_accounts_domain::cache::IntrospectionCache;
 use service_accounts_domain::introspection::Introspector;
+use service_accounts_domain::store::AdminStore;
+use service_accounts_domain::time;
 use service_accounts_persistence::Database;
 use service_accounts_persistence::changes::{self, Change};
 use tokio::task::JoinHandle;
@@ -74,6 +76,33 @@ pub(super) async fn flush_last_used(
                 }
             }
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Purges deleted accounts once their retention is over: at start, then every half retention
+/// (at most hourly, at least every second). Every replica may run it; purging is idempotent.
+pub(super) async fn purge_deleted(db: Database, retention: Duration, stop: CancellationToken) {
+    let Ok(retention_delta) = chrono::TimeDelta::from_std(retention) else {
+        return;
+    };
+    let interval = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let Some(before) = time::now().checked_sub_signed(retention_delta) else {
+            continue;
+        };
+        match db.purge_deleted(before).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "deleted service accounts purged after retention"),
+            Err(error) => {
+                tracing::warn!(%error, "purging deleted service accounts failed; will retry")
+            }
         }
     }
 }

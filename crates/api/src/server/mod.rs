@@ -281,6 +281,8 @@ impl App {
                 tracing::info!("storage ready; SERVING");
                 let (loader, reload) = (introspector.clone(), reload_issued.clone());
                 background.spawn(move |stop| background::load_issued_tokens(loader, reload, stop));
+                let (purge_db, retention) = (db.clone(), config.deleted_retention);
+                background.spawn(move |stop| background::purge_deleted(purge_db, retention, stop));
                 let (ready_db, ready_health) = (db.clone(), health.clone());
                 let interval = config.readiness_interval;
                 background.spawn(move |stop| {

@@ -9,9 +9,12 @@ use crate::audit::{AuditAction, Target};
 use crate::error::{Conflict, Error, StoreError};
 use crate::ids::ServiceAccountId;
 use crate::page::{Listing, Page, PageRequest};
-use crate::service_account::{AppAccess, AppId, Description, DisplayName, ServiceAccount};
+use crate::service_account::{
+    AccountState, AppAccess, AppId, Description, DisplayName, ServiceAccount,
+};
 use crate::store::{AdminStore, Created};
 use crate::time;
+use crate::token::{Revocation, RevokeReason};
 
 /// A validated `CreateServiceAccount`.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct NewServiceAccount {
 pub struct ServiceAccountPatch {
     pub display_name: Option<DisplayName>,
     pub description: Option<Description>,
+    /// Apply only to this version of the account (its etag).
+    pub etag: Option<String>,
 }
 
 /// Concurrent edits of one account are retried this many times before giving up with ABORTED.
@@ -47,6 +52,8 @@ impl<S: AdminStore> AdminService<S> {
             create_time: now,
             update_time: now,
             created_by: admin.user_id.clone(),
+            state: AccountState::Active,
+            last_used_time: None,
             revision: 1,
         };
         let event = admin.event(
@@ -111,6 +118,11 @@ impl<S: AdminStore> AdminService<S> {
         patch: ServiceAccountPatch,
     ) -> Result<ServiceAccount, Error> {
         self.modify(admin, id, AuditAction::ServiceAccountUpdate, |account| {
+            if let Some(etag) = &patch.etag
+                && *etag != account.etag()
+            {
+                return Err(Error::StaleEtag);
+            }
             let mut details = serde_json::Map::new();
             if let Some(name) = &patch.display_name {
                 account.display_name = name.clone();
@@ -120,7 +132,28 @@ impl<S: AdminStore> AdminService<S> {
                 account.description = description.clone();
                 details.insert("description".into(), description.as_str().into());
             }
-            Ok(details.into())
+            Ok(Some(details.into()))
+        })
+        .await
+    }
+
+    /// Idempotent: disabling a disabled account returns it unchanged and records nothing.
+    pub async fn set_service_account_state(
+        &self,
+        admin: &Admin,
+        id: ServiceAccountId,
+        state: AccountState,
+    ) -> Result<ServiceAccount, Error> {
+        let action = match state {
+            AccountState::Active => AuditAction::ServiceAccountEnable,
+            AccountState::Disabled => AuditAction::ServiceAccountDisable,
+        };
+        self.modify(admin, id, action, |account| {
+            if account.state == state {
+                return Ok(None);
+            }
+            account.state = state;
+            Ok(Some(json!({})))
         })
         .await
     }
@@ -135,9 +168,14 @@ impl<S: AdminStore> AdminService<S> {
             Target::ServiceAccount(id),
             json!({}),
         );
+        let revocation = Revocation {
+            at: event.create_time,
+            by: admin.user_id.clone(),
+            reason: RevokeReason::AccountDeleted,
+        };
         if self
             .store
-            .delete_service_account(&admin.org_id, id, &event)
+            .delete_service_account(&admin.org_id, id, &revocation, &event)
             .await?
         {
             Ok(())
@@ -156,7 +194,7 @@ impl<S: AdminStore> AdminService<S> {
     ) -> Result<ServiceAccount, Error> {
         self.modify(admin, id, AuditAction::AppAccessSet, |account| {
             account.app_access = access.clone();
-            Ok(json!({ "app_access": app_access_json(&access) }))
+            Ok(Some(json!({ "app_access": app_access_json(&access) })))
         })
         .await
     }
@@ -172,7 +210,7 @@ impl<S: AdminStore> AdminService<S> {
             let merged = current.union(&apps).cloned().collect();
             account.app_access =
                 AppAccess::explicit(merged).map_err(|e| Error::invalid("app_ids", e.0))?;
-            Ok(json!({ "app_ids": ids_json(&apps) }))
+            Ok(Some(json!({ "app_ids": ids_json(&apps) })))
         })
         .await
     }
@@ -186,24 +224,27 @@ impl<S: AdminStore> AdminService<S> {
         self.modify(admin, id, AuditAction::AppAccessRevoke, |account| {
             let current = explicit_apps(&account.app_access)?;
             account.app_access = AppAccess::Apps(current.difference(&apps).cloned().collect());
-            Ok(json!({ "app_ids": ids_json(&apps) }))
+            Ok(Some(json!({ "app_ids": ids_json(&apps) })))
         })
         .await
     }
 
     /// Read, change, write with optimistic locking, retrying when another writer got there
-    /// first. `change` returns the audit details.
+    /// first. `change` returns the audit details, or `None` when there is nothing to change
+    /// (then nothing is written and the account is returned as read).
     async fn modify(
         &self,
         admin: &Admin,
         id: ServiceAccountId,
         action: AuditAction,
-        change: impl Fn(&mut ServiceAccount) -> Result<serde_json::Value, Error>,
+        change: impl Fn(&mut ServiceAccount) -> Result<Option<serde_json::Value>, Error>,
     ) -> Result<ServiceAccount, Error> {
         for _ in 0..MAX_ATTEMPTS {
             let mut account = self.get_service_account(admin, id).await?;
             let expected_revision = account.revision;
-            let details = change(&mut account)?;
+            let Some(details) = change(&mut account)? else {
+                return Ok(account);
+            };
             account.revision += 1;
             account.update_time = time::now();
             let event = admin.event(action, Target::ServiceAccount(id), details);

@@ -2,6 +2,7 @@
 //! their app access are in `accounts`, tokens in `tokens`.
 
 mod accounts;
+mod policy;
 mod tokens;
 
 use crate::audit::{AuditAction, AuditEvent, AuditRecord, Target};
@@ -12,7 +13,7 @@ use crate::store::AdminStore;
 use crate::time;
 
 pub use accounts::{NewServiceAccount, ServiceAccountPatch};
-pub use tokens::NewToken;
+pub use tokens::{MAX_EXPIRING_WITHIN_SECONDS, MAX_GRACE_SECONDS, NewToken, Rotation, TokenPatch};
 
 /// The role a caller needs for any admin operation.
 pub const ORG_ADMIN_ROLE: &str = "org_admin";

@@ -1,27 +1,110 @@
-//! Tokens: issued (the secret shown once), listed and revoked.
+//! Tokens: issued (the secret shown once), rotated, listed, changed and revoked.
 
+use chrono::TimeDelta;
 use serde_json::json;
 
 use super::{Admin, AdminService};
 use crate::audit::{AuditAction, Target};
 use crate::error::Error;
 use crate::ids::{ServiceAccountId, TokenId};
-use crate::page::{Listing, Page, PageRequest};
+use crate::network::AllowedCidrs;
+use crate::page::{Listing, Page, PageRequest, TimedPageRequest};
 use crate::scope::Scopes;
 use crate::service_account::DisplayName;
-use crate::store::{AdminStore, Created};
-use crate::time::{self, Timestamp};
-use crate::token::{Token, TokenSecret};
+use crate::store::{AdminStore, Created, Ending, Issue, Rotated};
+use crate::time::{self, SECONDS_PER_DAY, Timestamp};
+use crate::token::{Revocation, RevokeReason, Token, TokenSecret};
 
-/// A validated `CreateToken` (the expiry is checked against the clock by the use case).
+/// A rotation's grace period is at most this long.
+pub const MAX_GRACE_SECONDS: i64 = 30 * SECONDS_PER_DAY;
+/// `ListExpiringTokens` looks at most this far ahead.
+pub const MAX_EXPIRING_WITHIN_SECONDS: i64 = 365 * SECONDS_PER_DAY;
+
+/// A validated `CreateToken` (the expiry is checked against the clock and the org's policy by
+/// the use case).
 #[derive(Debug, Clone)]
 pub struct NewToken {
     pub display_name: DisplayName,
     pub scopes: Scopes,
     pub expire_time: Option<Timestamp>,
+    pub allowed_cidrs: AllowedCidrs,
+}
+
+/// A validated `RotateToken`.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// Zero: the old token is revoked at once.
+    pub grace_period: TimeDelta,
+    /// The new token's expiry; `None` follows the org's policy.
+    pub expire_time: Option<Timestamp>,
+}
+
+/// A validated `UpdateToken`: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TokenPatch {
+    pub display_name: Option<DisplayName>,
+    pub allowed_cidrs: Option<AllowedCidrs>,
+}
+
+fn not_found() -> Error {
+    Error::NotFound { kind: "token" }
+}
+
+fn over_quota(account_id: ServiceAccountId, limit: u32) -> Error {
+    Error::ResourceExhausted {
+        subject: format!("service_account:{account_id}/tokens"),
+        description: format!(
+            "a service account may have at most {limit} tokens that are neither revoked nor \
+             expired; revoke one first"
+        ),
+    }
 }
 
 impl<S: AdminStore> AdminService<S> {
+    /// The expiry a new token gets at `now`: the requested one if it lies ahead and the org's
+    /// policy allows it, else what the policy gives.
+    async fn new_expiry(
+        &self,
+        admin: &Admin,
+        requested: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, Error> {
+        if requested.is_some_and(|expiry| expiry <= now) {
+            return Err(Error::invalid("expire_time", "must be in the future"));
+        }
+        let policy = self.store.get_token_policy(&admin.org_id).await?.policy;
+        policy.expiry(requested, now)
+    }
+
+    fn new_token(
+        admin: &Admin,
+        account_id: ServiceAccountId,
+        secret: &TokenSecret,
+        now: Timestamp,
+        expire_time: Option<Timestamp>,
+    ) -> impl FnOnce(DisplayName, Scopes, AllowedCidrs) -> Token {
+        let created_by = admin.user_id.clone();
+        let hint = secret.hint();
+        move |display_name, scopes, allowed_cidrs| Token {
+            id: TokenId::generate(),
+            service_account_id: account_id,
+            display_name,
+            scopes,
+            create_time: now,
+            created_by,
+            expire_time,
+            revoke_time: None,
+            revoked_by: None,
+            revoke_reason: None,
+            last_used_time: None,
+            last_used_app_id: None,
+            last_used_client_ip: None,
+            hint,
+            previous_token_id: None,
+            allowed_cidrs,
+        }
+    }
+
     pub async fn create_token(
         &self,
         admin: &Admin,
@@ -29,23 +112,13 @@ impl<S: AdminStore> AdminService<S> {
         new: NewToken,
     ) -> Result<(Token, TokenSecret), Error> {
         let now = time::now();
-        if new.expire_time.is_some_and(|expiry| expiry <= now) {
-            return Err(Error::invalid("expire_time", "must be in the future"));
-        }
+        let expire_time = self.new_expiry(admin, new.expire_time, now).await?;
         let secret = TokenSecret::generate();
-        let token = Token {
-            id: TokenId::generate(),
-            service_account_id: account_id,
-            display_name: new.display_name,
-            scopes: new.scopes,
-            create_time: now,
-            created_by: admin.user_id.clone(),
-            expire_time: new.expire_time,
-            revoke_time: None,
-            revoked_by: None,
-            last_used_time: None,
-            hint: secret.hint(),
-        };
+        let token = Self::new_token(admin, account_id, &secret, now, expire_time)(
+            new.display_name,
+            new.scopes,
+            new.allowed_cidrs,
+        );
         let event = admin.event(
             AuditAction::TokenCreate,
             Target::Token {
@@ -57,6 +130,7 @@ impl<S: AdminStore> AdminService<S> {
                 "display_name": token.display_name.as_str(),
                 "scopes": token.scopes.names().collect::<Vec<_>>(),
                 "expire_time": token.expire_time.map(|t| t.to_rfc3339()),
+                "allowed_cidrs": cidrs_json(&token.allowed_cidrs),
             }),
         );
         let limit = self.quotas.live_tokens_per_service_account;
@@ -69,14 +143,84 @@ impl<S: AdminStore> AdminService<S> {
             Created::NoParent => Err(Error::NotFound {
                 kind: "service account",
             }),
-            Created::OverQuota => Err(Error::ResourceExhausted {
-                subject: format!("service_account:{account_id}/tokens"),
-                description: format!(
-                    "a service account may have at most {limit} tokens that are neither revoked \
-                     nor expired; revoke one first"
-                ),
-            }),
+            Created::OverQuota => Err(over_quota(account_id, limit)),
         }
+    }
+
+    /// Issues a replacement for a live token and ends the old one: it keeps working for the
+    /// grace period at most, or is revoked at once when there is none. Returns the new token,
+    /// its secret, and the old token after the change.
+    pub async fn rotate_token(
+        &self,
+        admin: &Admin,
+        account_id: ServiceAccountId,
+        token_id: TokenId,
+        rotation: Rotation,
+    ) -> Result<(Token, TokenSecret, Token), Error> {
+        let old = self.token(admin, account_id, token_id).await?;
+        let now = time::now();
+        if !old.is_live(now) {
+            return Err(Error::FailedPrecondition(
+                "the token is revoked or expired: create a new token instead of rotating it".into(),
+            ));
+        }
+        let expire_time = self.new_expiry(admin, rotation.expire_time, now).await?;
+        let secret = TokenSecret::generate();
+        let mut new = Self::new_token(admin, account_id, &secret, now, expire_time)(
+            old.display_name.clone(),
+            old.scopes.clone(),
+            old.allowed_cidrs.clone(),
+        );
+        new.previous_token_id = Some(old.id);
+        let ending = if rotation.grace_period.is_zero() {
+            Ending::Revoke(Revocation {
+                at: now,
+                by: admin.user_id.clone(),
+                reason: RevokeReason::Rotated,
+            })
+        } else {
+            Ending::ExpireBy(now + rotation.grace_period)
+        };
+        let event = admin.event(
+            AuditAction::TokenRotate,
+            Target::Token {
+                service_account_id: account_id,
+                token_id,
+            },
+            json!({
+                "service_account_id": account_id.to_string(),
+                "new_token_id": new.id.to_string(),
+                "grace_period_seconds": rotation.grace_period.num_seconds(),
+                "expire_time": new.expire_time.map(|t| t.to_rfc3339()),
+            }),
+        );
+        let limit = self.quotas.live_tokens_per_service_account;
+        match self
+            .store
+            .rotate_token(
+                &admin.org_id,
+                token_id,
+                &ending,
+                Issue {
+                    token: &new,
+                    hash: &secret.hash(),
+                    max_live: limit,
+                },
+                &event,
+            )
+            .await?
+        {
+            Rotated::Rotated => {}
+            Rotated::OldTokenEnded => {
+                return Err(Error::FailedPrecondition(
+                    "the token is revoked or expired: create a new token instead of rotating it"
+                        .into(),
+                ));
+            }
+            Rotated::OverQuota => return Err(over_quota(account_id, limit)),
+        }
+        let previous = self.token(admin, account_id, token_id).await?;
+        Ok((new, secret, previous))
     }
 
     pub async fn list_tokens(
@@ -96,6 +240,60 @@ impl<S: AdminStore> AdminService<S> {
         }))
     }
 
+    /// The org's unrevoked tokens expiring between now and `within` from now, soonest first.
+    pub async fn list_expiring_tokens(
+        &self,
+        admin: &Admin,
+        within: TimeDelta,
+        page: TimedPageRequest,
+    ) -> Result<Page<Token>, Error> {
+        let now = time::now();
+        let after = page.after.map(|(t, id)| (t, TokenId::from_uuid(id)));
+        let rows = self
+            .store
+            .list_expiring_tokens(&admin.org_id, now, now + within, after, page.size.get() + 1)
+            .await?;
+        Ok(Page::from_timed_rows(
+            Listing::ExpiringTokens,
+            rows,
+            page.size,
+            |t| (t.expire_time.unwrap_or(now), t.id.as_uuid()),
+        ))
+    }
+
+    /// Changes a token's display name and/or allowed networks.
+    pub async fn update_token(
+        &self,
+        admin: &Admin,
+        account_id: ServiceAccountId,
+        token_id: TokenId,
+        patch: TokenPatch,
+    ) -> Result<Token, Error> {
+        let mut token = self.token(admin, account_id, token_id).await?;
+        let mut details = serde_json::Map::new();
+        details.insert("service_account_id".into(), account_id.to_string().into());
+        if let Some(name) = patch.display_name {
+            details.insert("display_name".into(), name.as_str().into());
+            token.display_name = name;
+        }
+        if let Some(cidrs) = patch.allowed_cidrs {
+            details.insert("allowed_cidrs".into(), cidrs_json(&cidrs).into());
+            token.allowed_cidrs = cidrs;
+        }
+        let event = admin.event(
+            AuditAction::TokenUpdate,
+            Target::Token {
+                service_account_id: account_id,
+                token_id,
+            },
+            details.into(),
+        );
+        self.store
+            .update_token(&admin.org_id, &token, &event)
+            .await?;
+        self.token(admin, account_id, token_id).await
+    }
+
     /// Idempotent: revoking a revoked token returns it unchanged and records nothing.
     pub async fn revoke_token(
         &self,
@@ -103,12 +301,7 @@ impl<S: AdminStore> AdminService<S> {
         account_id: ServiceAccountId,
         token_id: TokenId,
     ) -> Result<Token, Error> {
-        let not_found = || Error::NotFound { kind: "token" };
-        let token = self
-            .store
-            .get_token(&admin.org_id, account_id, token_id)
-            .await?
-            .ok_or_else(not_found)?;
+        let token = self.token(admin, account_id, token_id).await?;
         if token.revoke_time.is_none() {
             let event = admin.event(
                 AuditAction::TokenRevoke,
@@ -118,20 +311,39 @@ impl<S: AdminStore> AdminService<S> {
                 },
                 json!({ "service_account_id": account_id.to_string() }),
             );
+            let revocation = Revocation {
+                at: event.create_time,
+                by: admin.user_id.clone(),
+                reason: RevokeReason::Admin,
+            };
             self.store
-                .revoke_token(
-                    &admin.org_id,
-                    account_id,
-                    token_id,
-                    time::now(),
-                    &admin.user_id,
-                    &event,
-                )
+                .revoke_token(&admin.org_id, account_id, token_id, &revocation, &event)
                 .await?;
         }
+        self.token(admin, account_id, token_id).await
+    }
+
+    /// A token of an existing account of the admin's org.
+    async fn token(
+        &self,
+        admin: &Admin,
+        account_id: ServiceAccountId,
+        token_id: TokenId,
+    ) -> Result<Token, Error> {
+        // A deleted account's tokens are kept for introspection, not for admins.
+        self.get_service_account(admin, account_id)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound { .. } => not_found(),
+                other => other,
+            })?;
         self.store
             .get_token(&admin.org_id, account_id, token_id)
             .await?
             .ok_or_else(not_found)
     }
+}
+
+fn cidrs_json(cidrs: &AllowedCidrs) -> Vec<String> {
+    cidrs.iter().map(ToString::to_string).collect()
 }

@@ -20,13 +20,14 @@
 //!   invalidation; two accounts sharing a slot only cause extra misses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 
 use crate::ids::ServiceAccountId;
 use crate::issued::IssuedTokens;
+use crate::last_used::UsageCell;
 use crate::store::AccountChanges;
 use crate::token::{AccountRecord, TokenHash, TokenRecord};
 
@@ -36,7 +37,7 @@ const ENTRY_BYTES: usize = std::mem::size_of::<TokenHash>()
     + std::mem::size_of::<Entry>()
     + std::mem::size_of::<TokenRecord>()
     + 2 * 16 // Arc headers
-    + 8
+    + std::mem::size_of::<UsageCell>()
     + 96;
 
 /// Slots of the invalidation array: 512 KiB of epochs.
@@ -49,8 +50,8 @@ struct Entry {
     /// The slot of the account's last invalidation epoch: a hit checks it with one atomic load
     /// instead of a second map lookup.
     account_slot: usize,
-    /// Second of the last recorded use, so last-used is recorded at most once a second per entry.
-    last_recorded: Arc<AtomicI64>,
+    /// The token's pending use, updated in place by every hit (see [`crate::last_used`]).
+    usage: Arc<UsageCell>,
 }
 
 /// What the cache knows about a token hash.
@@ -60,7 +61,7 @@ pub enum Lookup {
     Unknown,
     Known {
         record: Arc<TokenRecord>,
-        last_recorded: Arc<AtomicI64>,
+        usage: Arc<UsageCell>,
     },
 }
 
@@ -108,11 +109,10 @@ impl IntrospectionCache {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(move |_, entry: &Entry| {
-                    let account = entry
-                        .record
-                        .as_ref()
-                        .map_or(0, |r| r.account.approximate_bytes());
-                    weight(ENTRY_BYTES + account)
+                    let held = entry.record.as_ref().map_or(0, |r| {
+                        r.account.approximate_bytes() + r.allowed_cidrs.approximate_bytes()
+                    });
+                    weight(ENTRY_BYTES + held)
                 })
                 .time_to_live(max_age)
                 .build(),
@@ -171,7 +171,7 @@ impl IntrospectionCache {
                 }
                 Lookup::Known {
                     record,
-                    last_recorded: entry.last_recorded,
+                    usage: entry.usage,
                 }
             }
         }
@@ -201,7 +201,7 @@ impl IntrospectionCache {
                 filled_at: fill.0,
                 record: record.clone(),
                 account_slot,
-                last_recorded: Arc::new(AtomicI64::new(i64::MIN)),
+                usage: Arc::default(),
             },
         );
         record

@@ -1,12 +1,13 @@
 //! Introspection: bearer token in, identity and a decision out. The hot path of the platform.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::cache::{IntrospectionCache, Lookup};
 use crate::error::{Error, Violations};
 use crate::ids::OrgId;
-use crate::last_used::LastUsed;
+use crate::last_used::{LastUsed, Usage, UsageCell};
+use crate::network::parse_client_ip;
 use crate::scope::Scope;
 use crate::service_account::AppId;
 use crate::store::TokenStore;
@@ -21,11 +22,18 @@ pub struct Checks {
     pub org_id: Option<OrgId>,
     pub app_id: Option<AppId>,
     pub required_scopes: Vec<Scope>,
+    /// The end client's address, for tokens restricted to networks.
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Checks {
     /// Empty strings mean "no such check". Unknown scopes are a caller bug, not a denial.
-    pub fn parse(org_id: &str, app_id: &str, required_scopes: &[String]) -> Result<Self, Error> {
+    pub fn parse(
+        org_id: &str,
+        app_id: &str,
+        required_scopes: &[String],
+        client_ip: &str,
+    ) -> Result<Self, Error> {
         let mut violations = Violations::new();
         let org_id = if org_id.is_empty() {
             if !app_id.is_empty() {
@@ -50,11 +58,17 @@ impl Checks {
                 violations.check(format!("required_scopes[{i}]"), Scope::parse(name))
             })
             .collect();
+        let client_ip = if client_ip.is_empty() {
+            None
+        } else {
+            violations.check("client_ip", parse_client_ip(client_ip))
+        };
         violations.finish()?;
         Ok(Self {
             org_id,
             app_id,
             required_scopes,
+            client_ip,
         })
     }
 }
@@ -73,12 +87,16 @@ pub enum Unrecognised {
 pub enum Ended {
     Revoked,
     Expired,
+    /// The token is fine but its account is disabled.
+    AccountDisabled,
 }
 
 /// A failed check, listed in the order the API reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Denial {
     OrgMismatch,
+    /// The token is restricted to networks and the client's address is missing or outside them.
+    ClientIpNotAllowed,
     AppNotGranted,
     ScopeMissing,
 }
@@ -105,7 +123,7 @@ impl Denials {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Introspection {
     Unrecognised(Unrecognised),
-    /// A known token that is revoked or expired. The record is for the operator's log (a leaked
+    /// A known token that is revoked, expired or of a disabled account. The record is for the operator's log (a leaked
     /// old token being tried is worth a warning); it is never returned to the caller.
     Ended {
         reason: Ended,
@@ -136,6 +154,13 @@ pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Int
             token,
         };
     }
+    // After revocation and expiry: enabling the account brings back only the other tokens.
+    if token.account.disabled {
+        return Introspection::Ended {
+            reason: Ended::AccountDisabled,
+            token,
+        };
+    }
     let mut denials = Denials::default();
     let org_matches = checks
         .org_id
@@ -143,6 +168,9 @@ pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Int
         .is_none_or(|org| *org == token.account.org_id);
     if !org_matches {
         denials.reasons.push(Denial::OrgMismatch);
+    }
+    if !token.allowed_cidrs.allows(checks.client_ip) {
+        denials.reasons.push(Denial::ClientIpNotAllowed);
     }
     if let Some(app) = &checks.app_id
         && !(org_matches && token.account.app_access.allows(app))
@@ -199,11 +227,8 @@ impl<S: TokenStore> Introspector<S> {
             return Ok(Introspection::Unrecognised(Unrecognised::Malformed));
         };
         let hash = secret.hash();
-        let (record, last_recorded) = match self.cache.get(&hash) {
-            Lookup::Known {
-                record,
-                last_recorded,
-            } => (Some(record), Some(last_recorded)),
+        let (record, usage) = match self.cache.get(&hash) {
+            Lookup::Known { record, usage } => (Some(record), Some(usage)),
             Lookup::Unknown => (None, None),
             Lookup::Miss => {
                 let lane = if self.cache.issued().contains(&hash) {
@@ -236,13 +261,16 @@ impl<S: TokenStore> Introspector<S> {
         let now = time::now();
         let result = evaluate(record, checks, now);
         if let Introspection::Active { token, .. } = &result {
-            // Hits record at most once a second per token, keeping the shared map off the hot path.
-            let second = now.timestamp();
-            let first_this_second =
-                last_recorded.is_none_or(|last| last.swap(second, Ordering::Relaxed) != second);
-            if first_this_second {
-                self.last_used.record(token.token_id, now);
-            }
+            let cell = usage.unwrap_or_else(|| Arc::new(UsageCell::default()));
+            self.last_used.record(
+                token.token_id,
+                &cell,
+                Usage {
+                    at: now,
+                    app_id: checks.app_id.clone(),
+                    client_ip: checks.client_ip,
+                },
+            );
         }
         Ok(result)
     }

@@ -12,6 +12,7 @@ fn checks(org: &str, app: &str, scopes: &[&str]) -> Checks {
         org,
         app,
         &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "",
     )
     .unwrap()
 }
@@ -114,25 +115,77 @@ fn every_failed_check_is_reported_in_order_with_missing_scopes() {
 }
 
 #[test]
+fn a_disabled_accounts_token_is_inactive_but_revoked_and_expired_are_reported_first() {
+    let mut g = record();
+    Arc::make_mut(&mut Arc::make_mut(&mut g).account).disabled = true;
+    assert!(matches!(
+        evaluate(g.clone(), &Checks::default(), time::now()),
+        Introspection::Ended {
+            reason: Ended::AccountDisabled,
+            ..
+        }
+    ));
+    Arc::make_mut(&mut g).revoke_time = Some(time::now());
+    assert!(matches!(
+        evaluate(g, &Checks::default(), time::now()),
+        Introspection::Ended {
+            reason: Ended::Revoked,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_token_restricted_to_networks_is_allowed_only_from_inside_them() {
+    let mut g = record();
+    Arc::make_mut(&mut g).allowed_cidrs =
+        crate::network::AllowedCidrs::parse(["10.0.0.0/8"].into_iter()).unwrap();
+    let from = |ip: &str| Checks::parse("org", "app1", &[], ip).unwrap();
+    assert!(denials(evaluate(g.clone(), &from("10.9.8.7"), time::now())).allowed());
+    let outside = denials(evaluate(g.clone(), &from("192.0.2.1"), time::now()));
+    assert_eq!(outside.reasons, [Denial::ClientIpNotAllowed]);
+    let unknown = denials(evaluate(g.clone(), &from(""), time::now()));
+    assert_eq!(unknown.reasons, [Denial::ClientIpNotAllowed]);
+    // Listed after an org mismatch and before app and scope denials.
+    let all = denials(evaluate(
+        g,
+        &checks("other-org", "app1", &["mcp:write", "mcp:tools:call"]),
+        time::now(),
+    ));
+    assert_eq!(
+        all.reasons,
+        [
+            Denial::OrgMismatch,
+            Denial::ClientIpNotAllowed,
+            Denial::AppNotGranted,
+            Denial::ScopeMissing
+        ]
+    );
+}
+
+#[test]
 fn bad_checks_are_invalid_arguments_naming_the_field() {
-    let Err(Error::InvalidArgument(violations)) =
-        Checks::parse("org", "bad app", &["mcp:read".into(), "nope".into()])
-    else {
+    let Err(Error::InvalidArgument(violations)) = Checks::parse(
+        "org",
+        "bad app",
+        &["mcp:read".into(), "nope".into()],
+        "300.1.2.3",
+    ) else {
         panic!("expected invalid argument");
     };
     let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-    assert_eq!(fields, ["app_id", "required_scopes[1]"]);
+    assert_eq!(fields, ["app_id", "required_scopes[1]", "client_ip"]);
 }
 
 #[test]
 fn an_app_check_without_its_org_is_an_invalid_argument_on_org_id() {
-    let Err(Error::InvalidArgument(violations)) = Checks::parse("", "app1", &[]) else {
+    let Err(Error::InvalidArgument(violations)) = Checks::parse("", "app1", &[], "") else {
         panic!("expected invalid argument");
     };
     let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
     assert_eq!(fields, ["org_id"]);
-    assert!(Checks::parse("org", "", &[]).is_ok());
-    assert!(Checks::parse("", "", &["mcp:read".into()]).is_ok());
+    assert!(Checks::parse("org", "", &[], "").is_ok());
+    assert!(Checks::parse("", "", &["mcp:read".into()], "").is_ok());
 }
 
 /// A store whose lookups take a while and which remembers how many ran at once.
@@ -156,7 +209,7 @@ impl TokenStore for Arc<SlowStore> {
         Ok(Vec::new())
     }
 
-    async fn record_last_used(&self, _: &[(TokenId, Timestamp)]) -> StoreResult<()> {
+    async fn record_last_used(&self, _: &[(TokenId, crate::last_used::Usage)]) -> StoreResult<()> {
         Ok(())
     }
 }

@@ -4,3 +4,4 @@ pub mod audit_event;
 pub mod service_account;
 pub mod service_account_app;
 pub mod token;
+pub mod token_policy;

@@ -15,6 +15,10 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub created_by: String,
     pub revision: i64,
+    /// `active` or `disabled`.
+    pub state: String,
+    /// Set when the account was deleted; its tokens are kept, revoked, until purged.
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,6 +19,12 @@ pub struct Model {
     pub revoked_at: Option<DateTimeUtc>,
     pub revoked_by: Option<String>,
     pub last_used_at: Option<DateTimeUtc>,
+    pub revoke_reason: Option<String>,
+    pub previous_token_id: Option<String>,
+    /// Canonical CIDRs separated by single spaces; empty: unrestricted.
+    pub allowed_cidrs: String,
+    pub last_used_app_id: Option<String>,
+    pub last_used_client_ip: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
