@@ -6,7 +6,7 @@
 #      the same lookup as raw SQL
 #   c  the scanner/bug flood: malformed and unknown-but-well-formed tokens
 #   d  grpc.health.v1.Health/Check, the ceiling, under the same load
-# plus revocation propagation between two replicas, cache memory per entry, an open-loop run at
+# plus revocation and disable propagation between two replicas, cache memory per entry, an open-loop run at
 # half the saturated hit rate, and an h2load cross-check of the ceiling.
 #
 # Needs: PostgreSQL at BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
@@ -169,6 +169,11 @@ prop_account=$(ADMIN_JWT=$jwt "$LOAD" seed --target http://127.0.0.1:50102 --nam
 ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http://127.0.0.1:50104 \
   --service-account-id "$prop_account" --trials 200 \
   | sed 's/^{/{"label":"propagation",/' | tee -a "$RESULTS"
+say "disable propagation: the same replicas, disabling the token's account"
+disable_account=$(ADMIN_JWT=$jwt "$LOAD" seed --target http://127.0.0.1:50102 --name disable-propagation)
+ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http://127.0.0.1:50104 \
+  --service-account-id "$disable_account" --trials 200 --change disable \
+  | sed 's/^{/{"label":"disable-propagation",/' | tee -a "$RESULTS"
 
 # 100,000 entries, or every seeded token when MISS_TOKENS is smaller.
 MEM_ENTRIES=$(( MISS_TOKENS < 100000 ? MISS_TOKENS : 100000 ))
@@ -225,8 +230,9 @@ for backend in ("sqlite", "pg"):
 print(f"b/pgbench mean latency = {ratio('pg-b-misses', 'pgbench-lookup', 'mean_us'):.2f} "
       f"({r['pg-b-misses']['mean_us']} us vs {r['pgbench-lookup']['mean_us']} us); "
       f"throughput {r['pg-b-misses']['rps']:.0f}/s vs {r['pgbench-lookup']['rps']:.0f}/s")
-p = r["propagation"]
-print(f"propagation over {p['trials']} trials: p50 {p['p50_us']} us, p99 {p['p99_us']} us, max {p['max_us']} us")
+for label in ("propagation", "disable-propagation"):
+    p = r[label]
+    print(f"{label} over {p['trials']} trials: p50 {p['p50_us']} us, p99 {p['p99_us']} us, max {p['max_us']} us")
 m = r["memory"]
 print(f"memory: {(m['rss_after_kib'] - m['rss_before_kib']) * 1024 / m['entries']:.0f} bytes per cached entry "
       f"(RSS {m['rss_before_kib']} -> {m['rss_after_kib']} KiB)")

@@ -342,3 +342,127 @@ async fn a_silently_dead_listener_is_detected_by_its_heartbeat() {
     assert!(detected < CONVERGENCE_BOUND, "{detected:?}");
     proxy.cut();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_replicas_see_disables_enables_and_rotations() {
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    let a = spawn(Backend::Postgres).await.unwrap();
+    let b = a.replica().await;
+    let jwt = a.admin_jwt("org-a");
+    let id = create_account(&a, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (token, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
+    wait_for_cache(&b, &secret).await;
+
+    let mut admin = a.admin().await;
+    admin
+        .disable_service_account(authed(
+            pb::DisableServiceAccountRequest {
+                service_account_id: id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap();
+    let took = converge(&b, &secret).await;
+    eprintln!("a disable reached the other replica in {took:?}");
+    assert_eq!(
+        introspect(&b, &secret, "", "", &[]).await.inactive_reason(),
+        pb::InactiveReason::AccountDisabled
+    );
+    admin
+        .enable_service_account(authed(
+            pb::EnableServiceAccountRequest {
+                service_account_id: id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap();
+    Wait::new("B sees the account enabled again")
+        .within(CONVERGENCE_BOUND)
+        .every(Duration::from_millis(2))
+        .until(async || introspect(&b, &secret, "", "", &[]).await.active)
+        .await;
+
+    // A rotation without grace ends the old token on B too; the new one works there.
+    wait_for_cache(&b, &secret).await;
+    let rotated = admin
+        .rotate_token(authed(
+            pb::RotateTokenRequest {
+                service_account_id: id.clone(),
+                token_id: token.token_id.clone(),
+                grace_period: None,
+                expire_time: None,
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let took = converge(&b, &secret).await;
+    eprintln!("a rotation reached the other replica in {took:?}");
+    assert_eq!(
+        introspect(&b, &secret, "", "", &[]).await.inactive_reason(),
+        pb::InactiveReason::Revoked
+    );
+    assert!(introspect(&b, &rotated.secret, "", "", &[]).await.active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_while_the_listener_is_down_is_still_honoured() {
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    let a = spawn(Backend::Postgres).await.unwrap();
+    let b = a.replica().await;
+    let jwt = a.admin_jwt("org-a");
+    let id = create_account(&a, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (_, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
+    wait_for_cache(&b, &secret).await;
+
+    let database = database_name(&a.database.url);
+    let admin = sea_orm::Database::connect(&postgres_admin_url().unwrap())
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    let killed = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}'"
+            ),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 2, "one listener per replica");
+    a.admin()
+        .await
+        .disable_service_account(authed(
+            pb::DisableServiceAccountRequest {
+                service_account_id: id.clone(),
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap();
+    let took = converge(&b, &secret).await;
+    eprintln!("with the listener killed, the disable was honoured after {took:?}");
+    wait_until("both replicas listen again", async || {
+        listening(&admin, &database).await.len() == 2
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            introspect(&b, &secret, "", "", &[]).await.inactive_reason(),
+            pb::InactiveReason::AccountDisabled
+        );
+    }
+    admin.close().await.ok();
+}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod account_state;
 mod accounts;
 mod app_access;
 mod auth;
@@ -13,8 +14,11 @@ mod flood;
 mod introspection;
 mod jwks_rotation;
 mod lifecycle;
+mod networks;
 mod operations;
 mod quotas;
+mod rotation;
 mod telemetry;
 mod tls;
+mod token_policy;
 mod tokens;

@@ -123,9 +123,15 @@ struct GenTokensArgs {
     hashes: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PropagatedChange {
+    Revoke,
+    Disable,
+}
+
 #[derive(clap::Args)]
 struct PropagationArgs {
-    /// The replica that revokes.
+    /// The replica that makes the change.
     #[arg(long)]
     writer: String,
     /// The replica that is polled.
@@ -138,6 +144,9 @@ struct PropagationArgs {
     service_account_id: String,
     #[arg(long, default_value_t = 200)]
     trials: usize,
+    /// The change measured: revoking a fresh token, or disabling its account.
+    #[arg(long, value_enum, default_value = "revoke")]
+    change: PropagatedChange,
 }
 
 #[derive(clap::Args)]
@@ -397,15 +406,29 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
                 return Err("a fresh token was not active on the reader".into());
             }
         }
-        admin
-            .revoke_token(authed(
-                &jwt,
-                pb::RevokeTokenRequest {
-                    service_account_id: args.service_account_id.clone(),
-                    token_id,
-                },
-            ))
-            .await?;
+        match args.change {
+            PropagatedChange::Revoke => {
+                admin
+                    .revoke_token(authed(
+                        &jwt,
+                        pb::RevokeTokenRequest {
+                            service_account_id: args.service_account_id.clone(),
+                            token_id,
+                        },
+                    ))
+                    .await?;
+            }
+            PropagatedChange::Disable => {
+                admin
+                    .disable_service_account(authed(
+                        &jwt,
+                        pb::DisableServiceAccountRequest {
+                            service_account_id: args.service_account_id.clone(),
+                        },
+                    ))
+                    .await?;
+            }
+        }
         let revoked = Instant::now();
         loop {
             if !reader.introspect(introspect()).await?.into_inner().active {
@@ -413,7 +436,24 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
                 break;
             }
             if revoked.elapsed() > Duration::from_secs(10) {
-                return Err("the reader never saw the revocation".into());
+                return Err("the reader never saw the change".into());
+            }
+        }
+        if let PropagatedChange::Disable = args.change {
+            admin
+                .enable_service_account(authed(
+                    &jwt,
+                    pb::EnableServiceAccountRequest {
+                        service_account_id: args.service_account_id.clone(),
+                    },
+                ))
+                .await?;
+            // Enabled again before the next trial's fresh token is introspected.
+            let enabled = Instant::now();
+            while !reader.introspect(introspect()).await?.into_inner().active {
+                if enabled.elapsed() > Duration::from_secs(10) {
+                    return Err("the reader never saw the account enabled again".into());
+                }
             }
         }
     }
