@@ -264,7 +264,7 @@ fn main() {
         "valid",
         &pb::RevokeTokenRequest {
             service_account_id: account.clone(),
-            token_id,
+            token_id: token_id.clone(),
         },
     );
     request("ListScopesRequest", "valid", &pb::ListScopesRequest {});
@@ -274,6 +274,81 @@ fn main() {
         &pb::ListAuditEventsRequest {
             page_size: 1000,
             page_token: String::new(),
+        },
+    );
+    let duration = |seconds: i64, nanos: i32| Some(prost_types::Duration { seconds, nanos });
+    request(
+        "DisableServiceAccountRequest",
+        "valid",
+        &pb::DisableServiceAccountRequest {
+            service_account_id: account.clone(),
+        },
+    );
+    request(
+        "EnableServiceAccountRequest",
+        "invalid",
+        &pb::EnableServiceAccountRequest {
+            service_account_id: "nope".into(),
+        },
+    );
+    request(
+        "RotateTokenRequest",
+        "valid",
+        &pb::RotateTokenRequest {
+            service_account_id: account.clone(),
+            token_id: token_id.clone(),
+            grace_period: duration(3600, 0),
+            expire_time: None,
+        },
+    );
+    request(
+        "RotateTokenRequest",
+        "invalid",
+        &pb::RotateTokenRequest {
+            service_account_id: account.clone(),
+            token_id: String::new(),
+            grace_period: duration(-1, 5),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+        },
+    );
+    request(
+        "UpdateTokenRequest",
+        "valid",
+        &pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                service_account_id: account.clone(),
+                token_id: token_id.clone(),
+                display_name: "renamed".into(),
+                allowed_cidrs: vec!["192.0.2.0/24".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["*".into()],
+            }),
+        },
+    );
+    request(
+        "ListExpiringTokensRequest",
+        "valid",
+        &pb::ListExpiringTokensRequest {
+            within: duration(604_800, 0),
+            page_size: 10,
+            page_token: String::new(),
+        },
+    );
+    request("GetTokenPolicyRequest", "valid", &pb::GetTokenPolicyRequest {});
+    request(
+        "UpdateTokenPolicyRequest",
+        "valid",
+        &pb::UpdateTokenPolicyRequest {
+            token_policy: Some(pb::TokenPolicy {
+                max_lifetime: duration(7_776_000, 0),
+                default_lifetime: duration(2_592_000, 0),
+            }),
+            update_mask: None,
         },
     );
     request(

@@ -2,7 +2,7 @@
 //! before any use case runs. Never panics, and an `InvalidArgument` is always bounded: 1 to 21
 //! violations, each naming a field and described in at most `MAX_DESCRIPTION_BYTES` bytes.
 //!
-//! Input: byte 0 picks the request type (modulo the 14 of `REQUEST_KINDS`), the rest is the
+//! Input: byte 0 picks the request type (modulo the length of `REQUEST_KINDS`), the rest is the
 //! encoded message.
 #![no_main]
 

@@ -124,6 +124,13 @@ pub const REQUEST_KINDS: &[&str] = &[
     "ListScopesRequest",
     "ListAuditEventsRequest",
     "IntrospectRequest",
+    "DisableServiceAccountRequest",
+    "EnableServiceAccountRequest",
+    "RotateTokenRequest",
+    "UpdateTokenRequest",
+    "ListExpiringTokensRequest",
+    "GetTokenPolicyRequest",
+    "UpdateTokenPolicyRequest",
 ];
 
 fn decode_and_parse<M: prost::Message + Default + Parse>(
@@ -151,6 +158,13 @@ pub fn decode_and_parse_request(kind: u8, bytes: &[u8]) -> Option<Result<(), Err
         11 => decode_and_parse::<pb::ListScopesRequest>(bytes),
         12 => decode_and_parse::<pb::ListAuditEventsRequest>(bytes),
         13 => decode_and_parse::<pb::IntrospectRequest>(bytes),
+        14 => decode_and_parse::<pb::DisableServiceAccountRequest>(bytes),
+        15 => decode_and_parse::<pb::EnableServiceAccountRequest>(bytes),
+        16 => decode_and_parse::<pb::RotateTokenRequest>(bytes),
+        17 => decode_and_parse::<pb::UpdateTokenRequest>(bytes),
+        18 => decode_and_parse::<pb::ListExpiringTokensRequest>(bytes),
+        19 => decode_and_parse::<pb::GetTokenPolicyRequest>(bytes),
+        20 => decode_and_parse::<pb::UpdateTokenPolicyRequest>(bytes),
         _ => unreachable!("kind is reduced modulo the table's length"),
     }
 }

@@ -22,3 +22,4 @@ mod telemetry;
 mod tls;
 mod token_policy;
 mod tokens;
+mod upgrade;
