@@ -176,24 +176,12 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
     let (token, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
     wait_for_cache(&b, &secret).await;
 
-    // Kill every change listener on this test's database (both replicas').
     let database = database_name(&a.database.url);
     let admin = sea_orm::Database::connect(&postgres_admin_url().unwrap())
         .await
         .unwrap();
-    use sea_orm::ConnectionTrait;
     let old = listening(&admin, &database).await;
-    let killed = admin
-        .query_all_raw(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}'"
-            ),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(killed.len(), 2, "one listener per replica");
+    kill_listeners(&admin, &database).await;
 
     revoke(&a, &jwt, &id, &token.token_id).await;
     let took = converge(&b, &secret).await;
@@ -211,6 +199,22 @@ async fn a_revoke_while_the_listener_is_down_is_still_honoured() {
         assert!(!introspect(&b, &secret, "", "", &[]).await.active);
     }
     admin.close().await.ok();
+}
+
+/// Kills every change listener on `database` (both replicas').
+async fn kill_listeners(admin: &sea_orm::DatabaseConnection, database: &str) {
+    use sea_orm::ConnectionTrait;
+    let killed = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}'"
+            ),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 2, "one listener per replica");
 }
 
 /// The backends of the change listeners on `database` that have issued their LISTEN.
@@ -430,18 +434,7 @@ async fn a_disable_while_the_listener_is_down_is_still_honoured() {
     let admin = sea_orm::Database::connect(&postgres_admin_url().unwrap())
         .await
         .unwrap();
-    use sea_orm::ConnectionTrait;
-    let killed = admin
-        .query_all_raw(sea_orm::Statement::from_string(
-            sea_orm::DatabaseBackend::Postgres,
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = 'service-accounts-listener' AND datname = '{database}'"
-            ),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(killed.len(), 2, "one listener per replica");
+    kill_listeners(&admin, &database).await;
     a.admin()
         .await
         .disable_service_account(authed(

@@ -271,22 +271,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_app_and_address_written_are_the_latest_ones_carried_even_within_one_second() {
+    async fn the_app_and_address_written_are_from_the_latest_allowed_uses_within_one_second() {
         let store = Arc::new(CountingStore::default());
         let (secret, token) = issue(&store);
         let introspector = introspector(&store);
         for checks in [
             checks("app1", "192.0.2.1"),
-            checks("app2", ""),
             Checks::default(),
             checks("", "2001:db8::7"),
+            // Refused (the account has no access to app2): not a use.
+            checks("app2", "198.51.100.1"),
         ] {
             introspector.introspect(&secret, &checks).await.unwrap();
         }
         introspector.flush_last_used().await.unwrap();
         let written = store.writes.lock().unwrap()[&token].clone();
         assert_eq!(written.len(), 1);
-        assert_eq!(written[0].app_id.as_ref().map(AppId::as_str), Some("app2"));
+        assert_eq!(written[0].app_id.as_ref().map(AppId::as_str), Some("app1"));
         assert_eq!(written[0].client_ip, Some("2001:db8::7".parse().unwrap()));
     }
 

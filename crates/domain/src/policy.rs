@@ -73,7 +73,7 @@ impl TokenPolicy {
                         "the org's token policy allows lifetimes of at most {}: expire_time must \
                          be no later than {}",
                         time::describe(self.max_lifetime.unwrap_or_default().num_seconds()),
-                        latest.to_rfc3339()
+                        latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ),
                 }),
                 _ => Ok(Some(expiry)),

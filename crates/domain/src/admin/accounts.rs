@@ -241,9 +241,12 @@ impl<S: AdminStore> AdminService<S> {
     ) -> Result<ServiceAccount, Error> {
         for _ in 0..MAX_ATTEMPTS {
             let mut account = self.get_service_account(admin, id).await?;
+            let before = account.clone();
             let expected_revision = account.revision;
-            let Some(details) = change(&mut account)? else {
-                return Ok(account);
+            // A change that changes nothing (a grant already held, the same name) is not one:
+            // no write, no audit event, the same etag.
+            let Some(details) = change(&mut account)?.filter(|_| account != before) else {
+                return Ok(before);
             };
             account.revision += 1;
             account.update_time = time::now();

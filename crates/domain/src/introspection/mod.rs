@@ -260,7 +260,11 @@ impl<S: TokenStore> Introspector<S> {
         }
         let now = time::now();
         let result = evaluate(record, checks, now);
-        if let Introspection::Active { token, .. } = &result {
+        // A use is an allowed introspection: a refused one (another network, a missing scope) is
+        // not where or when the token was last used.
+        if let Introspection::Active { token, denials } = &result
+            && denials.allowed()
+        {
             let cell = usage.unwrap_or_else(|| Arc::new(UsageCell::default()));
             self.last_used.record(
                 token.token_id,
