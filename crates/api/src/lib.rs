@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod dev_key;
 mod error;
+pub mod gateway;
 mod introspection_api;
 pub mod jwks;
 pub mod methods;

@@ -1,0 +1,159 @@
+//! What a gateway in front of another service (nginx `auth_request`, Caddy `forward_auth`,
+//! Traefik `ForwardAuth`, Envoy `ext_authz`) is told about a request: one decision, shared by
+//! `/v1/forward-auth` and Envoy's `Check`, so both always agree with `Introspect`.
+
+use service_accounts_domain::Error;
+use service_accounts_domain::introspection::{Checks, Denial, Introspection, Introspector};
+use service_accounts_domain::store::TokenStore;
+use service_accounts_domain::token::TokenRecord;
+
+/// Request headers the gateway sets (from its configuration or the connection), and response
+/// headers carrying the verified identity. A client-sent copy of any of them must never reach
+/// an upstream unverified: the documented configurations overwrite or strip them.
+pub const ORG_ID: &str = "x-embrace-org-id";
+pub const APP_ID: &str = "x-embrace-app-id";
+pub const REQUIRED_SCOPES: &str = "x-embrace-required-scopes";
+pub const CLIENT_IP: &str = "x-embrace-client-ip";
+pub const SERVICE_ACCOUNT_ID: &str = "x-embrace-service-account-id";
+pub const SERVICE_ACCOUNT_NAME: &str = "x-embrace-service-account-name";
+pub const TOKEN_ID: &str = "x-embrace-token-id";
+pub const SCOPES: &str = "x-embrace-scopes";
+pub const DENIAL_REASON: &str = "x-embrace-denial-reason";
+/// Sent with every 401.
+pub const WWW_AUTHENTICATE: &str = r#"Bearer error="invalid_token""#;
+
+/// What the gateway asks about one request. Empty strings mean "not given".
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GatewayRequest<'a> {
+    /// The `Authorization` header's value.
+    pub authorization: Option<&'a str>,
+    pub org_id: &'a str,
+    pub app_id: &'a str,
+    /// Space or comma separated.
+    pub required_scopes: &'a str,
+    pub client_ip: &'a str,
+}
+
+/// The answer, in the terms every gateway understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// 200: let the request through with these identity headers (names lower-case).
+    Allow(Vec<(&'static str, String)>),
+    /// 401: no token, or one that is not active.
+    Unauthenticated,
+    /// 403: an active token that may not do this; the denial reason's enum name.
+    Forbidden(&'static str),
+}
+
+/// The token in an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// Decides like `Introspect` would. A bad org, app, scope or address is the gateway's
+/// configuration error (`InvalidArgument`), and storage trouble is an error too: the caller
+/// answers 400 or 503, never "allowed".
+pub async fn decide<S: TokenStore>(
+    introspector: &Introspector<S>,
+    request: GatewayRequest<'_>,
+) -> Result<Decision, Error> {
+    let scopes: Vec<String> = request
+        .required_scopes
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let checks = Checks::parse(
+        request.org_id,
+        request.app_id,
+        &scopes,
+        request.client_ip.trim(),
+    )?;
+    let Some(token) = request.authorization.and_then(bearer) else {
+        return Ok(Decision::Unauthenticated);
+    };
+    Ok(match introspector.introspect(token, &checks).await? {
+        Introspection::Unrecognised(_) | Introspection::Ended { .. } => Decision::Unauthenticated,
+        Introspection::Active { token, denials } => match denials.first() {
+            None => Decision::Allow(identity_headers(&token)),
+            Some(denial) => Decision::Forbidden(denial_name(denial)),
+        },
+    })
+}
+
+/// The verified identity, as header values: visible ASCII only, so the display name has its
+/// other bytes (and `%`) percent-encoded as UTF-8.
+fn identity_headers(token: &TokenRecord) -> Vec<(&'static str, String)> {
+    vec![
+        (ORG_ID, token.account.org_id.to_string()),
+        (
+            SERVICE_ACCOUNT_ID,
+            token.account.service_account_id.to_string(),
+        ),
+        (
+            SERVICE_ACCOUNT_NAME,
+            header_text(&token.account.display_name),
+        ),
+        (TOKEN_ID, token.token_id.to_string()),
+        (SCOPES, token.scopes.names().collect::<Vec<_>>().join(" ")),
+    ]
+}
+
+fn header_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The `DenialReason` enum value's name, as `Introspect` reports it.
+pub fn denial_name(denial: Denial) -> &'static str {
+    match denial {
+        Denial::OrgMismatch => "DENIAL_REASON_ORG_MISMATCH",
+        Denial::ClientIpNotAllowed => "DENIAL_REASON_CLIENT_IP_NOT_ALLOWED",
+        Denial::AppNotGranted => "DENIAL_REASON_APP_NOT_GRANTED",
+        Denial::ScopeMissing => "DENIAL_REASON_SCOPE_MISSING",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_token_is_read_whatever_the_schemes_case() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("abc"), None);
+    }
+
+    #[test]
+    fn names_become_visible_ascii_header_values() {
+        assert_eq!(header_text("CI Pipeline"), "CI Pipeline");
+        assert_eq!(header_text("Déploiement 100%"), "D%C3%A9ploiement 100%25");
+    }
+
+    #[test]
+    fn denial_names_are_the_enum_value_names() {
+        use crate::pb::DenialReason;
+        for denial in [
+            Denial::OrgMismatch,
+            Denial::ClientIpNotAllowed,
+            Denial::AppNotGranted,
+            Denial::ScopeMissing,
+        ] {
+            assert!(DenialReason::from_str_name(denial_name(denial)).is_some());
+        }
+    }
+}
