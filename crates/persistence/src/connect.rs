@@ -113,6 +113,10 @@ fn lock_sqlite_file(url: &str) -> Result<Option<Arc<File>>, StoreError> {
     }
 }
 
+/// How long PostgreSQL lets one of our sessions sit idle inside a transaction. Our transactions
+/// never wait on anything but the database, so only a lost client gets near it.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
+
 fn options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
@@ -129,6 +133,14 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
                 .create_if_missing(true)
+        })
+        // A replica cut off mid-transaction (a partition that closes nothing) would otherwise
+        // hold its row locks forever and block every other replica's revocations of those rows.
+        .map_sqlx_postgres_opts(|o| {
+            o.options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )])
         });
     options
 }
