@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "embrace/serviceaccounts/v1/leak_reporting.proto",
     "embrace/serviceaccounts/v1/resources.proto",
     "embrace/serviceaccounts/v1/service_account_admin.proto",
     "embrace/serviceaccounts/v1/token_introspection.proto",
@@ -26,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".embrace.serviceaccounts.v1.IntrospectRequest",
             ".embrace.serviceaccounts.v1.CreateTokenResponse",
             ".embrace.serviceaccounts.v1.RotateTokenResponse",
+            ".embrace.serviceaccounts.v1.ReportLeakedTokensRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

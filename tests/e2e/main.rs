@@ -13,6 +13,7 @@ mod every_rpc;
 mod flood;
 mod introspection;
 mod jwks_rotation;
+mod leaks;
 mod lifecycle;
 mod networks;
 mod operations;

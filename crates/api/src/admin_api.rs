@@ -50,7 +50,7 @@ impl<S: AdminStore> AdminApi<S> {
 }
 
 /// The caller's `x-request-id` when it is a sane value, else a fresh one.
-fn request_id(metadata: &MetadataMap) -> String {
+pub(crate) fn request_id(metadata: &MetadataMap) -> String {
     metadata
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -9,6 +9,7 @@ mod error;
 pub mod gateway;
 mod introspection_api;
 pub mod jwks;
+mod leak_api;
 pub mod methods;
 pub mod pb;
 mod render;

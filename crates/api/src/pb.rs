@@ -39,6 +39,15 @@ impl std::fmt::Debug for RotateTokenResponse {
     }
 }
 
+impl std::fmt::Debug for ReportLeakedTokensRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportLeakedTokensRequest")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +70,10 @@ mod tests {
         assert!(!format!("{request:?}").contains("SECRET"));
         assert!(!format!("{response:?}").contains("SECRET"));
         assert!(!format!("{rotated:?}").contains("SECRET"));
+        let leaked = ReportLeakedTokensRequest {
+            tokens: vec![secret.into()],
+            source: "https://example.com".into(),
+        };
+        assert!(!format!("{leaked:?}").contains("SECRET"));
     }
 }

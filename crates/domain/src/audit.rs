@@ -22,6 +22,7 @@ pub enum AuditAction {
     TokenRevoke,
     TokenRotate,
     TokenUpdate,
+    TokenLeakRevoke,
     TokenPolicyUpdate,
 }
 
@@ -50,6 +51,7 @@ impl AuditAction {
             AuditAction::TokenRevoke => "token.revoke",
             AuditAction::TokenRotate => "token.rotate",
             AuditAction::TokenUpdate => "token.update",
+            AuditAction::TokenLeakRevoke => "token.leak_revoke",
             AuditAction::TokenPolicyUpdate => "token_policy.update",
         }
     }
@@ -68,7 +70,8 @@ impl AuditAction {
             | AuditAction::AppAccessRevoke
             | AuditAction::TokenRevoke
             | AuditAction::TokenRotate
-            | AuditAction::TokenUpdate => Effect::ChangesIntrospection,
+            | AuditAction::TokenUpdate
+            | AuditAction::TokenLeakRevoke => Effect::ChangesIntrospection,
             // A new account has no tokens; a new token's hash was never seen by any cache; a
             // policy applies to tokens not yet created.
             AuditAction::ServiceAccountCreate
@@ -190,6 +193,7 @@ mod tests {
         ("token.revoke", Effect::ChangesIntrospection),
         ("token.rotate", Effect::ChangesIntrospection),
         ("token.update", Effect::ChangesIntrospection),
+        ("token.leak_revoke", Effect::ChangesIntrospection),
         ("token_policy.update", Effect::None),
     ];
 

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod introspection;
 pub mod issued;
 pub mod last_used;
+pub mod leaks;
 pub mod network;
 pub mod page;
 pub mod policy;

@@ -244,6 +244,15 @@ pub struct ServeConfig {
     )]
     pub max_tokens_per_service_account: u32,
 
+    /// Leaked tokens one caller address may report per minute through `LeakReporting` (a
+    /// report of up to 1,000 is always admitted when the allowance is full).
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_LEAK_REPORT_TOKENS_PER_MINUTE",
+        default_value = "1000"
+    )]
+    pub leak_report_tokens_per_minute: std::num::NonZeroU32,
+
     /// Introspection storage lookups (cache misses) in flight at once per replica; further misses
     /// queue. Keep it below --db-max-connections so that admin changes keep connections while
     /// made-up tokens flood in.

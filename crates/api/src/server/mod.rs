@@ -28,7 +28,9 @@ use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
 use crate::introspection_api::IntrospectionApi;
+use crate::leak_api::LeakApi;
 use crate::pb;
+use crate::pb::leak_reporting_server::LeakReportingServer;
 use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
 use crate::pb::token_introspection_server::TokenIntrospectionServer;
 use crate::telemetry::{RpcLayer, ServiceMetrics};
@@ -38,6 +40,8 @@ use background::Background;
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
 /// An introspection request is a 50-character token and a few short strings.
 const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
+/// A leak report: up to 1,000 tokens of 50 characters and a source of up to 2 KiB, with framing.
+const MAX_LEAK_REPORT_BYTES: usize = 128 * 1024;
 /// Request metadata: an admin JWT is about 1 KiB; nothing legitimate needs more than this.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
@@ -167,6 +171,11 @@ impl App {
         let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let introspection =
             IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
+        let leaks = LeakApi::new(
+            db.clone(),
+            config.leak_report_tokens_per_minute,
+            require_client_cert,
+        );
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let reflection_v1 = reflection()
@@ -194,6 +203,9 @@ impl App {
             .add_service(
                 ServiceAccountAdminServer::new(admin)
                     .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+            )
+            .add_service(
+                LeakReportingServer::new(leaks).max_decoding_message_size(MAX_LEAK_REPORT_BYTES),
             )
             .add_service(
                 TokenIntrospectionServer::new(introspection)
@@ -352,6 +364,12 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     health
         .set_service_status(
             <TokenIntrospectionServer<IntrospectionApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <LeakReportingServer<LeakApi<Database>> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;
