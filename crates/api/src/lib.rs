@@ -14,5 +14,6 @@ pub mod methods;
 pub mod pb;
 mod render;
 pub mod requests;
+pub mod secret_scanning;
 pub mod server;
 pub mod telemetry;

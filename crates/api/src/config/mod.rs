@@ -253,6 +253,12 @@ pub struct ServeConfig {
     )]
     pub leak_report_tokens_per_minute: std::num::NonZeroU32,
 
+    /// GitHub's secret-scanning public keys, a JSON document shaped like the one GitHub
+    /// publishes. Enables `POST /v1/secret-scanning/github` on the HTTP listener
+    /// (`--http-listen`); without it that path is 404.
+    #[arg(long, env = "SERVICE_ACCOUNTS_GITHUB_SECRET_SCANNING_KEYS")]
+    pub github_secret_scanning_keys: Option<PathBuf>,
+
     /// Introspection storage lookups (cache misses) in flight at once per replica; further misses
     /// queue. Keep it below --db-max-connections so that admin changes keep connections while
     /// made-up tokens flood in.
