@@ -95,6 +95,10 @@ struct LoadArgs {
     duration: Duration,
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Send exactly this many requests, then stop (no warm-up; `--duration` is ignored). For
+    /// counting the server's instructions per request.
+    #[arg(long, default_value_t = 0)]
+    requests: u64,
     /// Load-generator threads (1 = a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -233,8 +237,14 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
     }
     let start = Instant::now() + Duration::from_millis(100);
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    let (warmup, duration) = if args.requests > 0 {
+        (Duration::ZERO, Duration::from_secs(24 * 3600))
+    } else {
+        (args.warmup, args.duration)
+    };
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let limit = args.requests;
     let interval = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / args.rate));
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -254,6 +264,9 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             let mut measured = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
+                if limit > 0 && i >= limit {
+                    break;
+                }
                 let scheduled = match interval {
                     Some(interval) => start + interval * i as u32,
                     None => Instant::now(),
@@ -308,7 +321,11 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         histogram.add(&h)?;
         total += n;
     }
-    let seconds = args.duration.as_secs_f64();
+    let seconds = if limit > 0 {
+        Instant::now().duration_since(start).as_secs_f64().max(1e-9)
+    } else {
+        args.duration.as_secs_f64()
+    };
     let mut line = String::new();
     write!(
         line,
