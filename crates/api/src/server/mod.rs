@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
 use service_accounts_domain::cache::IntrospectionCache;
@@ -27,6 +28,7 @@ pub use tls::TlsFiles;
 use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
+use crate::envoy_api::{self, EnvoyAuthApi};
 use crate::introspection_api::IntrospectionApi;
 use crate::pb;
 use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
@@ -38,6 +40,9 @@ use background::Background;
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
 /// An introspection request is a 50-character token and a few short strings.
 const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
+/// Envoy's `CheckRequest` carries the checked request's headers (Envoy caps those at 60 KiB by
+/// default) and a few attributes; the documented configuration sends no request body.
+const MAX_ENVOY_CHECK_MESSAGE_BYTES: usize = 256 * 1024;
 /// Request metadata: an admin JWT is about 1 KiB; nothing legitimate needs more than this.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
@@ -167,6 +172,8 @@ impl App {
         let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let introspection =
             IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
+        // Envoy's `Check` asks what `Introspect` answers, so the same callers may ask it.
+        let envoy_check = EnvoyAuthApi::new(introspector.clone(), require_client_cert);
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let reflection_v1 = reflection()
@@ -198,6 +205,10 @@ impl App {
             .add_service(
                 TokenIntrospectionServer::new(introspection)
                     .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
+            )
+            .add_service(
+                AuthorizationServer::new(envoy_check)
+                    .max_decoding_message_size(MAX_ENVOY_CHECK_MESSAGE_BYTES),
             );
         Ok(Self {
             config,
@@ -339,6 +350,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(envoy_api::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
@@ -352,6 +364,12 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     health
         .set_service_status(
             <TokenIntrospectionServer<IntrospectionApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <AuthorizationServer<EnvoyAuthApi<Database>> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;
