@@ -9,6 +9,7 @@ mod app_access;
 mod auth;
 mod coherence;
 mod deployment;
+mod envoy;
 mod every_rpc;
 mod flood;
 mod introspection;

@@ -5,6 +5,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as Checked,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -112,7 +118,9 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     let channel = server.connect_when_serving().await;
     let mut admin =
         pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
-    let mut introspection = pb::token_introspection_client::TokenIntrospectionClient::new(channel);
+    let mut introspection =
+        pb::token_introspection_client::TokenIntrospectionClient::new(channel.clone());
+    let mut envoy = AuthorizationClient::new(channel);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let account = admin
@@ -166,6 +174,36 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
             ..Default::default()
         })
         .await;
+    // Envoy's `Check` carries the token in the checked request's headers.
+    let check = |authorization: String, app_id: &str| CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Checked {
+                http: Some(HttpRequest {
+                    headers: [("authorization".to_owned(), authorization)].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [
+                ("org_id".to_owned(), "org-otel".to_owned()),
+                ("app_id".to_owned(), app_id.to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        }),
+    };
+    let checked = envoy
+        .check(with_traceparent(
+            Request::new(check(format!("Bearer {secret}"), "")),
+            trace_id,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.status.map(|s| s.code), Some(0));
+    let _ = envoy
+        .check(check(format!("Bearer {secret}x"), "not an app"))
+        .await;
     let _ = admin
         .get_service_account(authed(
             pb::GetServiceAccountRequest {
@@ -217,6 +255,36 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
         "joined the caller's span"
     );
 
+    // Envoy's `Check` is labelled by its own method name, with the identity it let through.
+    let check_span = Wait::new("the Envoy check span arrives")
+        .every(Duration::from_millis(100))
+        .until(async || {
+            collector
+                .traces
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.resource_spans.iter())
+                .flat_map(|r| r.scope_spans.iter())
+                .flat_map(|s| s.spans.iter())
+                .find(|s| {
+                    s.name
+                        .ends_with("/envoy.service.auth.v3.Authorization/Check")
+                        && hex(&s.trace_id) == trace_id
+                })
+                .cloned()
+        })
+        .await;
+    assert!(
+        check_span
+            .attributes
+            .iter()
+            .any(|a| a.key == "service_account_id"
+                && a.value.as_ref().and_then(|v| v.value.clone())
+                    == Some(Value::StringValue(account.service_account_id.clone()))),
+        "{check_span:?}"
+    );
+
     let wanted = [
         "rpc.server.duration",
         "service_accounts.introspections",
@@ -245,6 +313,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
 
     drop(admin);
     drop(introspection);
+    drop(envoy);
     let exited = server.terminate().await;
     assert!(exited.status.success(), "{exited:?}");
 

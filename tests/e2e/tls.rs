@@ -1,5 +1,8 @@
-//! TLS for everyone, and mTLS for introspection callers, with certificates made at test time.
+//! TLS for everyone, and mTLS for introspection callers (`Introspect` and Envoy's `Check`), with
+//! certificates made at test time.
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use rcgen::Issuer;
 use service_accounts_api::pb;
 use tonic::Code;
@@ -82,18 +85,33 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         token: secret.clone(),
         ..Default::default()
     };
-    let refused = pb::token_introspection_client::TokenIntrospectionClient::new(plain_tls)
+    let refused = pb::token_introspection_client::TokenIntrospectionClient::new(plain_tls.clone())
         .introspect(request())
+        .await;
+    assert_code(refused, Code::Unauthenticated);
+    // Envoy's `Check` answers the same question, so it is guarded the same way.
+    let refused = AuthorizationClient::new(plain_tls)
+        .check(CheckRequest::default())
         .await;
     assert_code(refused, Code::Unauthenticated);
 
     let mtls = channel(&app, &pki, Some(&pki.client)).await.unwrap();
-    let answer = pb::token_introspection_client::TokenIntrospectionClient::new(mtls)
+    let answer = pb::token_introspection_client::TokenIntrospectionClient::new(mtls.clone())
         .introspect(request())
         .await
         .unwrap()
         .into_inner();
     assert!(answer.active);
+    // With the certificate, a request without a token is Envoy's 401, not a gRPC error.
+    let answer = AuthorizationClient::new(mtls)
+        .check(CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status.map(|s| s.code),
+        Some(Code::Unauthenticated as i32)
+    );
 
     // A certificate from another CA fails the handshake.
     let rogue = match channel(&app, &pki, Some(&pki.rogue_client)).await {

@@ -5,6 +5,7 @@ mod admin_api;
 pub mod auth;
 pub mod config;
 pub mod dev_key;
+mod envoy_api;
 mod error;
 pub mod gateway;
 mod introspection_api;

@@ -8,8 +8,9 @@ use prost::Message;
 use crate::pb;
 
 /// The descriptor sets of every service the server registers.
-const DESCRIPTOR_SETS: [&[u8]; 4] = [
+const DESCRIPTOR_SETS: [&[u8]; 5] = [
     pb::FILE_DESCRIPTOR_SET,
+    crate::envoy_api::FILE_DESCRIPTOR_SET,
     tonic_health::pb::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -67,6 +68,7 @@ mod tests {
     use super::*;
     use crate::pb::service_account_admin_server::SERVICE_NAME as ADMIN;
     use crate::pb::token_introspection_server::SERVICE_NAME as INTROSPECTION;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as ENVOY;
 
     #[test]
     fn every_rpc_of_every_registered_service_is_known_and_others_are_not() {
@@ -78,11 +80,16 @@ mod tests {
             label("/grpc.health.v1.Health/Check"),
             "/grpc.health.v1.Health/Check"
         );
+        assert_eq!(
+            label("/envoy.service.auth.v3.Authorization/Check"),
+            "/envoy.service.auth.v3.Authorization/Check"
+        );
         assert_eq!(label("/evil/aaaaaaaaaaaaaaaaaaaaaaaaaaaa"), "other");
         let admin: Vec<&str> = of_service(ADMIN).collect();
         assert!(admin.contains(&"/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListAuditEvents"));
         assert_eq!(admin.len(), 20);
         assert_eq!(of_service(INTROSPECTION).count(), 1);
+        assert_eq!(of_service(ENVOY).count(), 1);
         assert_eq!(
             of_service("grpc.reflection.v1alpha.ServerReflection").count(),
             1

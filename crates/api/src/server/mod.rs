@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
 use service_accounts_domain::cache::IntrospectionCache;
@@ -27,6 +28,7 @@ pub use tls::TlsFiles;
 use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
+use crate::envoy_api::{self, EnvoyAuthApi};
 use crate::introspection_api::IntrospectionApi;
 use crate::leak_api::LeakApi;
 use crate::pb;
@@ -42,6 +44,9 @@ const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
 const MAX_INTROSPECT_MESSAGE_BYTES: usize = 16 * 1024;
 /// A leak report: up to 1,000 tokens of 50 characters and a source of up to 2 KiB, with framing.
 const MAX_LEAK_REPORT_BYTES: usize = 128 * 1024;
+/// Envoy's `CheckRequest` carries the checked request's headers (Envoy caps those at 60 KiB by
+/// default) and a few attributes; the documented configuration sends no request body.
+const MAX_ENVOY_CHECK_MESSAGE_BYTES: usize = 256 * 1024;
 /// Request metadata: an admin JWT is about 1 KiB; nothing legitimate needs more than this.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
@@ -176,6 +181,8 @@ impl App {
             config.leak_report_tokens_per_minute,
             require_client_cert,
         );
+        // Envoy's `Check` asks what `Introspect` answers, so the same callers may ask it.
+        let envoy_check = EnvoyAuthApi::new(introspector.clone(), require_client_cert);
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let reflection_v1 = reflection()
@@ -210,6 +217,10 @@ impl App {
             .add_service(
                 TokenIntrospectionServer::new(introspection)
                     .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
+            )
+            .add_service(
+                AuthorizationServer::new(envoy_check)
+                    .max_decoding_message_size(MAX_ENVOY_CHECK_MESSAGE_BYTES),
             );
         Ok(Self {
             config,
@@ -351,6 +362,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(envoy_api::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
@@ -370,6 +382,12 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     health
         .set_service_status(
             <LeakReportingServer<LeakApi<Database>> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <AuthorizationServer<EnvoyAuthApi<Database>> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;
