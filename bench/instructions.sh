@@ -6,15 +6,16 @@
 # twice, answering N1 and then N2 requests of that kind sent one at a time after a warm-up; the
 # difference of the two totals divided by N2 - N1 cancels start-up, seeding and shutdown.
 #
-# Kinds: introspect (an Introspect cache hit), health (grpc.health.v1.Health/Check, the floor).
-# Tunables: N1 (200), N2 (1200), KINDS ("introspect health").
+# Kinds: introspect (an Introspect cache hit), check (Envoy's ext_authz Check, allowed, from the
+# cache), health (grpc.health.v1.Health/Check, the floor).
+# Tunables: N1 (200), N2 (1200), KINDS ("introspect check health").
 # Needs valgrind (Debian's package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N1=${N1:-200}
 N2=${N2:-1200}
-KINDS=${KINDS:-"introspect health"}
+KINDS=${KINDS:-"introspect check health"}
 
 cargo build --release --locked -q -p service-accounts-api -p service-accounts-loadgen
 BIN=$PWD/target/release/service-accounts

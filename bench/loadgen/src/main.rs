@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hdrhistogram::Histogram;
 use prost::Message;
 use service_accounts_api::pb;
@@ -71,6 +75,8 @@ struct SeedArgs {
 enum Rpc {
     Introspect,
     Health,
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check` with the token as a bearer header.
+    Check,
 }
 
 #[derive(clap::Args)]
@@ -229,8 +235,8 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
         None => Vec::new(),
     });
-    if args.rpc == Rpc::Introspect && tokens.is_empty() {
-        return Err("--tokens is required for introspect".into());
+    if matches!(args.rpc, Rpc::Introspect | Rpc::Check) && tokens.is_empty() {
+        return Err("--tokens is required for introspect and check".into());
     }
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
@@ -260,7 +266,8 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut introspection = TokenIntrospectionClient::new(channel.clone());
-            let mut health = HealthClient::new(channel);
+            let mut health = HealthClient::new(channel.clone());
+            let mut envoy = AuthorizationClient::new(channel);
             let mut measured = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +307,10 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                         })
                         .await
                         .is_ok(),
+                    Rpc::Check => envoy
+                        .check(check_request(&tokens[i as usize % tokens.len()]))
+                        .await
+                        .is_ok(),
                 };
                 let done = Instant::now();
                 if sent >= measure_from && done <= end {
@@ -334,6 +345,7 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         match args.rpc {
             Rpc::Introspect => "introspect",
             Rpc::Health => "health",
+            Rpc::Check => "check",
         },
         if args.rate > 0 {
             format!("open-loop@{}", args.rate)
@@ -542,6 +554,7 @@ fn grpc_body(args: GrpcBodyArgs) -> Result<(), Box<dyn std::error::Error>> {
             service: String::new(),
         }
         .encode_to_vec(),
+        Rpc::Check => check_request(&args.token).encode_to_vec(),
     };
     let mut body = vec![0u8];
     body.extend((message.len() as u32).to_be_bytes());
@@ -557,4 +570,28 @@ fn authed<T>(jwt: &str, message: T) -> tonic::Request<T> {
         format!("Bearer {jwt}").parse().expect("ascii JWT"),
     );
     request
+}
+
+/// What Envoy's ext_authz filter sends for a request carrying `token` as a bearer header.
+fn check_request(token: &str) -> CheckRequest {
+    let headers = [
+        (":path".to_owned(), "/mcp".to_owned()),
+        ("authorization".to_owned(), format!("Bearer {token}")),
+    ]
+    .into_iter()
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/mcp".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
 }
