@@ -11,6 +11,7 @@ mod coherence;
 mod deployment;
 mod every_rpc;
 mod flood;
+mod forward_auth;
 mod introspection;
 mod jwks_rotation;
 mod lifecycle;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev_key;
 mod error;
 pub mod gateway;
+pub mod http;
 mod introspection_api;
 pub mod jwks;
 pub mod methods;
