@@ -300,16 +300,6 @@ async fn forward_auth_fails_closed_when_storage_fails() {
     assert_unauthenticated(&forward_auth(&app, Method::GET, &[(BEARER, "Bearer nope")]).await);
 }
 
-/// Renames the tokens table: every token lookup fails from then on.
-pub async fn break_tokens_table(app: &TestApp) {
-    use sea_orm::ConnectionTrait;
-    let db = sea_orm::Database::connect(&app.database.url).await.unwrap();
-    db.execute_unprepared("ALTER TABLE tokens RENAME TO tokens_away")
-        .await
-        .unwrap();
-    db.close().await.unwrap();
-}
-
 /// Until storage is ready (health NOT_SERVING), forward-auth answers 503; then it decides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_is_unavailable_until_storage_is_ready() {

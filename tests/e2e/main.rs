@@ -12,6 +12,7 @@ mod deployment;
 mod every_rpc;
 mod flood;
 mod forward_auth;
+mod gateways;
 mod introspection;
 mod jwks_rotation;
 mod lifecycle;
