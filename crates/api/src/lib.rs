@@ -8,6 +8,7 @@ pub mod dev_key;
 mod envoy_api;
 mod error;
 pub mod gateway;
+pub mod http;
 mod introspection_api;
 pub mod jwks;
 mod leak_api;

@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use super::clients::{connect, serving};
 use super::database::{Backend, TestDatabase};
 use super::logs::log_buffer;
+use super::process::free_port;
 use super::wait::Wait;
 
 /// Options a test may change before the server starts.
@@ -145,6 +146,9 @@ impl TestApp {
         let mut options = self.options.clone();
         options.storage.database_url = Some(database_url.into());
         options.storage.data.data_dir = data_dir.path().to_owned();
+        if options.http_listen.is_some() {
+            options.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        }
         TestApp::new(data_dir, TestDatabase::shared(database_url), options)
     }
 
@@ -189,6 +193,24 @@ impl TestApp {
             Some(server) => server.await.expect("server task"),
             None => Ok(()),
         }
+    }
+
+    /// Turns the HTTP listener on, on a port that is free now; call before `start()`. Restarts
+    /// keep the port; replicas get their own.
+    pub fn enable_http(&mut self) {
+        self.options.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    }
+
+    /// The HTTP listener's address (after [`TestApp::enable_http`]).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.options
+            .http_listen
+            .expect("enable_http() before using the HTTP listener")
+    }
+
+    /// `http://127.0.0.1:<port><path>` on the HTTP listener.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr())
     }
 
     pub async fn channel(&self) -> Channel {

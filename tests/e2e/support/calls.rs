@@ -162,6 +162,17 @@ pub async fn revoke(app: &TestApp, jwt: &str, account_id: &str, token_id: &str) 
         .expect("token")
 }
 
+/// Renames the tokens table of a stopped app's database: once it starts again, every token
+/// lookup fails (storage failing, as the server sees it).
+pub async fn break_tokens_table(app: &TestApp) {
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(&app.database.url).await.unwrap();
+    db.execute_unprepared("ALTER TABLE tokens RENAME TO tokens_away")
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
 /// A timestamp as a comparable (seconds, nanos) pair; panics if unset.
 #[track_caller]
 pub fn instant(t: &Option<prost_types::Timestamp>) -> (i64, i32) {

@@ -5,6 +5,7 @@
 //! - [`database`]: a fresh database per test, dropped afterwards.
 //! - [`clients`] and [`calls`]: channels, health, one-line RPCs and assertions.
 //! - [`wait`]: [`wait_until`] and [`Wait`], instead of hand-written polling loops.
+//! - [`plain_http`]: a plain HTTP client for the HTTP listener and gateways.
 //! - [`process`]: the binary as a child process (start, SERVING, SIGTERM, exit).
 //! - [`proxy`]: a TCP proxy to slow, freeze or cut a replica's link to PostgreSQL.
 //! - [`logs`]: every log line the in-process servers emit.
@@ -17,6 +18,7 @@ pub mod database;
 pub mod keys;
 pub mod logs;
 pub mod pki;
+pub mod plain_http;
 pub mod process;
 pub mod proxy;
 pub mod wait;
@@ -28,6 +30,7 @@ pub use database::*;
 pub use keys::*;
 pub use logs::*;
 pub use pki::*;
+pub use plain_http::*;
 pub use process::*;
 pub use proxy::*;
 pub use wait::*;

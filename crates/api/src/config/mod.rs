@@ -286,6 +286,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub readiness_interval: Duration,
 
+    /// Address for the HTTP/1.1 listener (`/v1/forward-auth` for gateways). Unset: no HTTP
+    /// listener. With --tls-cert it serves HTTPS with the same certificate.
+    #[arg(long, env = "SERVICE_ACCOUNTS_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

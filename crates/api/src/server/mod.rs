@@ -1,5 +1,5 @@
-//! Wires storage, use cases and gRPC services together ([`App::build`]), and runs them until
-//! shutdown ([`App::run`]).
+//! Wires storage, use cases, gRPC services and the optional HTTP listener together
+//! ([`App::build`]), and runs them until shutdown ([`App::run`]).
 
 mod admin_keys;
 mod background;
@@ -7,6 +7,7 @@ mod gauges;
 mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use service_accounts_domain::cache::IntrospectionCache;
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_persistence::Database;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -29,12 +31,14 @@ use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
 use crate::envoy_api::{self, EnvoyAuthApi};
+use crate::http::HttpApi;
 use crate::introspection_api::IntrospectionApi;
 use crate::leak_api::LeakApi;
 use crate::pb;
 use crate::pb::leak_reporting_server::LeakReportingServer;
 use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
 use crate::pb::token_introspection_server::TokenIntrospectionServer;
+use crate::secret_scanning::GithubKeys;
 use crate::telemetry::{RpcLayer, ServiceMetrics};
 use background::Background;
 
@@ -70,6 +74,13 @@ pub enum ServeError {
     Transport(String),
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("cannot use GitHub secret-scanning keys: {0}")]
+    GithubKeys(String),
+    #[error("cannot listen on {address} for HTTP: {reason}")]
+    HttpListen {
+        address: SocketAddr,
+        reason: std::io::Error,
+    },
 }
 
 /// Connects to the database and applies pending migrations.
@@ -116,6 +127,14 @@ pub struct App {
     metrics: ServiceMetrics,
     health: HealthReporter,
     router: Router<TelemetryLayer>,
+    http: Option<Http>,
+}
+
+/// The HTTP listener, when `--http-listen` is set.
+struct Http {
+    address: SocketAddr,
+    api: Arc<HttpApi<Database>>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl App {
@@ -183,6 +202,27 @@ impl App {
         );
         // Envoy's `Check` asks what `Introspect` answers, so the same callers may ask it.
         let envoy_check = EnvoyAuthApi::new(introspector.clone(), require_client_cert);
+        let http = match config.http_listen {
+            None => None,
+            Some(address) => Some(Http {
+                address,
+                api: Arc::new({
+                    let api = HttpApi::new(
+                        introspector.clone(),
+                        require_client_cert,
+                        config.rpc_timeout,
+                    );
+                    match &config.github_secret_scanning_keys {
+                        None => api,
+                        Some(path) => api.with_github(
+                            GithubKeys::load(path).map_err(ServeError::GithubKeys)?,
+                            db.clone(),
+                        ),
+                    }
+                }),
+                tls: tls.as_ref().map(tls::http_tls_acceptor).transpose()?,
+            }),
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let reflection_v1 = reflection()
@@ -232,6 +272,7 @@ impl App {
             metrics,
             health,
             router,
+            http,
         })
     }
 
@@ -252,7 +293,22 @@ impl App {
             metrics,
             health,
             router,
+            http,
         } = self;
+        // Both ports open, or neither: a taken HTTP port is a start-up mistake.
+        let http = match http {
+            None => None,
+            Some(http) => match TcpListener::bind(http.address).await {
+                Ok(listener) => Some((http, listener)),
+                Err(reason) => {
+                    db.close().await.ok();
+                    return Err(ServeError::HttpListen {
+                        address: http.address,
+                        reason,
+                    });
+                }
+            },
+        };
         let mut background = Background::new();
         let reload_issued = Arc::new(tokio::sync::Notify::new());
         if let Some(jwks) = jwks {
@@ -280,7 +336,22 @@ impl App {
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             stopping.cancelled().await;
         }));
-        tracing::info!(address = ?local_addr, "listening; NOT_SERVING until storage is ready");
+        let http_address = http
+            .as_ref()
+            .and_then(|(_, listener)| listener.local_addr().ok());
+        let (http_api, mut http_server) = match http {
+            None => (None, None),
+            Some((http, listener)) => {
+                let serving =
+                    crate::http::serve(http.api.clone(), listener, http.tls, background.stopping());
+                (Some(http.api), Some(tokio::spawn(serving)))
+            }
+        };
+        tracing::info!(
+            address = ?local_addr,
+            http_address = ?http_address,
+            "listening; NOT_SERVING until storage is ready"
+        );
 
         tokio::pin!(shutdown);
         let startup = async {
@@ -301,6 +372,9 @@ impl App {
             Some(Ok(())) => {
                 drain_grace = config.shutdown_grace;
                 set_health(&health, ServingStatus::Serving).await;
+                if let Some(api) = &http_api {
+                    api.set_ready();
+                }
                 tracing::info!("storage ready; SERVING");
                 let (loader, reload) = (introspector.clone(), reload_issued.clone());
                 background.spawn(move |stop| background::load_issued_tokens(loader, reload, stop));
@@ -328,7 +402,9 @@ impl App {
         // One teardown, whatever happened above. A failed start has nothing worth draining.
         set_health(&health, ServingStatus::NotServing).await;
         background.stopping().cancel();
-        if tokio::time::timeout(drain_grace, &mut server)
+        // Both listeners drain at once, within one grace period.
+        let drained_by = tokio::time::Instant::now() + drain_grace;
+        if tokio::time::timeout_at(drained_by, &mut server)
             .await
             .is_err()
         {
@@ -336,6 +412,16 @@ impl App {
                 tracing::warn!(grace = ?drain_grace, "grace period over; cutting remaining RPCs");
             }
             server.abort();
+        }
+        if let Some(http_server) = &mut http_server
+            && tokio::time::timeout_at(drained_by, &mut *http_server)
+                .await
+                .is_err()
+        {
+            if drain_grace > Duration::ZERO {
+                tracing::warn!(grace = ?drain_grace, "grace period over; cutting remaining HTTP requests");
+            }
+            http_server.abort();
         }
         background.stop().await;
         // Again: the storage watch may have reported SERVING while it was being stopped.

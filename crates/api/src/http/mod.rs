@@ -1,0 +1,279 @@
+//! The HTTP/1.1 listener (`--http-listen`, off by default): plain HTTP routes for gateways next
+//! to the gRPC port, sharing its introspector, its TLS certificate (and client CA) and its
+//! shutdown.
+//!
+//! Routes are one `match` on (method, path) in [`HttpApi::route`]: add an arm there. Unknown
+//! paths are 404. `HEAD` is answered like `GET`, without the body, for every route.
+//!
+//! Limits, for every route: request headers at most [`MAX_HEADER_BYTES`] in at most
+//! [`MAX_HEADERS`] fields (else 431), sent within [`HEADER_READ_TIMEOUT`]; a TLS handshake
+//! within [`HANDSHAKE_TIMEOUT`]; each answer within `--rpc-timeout` (else 503). A request body is
+//! never read unless a route reads it, and a route that does bounds it.
+
+mod forward_auth;
+mod github;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use service_accounts_domain::introspection::Introspector;
+use service_accounts_domain::leaks::LeakReporter;
+use service_accounts_domain::store::{AdminStore, TokenStore};
+use service_accounts_domain::{Error, StoreError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::secret_scanning::GithubKeys;
+
+/// Request line and headers together. Generous, because nginx's `auth_request` forwards every
+/// header the client sent (cookies included), and nginx itself accepts 32 KiB by default.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Header fields per request.
+pub const MAX_HEADERS: usize = 128;
+/// A client (gateway) must send a request's headers within this, idle connections included.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS client must finish its handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Response = http::Response<Full<Bytes>>;
+
+/// The routes' shared state.
+pub struct HttpApi<S> {
+    introspector: Arc<Introspector<S>>,
+    /// Storage answered and migrations ran: the gRPC health's first SERVING.
+    ready: AtomicBool,
+    /// mTLS is configured: forward-auth callers must present a client certificate, as
+    /// `TokenIntrospection` callers must.
+    require_client_cert: bool,
+    /// The longest a request may take, as `--rpc-timeout` bounds an RPC.
+    timeout: Duration,
+    /// GitHub's secret scanning, when its keys are configured.
+    github: Option<github::Github<S>>,
+}
+
+/// What the listener knows about a request's connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client presented a certificate that chains to the configured client CA.
+    pub client_cert: bool,
+}
+
+impl<S: AdminStore + TokenStore> HttpApi<S> {
+    pub fn new(
+        introspector: Arc<Introspector<S>>,
+        require_client_cert: bool,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            introspector,
+            ready: AtomicBool::new(false),
+            require_client_cert,
+            timeout,
+            github: None,
+        }
+    }
+
+    /// Serves `POST /v1/secret-scanning/github`, verifying with `keys`.
+    pub fn with_github(mut self, keys: GithubKeys, store: S) -> Self {
+        self.github = Some(github::Github {
+            keys,
+            reporter: LeakReporter::new(store),
+        });
+        self
+    }
+
+    /// Storage is ready: until then, routes that need it answer 503.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every route, by method and path.
+    pub async fn route(&self, request: Request<Incoming>, peer: Peer) -> Response {
+        let (parts, body) = request.into_parts();
+        let mut response = match (&parts.method, parts.uri.path()) {
+            (_, path) if forward_auth::serves(path) => {
+                forward_auth::handle(self, &parts.headers, peer).await
+            }
+            (&Method::POST, github::PATH) if self.github.is_some() => {
+                github::handle(self, &parts.headers, body).await
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        if parts.method == Method::HEAD {
+            without_body(&mut response);
+        }
+        response
+    }
+}
+
+/// Accepts connections until `stop`, then asks each open connection to finish its request in
+/// flight and close. Dropping (aborting) the returned future drops every connection at once.
+pub async fn serve<S: AdminStore + TokenStore>(
+    api: Arc<HttpApi<S>>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (api, tls, stop) = (api.clone(), tls.clone(), stop.clone());
+                    connections.spawn(connection(api, stream, tls, stop));
+                }
+                Err(error) => {
+                    // Out of file descriptors, typically: do not spin.
+                    tracing::warn!(%error, "HTTP listener cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = stop.cancelled() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection<S: AdminStore + TokenStore>(
+    api: Arc<HttpApi<S>>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    // Small responses must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        let peer = Peer { client_cert: false };
+        return http1_connection(api, TokioIo::new(stream), peer, stop).await;
+    };
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => {
+            match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "HTTP TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        () = stop.cancelled() => return,
+    };
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|certs| !certs.is_empty());
+    http1_connection(api, TokioIo::new(stream), Peer { client_cert }, stop).await;
+}
+
+async fn http1_connection<S, I>(api: Arc<HttpApi<S>>, io: I, peer: Peer, stop: CancellationToken)
+where
+    S: AdminStore + TokenStore,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(api.route(request, peer).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        () = stop.cancelled() => {}
+    }
+    // Shutting down: finish the request in flight, then close (idle connections close now).
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// A short plain-text answer. Every answer of this listener is about one request: not cacheable.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut response = http::Response::new(Full::new(Bytes::from(body.into())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The answer to a `HEAD`: the `GET` answer's status and headers (its length included).
+fn without_body(response: &mut Response) {
+    use hyper::body::Body;
+    let length = response.body().size_hint().exact().unwrap_or(0);
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    *response.body_mut() = Full::default();
+}
+
+pub fn unavailable() -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage is unavailable; retry later\n",
+    )
+}
+
+/// The one place domain errors become HTTP answers, for every route. Internal details are
+/// logged, not returned; nothing here ever sees a token.
+pub fn error_response(error: Error) -> Response {
+    match error {
+        Error::InvalidArgument(violations) => {
+            let summary = violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ");
+            // The fields are set by the gateway, not by its clients: its configuration is wrong.
+            tracing::warn!(%summary, "HTTP request refused as invalid; check the gateway's configuration");
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request: {summary}\n"),
+            )
+        }
+        // As on every RPC: the caller may retry, and nobody is ever answered with a guess.
+        Error::Store(StoreError::Unavailable(detail)) => {
+            tracing::warn!(%detail, "storage unavailable");
+            unavailable()
+        }
+        Error::Store(error) => {
+            tracing::error!(%error, "storage error");
+            unavailable()
+        }
+        error => {
+            tracing::error!(%error, "unexpected error answering an HTTP request");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! A plain HTTP client for the HTTP listener and for gateways in front of it.
+
+use std::time::Duration;
+
+/// A client that goes straight to the address it is given (no proxy from the environment),
+/// without connection reuse between calls, so that every request is a fresh one.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("HTTP client")
+}
+
+/// The same, to add TLS settings to.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // The process-wide rustls provider (ring, as the server uses); already set is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+}
+
+/// A response's status, headers (names lower-case) and body, read completely.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub async fn of(response: reqwest::Response) -> Self {
+        Self {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().await.expect("response body"),
+        }
+    }
+
+    /// The one value of header `name`, if sent.
+    #[track_caller]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.get_all(name).iter();
+        let value = values.next()?;
+        assert!(values.next().is_none(), "{name} sent more than once");
+        Some(value.to_str().expect("a text header"))
+    }
+}
+
+/// Sends `method path` to `base` (`http://host:port`) with `headers`.
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = client.request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Answer::of(request.send().await.expect("HTTP request")).await
+}
