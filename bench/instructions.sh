@@ -7,15 +7,16 @@
 # difference of the two totals divided by N2 - N1 cancels start-up, seeding and shutdown.
 #
 # Kinds: introspect (an Introspect cache hit), check (Envoy's ext_authz Check, allowed, from the
-# cache), health (grpc.health.v1.Health/Check, the floor).
-# Tunables: N1 (200), N2 (1200), KINDS ("introspect check health").
-# Needs valgrind (Debian's package).
+# cache), forward-auth (GET /v1/forward-auth on the HTTP listener, allowed, from the cache, over
+# one kept-alive connection), health (grpc.health.v1.Health/Check, the floor).
+# Tunables: N1 (200), N2 (1200), KINDS ("introspect check forward-auth health").
+# Needs valgrind (Debian's package) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N1=${N1:-200}
 N2=${N2:-1200}
-KINDS=${KINDS:-"introspect check health"}
+KINDS=${KINDS:-"introspect check forward-auth health"}
 
 cargo build --release --locked -q -p service-accounts-api -p service-accounts-loadgen
 BIN=$PWD/target/release/service-accounts
@@ -27,21 +28,41 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 instructions() {
   local kind=$1 n=$2 dir="$WORK/$1-$2" port=$((50200 + RANDOM % 500))
   mkdir -p "$dir"
+  local http_port=$((port + 500))
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
-    "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir" >"$dir/server.log" 2>&1 &
+    "$BIN" serve --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http_port" \
+    --data-dir "$dir" >"$dir/server.log" 2>&1 &
   local pid=$!
   "$LOAD" ready --target "http://127.0.0.1:$port" >/dev/null
   local jwt
   jwt=$("$BIN" admin-token --data-dir "$dir" --org-id bench --user-id bench)
   ADMIN_JWT=$jwt "$LOAD" seed --target "http://127.0.0.1:$port" --name bench --tokens 1 \
     --out "$dir/tokens.txt" >/dev/null
-  local flags=(--target "http://127.0.0.1:$port" --rpc "$kind" --tokens "$dir/tokens.txt"
-    --concurrency 1 --connections 1)
-  "$LOAD" load "${flags[@]}" --requests 20 >/dev/null   # warm: the token is cached
-  "$LOAD" load "${flags[@]}" --requests "$n" >/dev/null
+  if [ "$kind" = forward-auth ]; then
+    forward_auth "$http_port" "$(cat "$dir/tokens.txt")" 20 "$dir/warm.curl"   # warm: cached
+    forward_auth "$http_port" "$(cat "$dir/tokens.txt")" "$n" "$dir/run.curl"
+  else
+    local flags=(--target "http://127.0.0.1:$port" --rpc "$kind" --tokens "$dir/tokens.txt"
+      --concurrency 1 --connections 1)
+    "$LOAD" load "${flags[@]}" --requests 20 >/dev/null   # warm: the token is cached
+    "$LOAD" load "${flags[@]}" --requests "$n" >/dev/null
+  fi
   kill -INT "$pid"
   wait "$pid" || true
   awk '/^(summary|totals):/ { print $2; exit }' "$dir/callgrind.out"
+}
+
+# forward_auth PORT TOKEN N CONFIG: N forward-auth requests from one curl, one connection.
+forward_auth() {
+  local port=$1 token=$2 n=$3 config=$4
+  {
+    echo "header = \"Authorization: Bearer $token\""
+    for _ in $(seq "$n"); do
+      echo "url = \"http://127.0.0.1:$port/v1/forward-auth\""
+      echo "output = \"/dev/null\""
+    done
+  } >"$config"
+  curl --silent --fail --config "$config"
 }
 
 for kind in $KINDS; do
