@@ -105,20 +105,7 @@ async fn leaked_tokens_are_revoked_by_whoever_holds_them(backend: Backend) {
     let answer = introspect(&app, &live_secret, "", "", &[]).await;
     assert_eq!(answer.inactive_reason(), pb::InactiveReason::Revoked);
     assert!(introspect(&app, &bystander, "", "", &[]).await.active);
-    let listed = app
-        .admin()
-        .await
-        .list_tokens(authed(
-            pb::ListTokensRequest {
-                service_account_id: id.clone(),
-                ..Default::default()
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let listed = tokens_of(&app, &jwt, &id).await;
     let leaked = listed.iter().find(|t| t.token_id == live.token_id).unwrap();
     assert_eq!(leaked.revoke_reason(), pb::token::RevokeReason::Leaked);
     assert_eq!(leaked.revoked_by, "leak-report");
@@ -130,20 +117,7 @@ async fn leaked_tokens_are_revoked_by_whoever_holds_them(backend: Backend) {
 
     // Audited in each token's own org, with the source.
     for (org_jwt, count) in [(&jwt, 1), (&other_jwt, 1)] {
-        let events = app
-            .admin()
-            .await
-            .list_audit_events(authed(
-                pb::ListAuditEventsRequest {
-                    page_size: 1000,
-                    page_token: String::new(),
-                },
-                org_jwt,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .audit_events;
+        let events = audit_events(&app, org_jwt).await;
         let leaks: Vec<&pb::AuditEvent> = events
             .iter()
             .filter(|e| e.action == "token.leak_revoke")

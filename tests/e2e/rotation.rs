@@ -50,22 +50,6 @@ pub async fn rotate(
         .map(|r| r.into_inner())
 }
 
-async fn tokens_of(app: &TestApp, jwt: &str, account: &str) -> Vec<pb::Token> {
-    app.admin()
-        .await
-        .list_tokens(authed(
-            pb::ListTokensRequest {
-                service_account_id: account.into(),
-                ..Default::default()
-            },
-            jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-}
-
 async fn rotation_with_a_grace_period_issues_a_copy_and_ends_the_old_token_later(backend: Backend) {
     let Some(app) = spawn(backend).await else {
         return;

@@ -121,36 +121,10 @@ async fn github_reported_matches_are_revoked_and_labelled(backend: Backend) {
     ));
     let answer = introspect(&app, &live_secret, "", "", &[]).await;
     assert_eq!(answer.inactive_reason(), pb::InactiveReason::Revoked);
-    let tokens = app
-        .admin()
-        .await
-        .list_tokens(authed(
-            pb::ListTokensRequest {
-                service_account_id: id.clone(),
-                ..Default::default()
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let tokens = tokens_of(&app, &jwt, &id).await;
     let leaked = tokens.iter().find(|t| t.token_id == live.token_id).unwrap();
     assert_eq!(leaked.revoke_reason(), pb::token::RevokeReason::Leaked);
-    let events = app
-        .admin()
-        .await
-        .list_audit_events(authed(
-            pb::ListAuditEventsRequest {
-                page_size: 100,
-                page_token: String::new(),
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .audit_events;
+    let events = audit_events(&app, &jwt).await;
     let leak = events
         .iter()
         .find(|e| e.action == "token.leak_revoke")

@@ -137,20 +137,7 @@ async fn a_lifetime_policy_gives_new_tokens_an_expiry_and_caps_requested_ones(ba
     update_policy(&app, &jwt, Some(DAY), None, &["max_lifetime"])
         .await
         .unwrap();
-    let tokens = app
-        .admin()
-        .await
-        .list_tokens(authed(
-            pb::ListTokensRequest {
-                service_account_id: id.clone(),
-                ..Default::default()
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let tokens = tokens_of(&app, &jwt, &id).await;
     assert!(tokens[0].expire_time.is_none());
     assert_eq!(tokens[2].expire_time, chosen.expire_time);
 

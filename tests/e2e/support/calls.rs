@@ -121,6 +121,41 @@ pub async fn introspect(
         .into_inner()
 }
 
+/// Every token of an account (one page of up to 1000), oldest first.
+pub async fn tokens_of(app: &TestApp, jwt: &str, account: &str) -> Vec<pb::Token> {
+    app.admin()
+        .await
+        .list_tokens(authed(
+            pb::ListTokensRequest {
+                service_account_id: account.into(),
+                page_size: 1000,
+                page_token: String::new(),
+            },
+            jwt,
+        ))
+        .await
+        .expect("list tokens")
+        .into_inner()
+        .tokens
+}
+
+/// The org's audit events (one page of up to 1000), oldest first.
+pub async fn audit_events(app: &TestApp, jwt: &str) -> Vec<pb::AuditEvent> {
+    app.admin()
+        .await
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            },
+            jwt,
+        ))
+        .await
+        .expect("list audit events")
+        .into_inner()
+        .audit_events
+}
+
 pub async fn audit_actions(app: &TestApp, jwt: &str) -> Vec<String> {
     app.admin()
         .await
