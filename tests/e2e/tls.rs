@@ -1,4 +1,4 @@
-//! TLS for everyone, and mTLS for introspection callers (`Introspect` and Envoy's `Check`), with
+//! TLS for everyone, and mTLS for introspection callers (`Introspect`, Envoy's `Check` and leak reports), with
 //! certificates made at test time.
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
@@ -90,8 +90,17 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         .await;
     assert_code(refused, Code::Unauthenticated);
     // Envoy's `Check` answers the same question, so it is guarded the same way.
-    let refused = AuthorizationClient::new(plain_tls)
+    let refused = AuthorizationClient::new(plain_tls.clone())
         .check(CheckRequest::default())
+        .await;
+    assert_code(refused, Code::Unauthenticated);
+    // So is leak reporting: possession of a token is its authority, but on a network restricted
+    // to certified callers it is no way around the restriction.
+    let refused = pb::leak_reporting_client::LeakReportingClient::new(plain_tls)
+        .report_leaked_tokens(pb::ReportLeakedTokensRequest {
+            tokens: vec![secret.clone()],
+            source: String::new(),
+        })
         .await;
     assert_code(refused, Code::Unauthenticated);
 
@@ -102,6 +111,15 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         .unwrap()
         .into_inner();
     assert!(answer.active);
+    let unknown = pb::leak_reporting_client::LeakReportingClient::new(mtls.clone())
+        .report_leaked_tokens(pb::ReportLeakedTokensRequest {
+            tokens: vec!["not-a-token".into()],
+            source: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown.results[0].outcome(), pb::LeakOutcome::Malformed);
     // With the certificate, a request without a token is Envoy's 401, not a gRPC error.
     let answer = AuthorizationClient::new(mtls)
         .check(CheckRequest::default())
