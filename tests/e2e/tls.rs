@@ -1,5 +1,5 @@
-//! TLS for everyone, and mTLS for introspection callers (`Introspect`, Envoy's `Check` and leak reports), with
-//! certificates made at test time.
+//! TLS for everyone, and mTLS for introspection callers (`Introspect`, Envoy's `Check` and leak
+//! reports), with certificates made at test time.
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
