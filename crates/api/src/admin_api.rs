@@ -51,9 +51,12 @@ impl<S: AdminStore> AdminApi<S> {
 
 /// The caller's `x-request-id` when it is a sane value, else a fresh one.
 pub(crate) fn request_id(metadata: &MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
+    sane_request_id(metadata.get("x-request-id").and_then(|v| v.to_str().ok()))
+}
+
+/// `given` when it is a sane request id (1-128 visible ASCII characters), else a fresh one.
+pub(crate) fn sane_request_id(given: Option<&str>) -> String {
+    given
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())

@@ -25,23 +25,26 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn merge(&mut self, later: &Usage) {
-        if later.at >= self.at {
-            self.at = later.at;
-            if later.app_id.is_some() {
-                self.app_id.clone_from(&later.app_id);
-            }
-            if later.client_ip.is_some() {
-                self.client_ip = later.client_ip;
-            }
-        } else {
-            // An older use only fills what the newer ones never carried.
-            if self.app_id.is_none() {
-                self.app_id.clone_from(&later.app_id);
-            }
-            if self.client_ip.is_none() {
-                self.client_ip = later.client_ip;
-            }
+    fn merge(&mut self, other: &Usage) {
+        self.merge_parts(other.at, other.app_id.as_ref(), other.client_ip);
+    }
+
+    /// Copies the app id only when it differs, so a token used for the same app request after
+    /// request allocates nothing.
+    fn merge_parts(&mut self, at: Timestamp, app_id: Option<&AppId>, client_ip: Option<IpAddr>) {
+        let later = at >= self.at;
+        if later {
+            self.at = at;
+        }
+        // An older use only fills what the newer ones never carried.
+        if let Some(app) = app_id
+            && (later || self.app_id.is_none())
+            && self.app_id.as_ref() != Some(app)
+        {
+            self.app_id = Some(app.clone());
+        }
+        if client_ip.is_some() && (later || self.client_ip.is_none()) {
+            self.client_ip = client_ip;
         }
     }
 }
@@ -90,22 +93,42 @@ pub struct LastUsed {
 
 impl LastUsed {
     /// Records a use of `token` in its cell.
-    pub fn record(&self, token: TokenId, cell: &Arc<UsageCell>, usage: Usage) {
-        if usage.app_id.is_none() && usage.client_ip.is_none() {
-            let second = usage.at.timestamp();
+    pub fn record(
+        &self,
+        token: TokenId,
+        cell: &Arc<UsageCell>,
+        at: Timestamp,
+        app_id: Option<&AppId>,
+        client_ip: Option<IpAddr>,
+    ) {
+        if app_id.is_none() && client_ip.is_none() {
+            let second = at.timestamp();
             if cell.plain_second.swap(second, Ordering::Relaxed) == second {
                 return;
             }
         }
-        self.put(token, cell, usage);
+        self.put(token, cell, at, app_id, client_ip);
     }
 
-    fn put(&self, token: TokenId, cell: &Arc<UsageCell>, usage: Usage) {
+    fn put(
+        &self,
+        token: TokenId,
+        cell: &Arc<UsageCell>,
+        at: Timestamp,
+        app_id: Option<&AppId>,
+        client_ip: Option<IpAddr>,
+    ) {
         let newly_queued = {
             let mut state = cell.lock();
             match &mut state.latest {
-                Some(latest) => latest.merge(&usage),
-                None => state.latest = Some(usage),
+                Some(latest) => latest.merge_parts(at, app_id, client_ip),
+                None => {
+                    state.latest = Some(Usage {
+                        at,
+                        app_id: app_id.cloned(),
+                        client_ip,
+                    })
+                }
             }
             !std::mem::replace(&mut state.queued, true)
         };
@@ -150,7 +173,13 @@ impl LastUsed {
             Ok(()) => Ok(batch.len()),
             Err(error) => {
                 for (token, cell, usage) in taken {
-                    self.put(token, &cell, usage);
+                    self.put(
+                        token,
+                        &cell,
+                        usage.at,
+                        usage.app_id.as_ref(),
+                        usage.client_ip,
+                    );
                 }
                 Err(error)
             }
@@ -316,23 +345,13 @@ mod tests {
         let early = crate::time::now();
         let late = early + chrono::TimeDelta::seconds(5);
         let app = |s| Some(AppId::parse(s).unwrap());
+        last_used.record(token, &cell, late, app("new").as_ref(), None);
         last_used.record(
             token,
             &cell,
-            Usage {
-                at: late,
-                app_id: app("new"),
-                client_ip: None,
-            },
-        );
-        last_used.record(
-            token,
-            &cell,
-            Usage {
-                at: early,
-                app_id: app("old"),
-                client_ip: Some("192.0.2.1".parse().unwrap()),
-            },
+            early,
+            app("old").as_ref(),
+            Some("192.0.2.1".parse().unwrap()),
         );
         assert_eq!(last_used.pending(), 1);
         let usage = cell.take().unwrap();

@@ -11,6 +11,7 @@ use service_accounts_domain::leaks::LeakReporter;
 use service_accounts_domain::store::{AdminStore, TokenStore};
 
 use super::{HttpApi, Response, text};
+use crate::admin_api::sane_request_id;
 use crate::secret_scanning::{self, GithubKeys, KEY_ID_HEADER, MAX_BODY_BYTES, SIGNATURE_HEADER};
 
 pub const PATH: &str = "/v1/secret-scanning/github";
@@ -56,10 +57,7 @@ pub async fn handle<S: AdminStore + TokenStore>(
         Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body took too long\n"),
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let request_id = header("x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let request_id = sane_request_id(header("x-request-id"));
     let reply = secret_scanning::handle(
         &github.keys,
         &github.reporter,

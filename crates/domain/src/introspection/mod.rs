@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::cache::{IntrospectionCache, Lookup};
 use crate::error::{Error, Violations};
 use crate::ids::OrgId;
-use crate::last_used::{LastUsed, Usage, UsageCell};
+use crate::last_used::{LastUsed, UsageCell};
 use crate::network::parse_client_ip;
 use crate::scope::Scope;
 use crate::service_account::AppId;
@@ -269,11 +269,9 @@ impl<S: TokenStore> Introspector<S> {
             self.last_used.record(
                 token.token_id,
                 &cell,
-                Usage {
-                    at: now,
-                    app_id: checks.app_id.clone(),
-                    client_ip: checks.client_ip,
-                },
+                now,
+                checks.app_id.as_ref(),
+                checks.client_ip,
             );
         }
         Ok(result)
