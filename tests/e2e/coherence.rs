@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// How long another replica may take to see a change in these tests. The benchmark reports the
 /// measured distribution (target p99 < 100 ms); this bound only keeps a loaded CI machine green.
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(2);
+pub(crate) const CONVERGENCE_BOUND: Duration = Duration::from_secs(2);
 
 on_both_backends!(no_introspection_after_a_revoke_returns_reports_active);
 

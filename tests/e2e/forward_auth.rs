@@ -39,23 +39,6 @@ async fn forward_auth(app: &TestApp, method: Method, headers: &[(&str, &str)]) -
     .await
 }
 
-#[track_caller]
-fn assert_unauthenticated(answer: &Answer) {
-    assert_eq!(answer.status, 401, "{answer:?}");
-    assert_eq!(
-        answer.header("www-authenticate"),
-        Some(r#"Bearer error="invalid_token""#)
-    );
-    assert_eq!(answer.header("x-embrace-service-account-id"), None);
-}
-
-#[track_caller]
-fn assert_forbidden(answer: &Answer, reason: &str) {
-    assert_eq!(answer.status, 403, "{answer:?}");
-    assert_eq!(answer.header("x-embrace-denial-reason"), Some(reason));
-    assert_eq!(answer.header("x-embrace-service-account-id"), None);
-}
-
 async fn forward_auth_answers_every_decision_like_introspect(backend: Backend) {
     let Some(app) = start_with_http(backend).await else {
         return;

@@ -45,14 +45,9 @@ pub enum Decision {
     Forbidden(&'static str),
 }
 
-/// The token in an `Authorization: Bearer <token>` header (scheme case-insensitive).
-pub fn bearer(authorization: &str) -> Option<&str> {
-    let (scheme, token) = authorization.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|token| !token.is_empty())
-}
+/// The token in an `Authorization: Bearer <token>` header: the rule the client crate's layer
+/// applies too.
+pub use service_accounts_client::bearer;
 
 /// Decides like `Introspect` would. A bad org, app, scope or address is the gateway's
 /// configuration error (`InvalidArgument`), and storage trouble is an error too: the caller
@@ -128,15 +123,6 @@ pub fn denial_name(denial: Denial) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bearer_token_is_read_whatever_the_schemes_case() {
-        assert_eq!(bearer("Bearer abc"), Some("abc"));
-        assert_eq!(bearer("bearer  abc "), Some("abc"));
-        assert_eq!(bearer("Basic abc"), None);
-        assert_eq!(bearer("Bearer "), None);
-        assert_eq!(bearer("abc"), None);
-    }
 
     #[test]
     fn names_become_visible_ascii_header_values() {

@@ -13,7 +13,7 @@ mod introspection_api;
 pub mod jwks;
 mod leak_api;
 pub mod methods;
-pub mod pb;
+pub use service_accounts_client::pb;
 mod render;
 pub mod requests;
 pub mod secret_scanning;

@@ -59,3 +59,22 @@ pub async fn send(
     }
     Answer::of(request.send().await.expect("HTTP request")).await
 }
+
+/// 401 as the gateways (and the client crate's layer) answer it, with no identity.
+#[track_caller]
+pub fn assert_unauthenticated(answer: &Answer) {
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    assert_eq!(answer.header("x-embrace-service-account-id"), None);
+}
+
+/// 403 with the denial reason's name, with no identity.
+#[track_caller]
+pub fn assert_forbidden(answer: &Answer, reason: &str) {
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert_eq!(answer.header("x-embrace-denial-reason"), Some(reason));
+    assert_eq!(answer.header("x-embrace-service-account-id"), None);
+}

@@ -1,7 +1,8 @@
-//! A TCP proxy between a replica and PostgreSQL, to slow, freeze, cut and restore its link.
+//! A TCP proxy between a replica and PostgreSQL, to slow, freeze, cut and restore its link; also
+//! in front of any server, to count the connections a client opens.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     frozen: watch::Sender<bool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    opened: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -42,14 +44,26 @@ impl Proxy {
         (proxy, proxied)
     }
 
+    /// A plain proxy to `upstream`.
+    pub async fn to(upstream: SocketAddr) -> Self {
+        Self::start(upstream.to_string(), Duration::ZERO).await
+    }
+
+    /// How many connections clients have opened through the proxy (cut ones included).
+    pub fn connections_opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
     async fn start(upstream: String, delay: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let frozen = watch::Sender::new(false);
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let opened = Arc::new(AtomicUsize::new(0));
         let accept = tokio::spawn({
             let cut = cut.clone();
+            let opened = opened.clone();
             let frozen = frozen.clone();
             let connections = connections.clone();
             async move {
@@ -57,6 +71,7 @@ impl Proxy {
                     let Ok((inbound, _)) = listener.accept().await else {
                         return;
                     };
+                    opened.fetch_add(1, Ordering::SeqCst);
                     if cut.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
@@ -77,6 +92,7 @@ impl Proxy {
             cut,
             frozen,
             connections,
+            opened,
             accept,
         }
     }

@@ -1,4 +1,5 @@
-//! Code generated from `proto/` (messages, server traits and clients).
+//! Code generated from `proto/`: messages and clients (and server traits with the `server`
+//! feature).
 
 #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
 
