@@ -44,6 +44,9 @@ enum Command {
     GrpcBody(GrpcBodyArgs),
     /// Create a service account and tokens through the admin API; print the account id.
     Seed(SeedArgs),
+    /// Rename a service account over and over at a steady pace and print how long each admin
+    /// write took: what a flush or any other writer makes admins wait.
+    AdminWrites(AdminWritesArgs),
     /// Wait until the server's health says SERVING (migrations done, storage answering).
     Ready {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -160,6 +163,21 @@ struct PropagationArgs {
 }
 
 #[derive(clap::Args)]
+struct AdminWritesArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, env = "ADMIN_JWT", hide_env_values = true)]
+    jwt: String,
+    #[arg(long)]
+    service_account_id: String,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between the starts of two writes (one write at a time).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    every: Duration,
+}
+
+#[derive(clap::Args)]
 struct GrpcBodyArgs {
     #[arg(long, value_enum)]
     rpc: Rpc,
@@ -197,6 +215,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Propagation(args) => propagation(args).await,
         Command::GrpcBody(args) => grpc_body(args),
         Command::Seed(args) => seed(args).await,
+        Command::AdminWrites(args) => admin_writes(args).await,
         Command::Ready { target } => {
             let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
             for _ in 0..600 {
@@ -540,6 +559,50 @@ async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(out, secrets)?;
     }
     println!("{}", account.service_account_id);
+    Ok(())
+}
+
+async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut admin =
+        ServiceAccountAdminClient::new(Channel::from_shared(args.target)?.connect().await?);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut pace = tokio::time::interval(args.every);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut worst_at = Duration::ZERO;
+    for n in 0u64.. {
+        pace.tick().await;
+        if started.elapsed() >= args.duration {
+            break;
+        }
+        let write = Instant::now();
+        admin
+            .update_service_account(authed(
+                &args.jwt,
+                pb::UpdateServiceAccountRequest {
+                    service_account: Some(pb::ServiceAccount {
+                        service_account_id: args.service_account_id.clone(),
+                        display_name: format!("writer {n}"),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                },
+            ))
+            .await?;
+        let took = write.elapsed().as_micros() as u64;
+        if took >= histogram.max() {
+            worst_at = write - started;
+        }
+        histogram.record(took.max(1))?;
+    }
+    println!(
+        "{{\"writes\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"max_at_ms\":{}}}",
+        histogram.len(),
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.max(),
+        worst_at.as_millis()
+    );
     Ok(())
 }
 

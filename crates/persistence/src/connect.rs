@@ -25,6 +25,11 @@ const MIGRATION_LOCK: i64 = 0x0073_612d_6d69_6772;
 #[derive(Clone)]
 pub struct Database {
     pub(crate) db: DatabaseConnection,
+    /// Where [`Self::write_transaction`] runs. On a SQLite file, a pool of one connection of its
+    /// own: writers then wait their turn in the pool's first-come queue. Left to SQLite's busy
+    /// handler, which retries after growing sleeps, a writer could wait through many batches of
+    /// a large last-used flush. Elsewhere, the same pool as `db`.
+    writer: DatabaseConnection,
     /// This replica's listener for committed changes (its introspection cache).
     pub(crate) changes: Arc<dyn AccountChanges>,
     /// Held while any clone lives: see [`lock_sqlite_file`].
@@ -57,13 +62,22 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreE
 /// NOT_SERVING) before its database answers.
 pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, StoreError> {
     let file_lock = lock_sqlite_file(url)?;
-    let mut options = options(url, max_connections);
-    options.connect_lazy(true);
-    let db = sea_orm::Database::connect(options)
-        .await
-        .map_err(store_error)?;
+    let pool = async |max_connections| {
+        let mut options = options(url, max_connections);
+        options.connect_lazy(true);
+        sea_orm::Database::connect(options)
+            .await
+            .map_err(store_error)
+    };
+    let db = pool(max_connections).await?;
+    // An in-memory database exists once per connection unless shared: it keeps one pool.
+    let writer = match file_lock {
+        Some(_) => pool(1).await?,
+        None => db.clone(),
+    };
     Ok(Database {
         db,
+        writer,
         changes: Arc::new(NoListener),
         _file_lock: file_lock,
     })
@@ -209,6 +223,7 @@ impl Database {
     }
 
     pub async fn close(self) -> Result<(), StoreError> {
+        self.writer.close().await.map_err(store_error)?;
         self.db.close().await.map_err(store_error)
     }
 
@@ -239,6 +254,6 @@ impl Database {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        Ok(self.db.begin_with_options(options).await?)
+        Ok(self.writer.begin_with_options(options).await?)
     }
 }

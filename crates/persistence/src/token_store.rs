@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement};
+use sea_orm::{ConnectionTrait, DbErr, Statement};
 use service_accounts_domain::StoreError;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::issued::prefix;
@@ -16,9 +15,49 @@ use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
 
 use crate::Database;
 use crate::admin_store::app_ids;
-use crate::entity::token;
 use crate::error::run;
 use crate::rows;
+
+/// Tokens whose last use one statement records. Four parameters each, far below either backend's
+/// limit; small enough that one statement holds SQLite's write lock for a few milliseconds.
+const USES_PER_STATEMENT: usize = 250;
+
+/// One multi-row `UPDATE` recording `uses`. A later use recorded meanwhile by another replica is
+/// kept (never moves backwards); an app or address the use did not carry keeps its old value.
+fn last_used_update(backend: sea_orm::DbBackend, uses: &[(TokenId, Usage)]) -> Statement {
+    let mut values = Vec::with_capacity(uses.len() * 4);
+    let mut rows = Vec::with_capacity(uses.len());
+    for (id, usage) in uses {
+        let first = values.len();
+        let placeholders: Vec<String> = (first + 1..=first + 4)
+            .map(|n| match backend {
+                sea_orm::DbBackend::Postgres => format!("${n}"),
+                _ => "?".to_owned(),
+            })
+            .collect();
+        rows.push(format!("({})", placeholders.join(", ")));
+        values.push(id.to_string().into());
+        values.push(usage.at.into());
+        values.push(
+            usage
+                .app_id
+                .as_ref()
+                .map(|app| app.as_str().to_owned())
+                .into(),
+        );
+        values.push(usage.client_ip.map(|ip| ip.to_string()).into());
+    }
+    let sql = format!(
+        "WITH uses (id, at, app_id, client_ip) AS (VALUES {}) \
+         UPDATE tokens SET last_used_at = uses.at, \
+         last_used_app_id = COALESCE(uses.app_id, tokens.last_used_app_id), \
+         last_used_client_ip = COALESCE(uses.client_ip, tokens.last_used_client_ip) \
+         FROM uses WHERE tokens.id = uses.id \
+         AND (tokens.last_used_at IS NULL OR tokens.last_used_at < uses.at)",
+        rows.join(", ")
+    );
+    Statement::from_sql_and_values(backend, sql, values)
+}
 
 /// The token-by-hash lookup, in each backend's placeholder syntax.
 fn lookup_query(backend: sea_orm::DbBackend) -> &'static str {
@@ -118,33 +157,139 @@ impl TokenStore for Database {
     }
 
     async fn record_last_used(&self, uses: &[(TokenId, Usage)]) -> StoreResult<()> {
-        run(async {
-            let txn = self.write_transaction().await?;
-            for (id, usage) in uses {
-                let mut update = token::Entity::update_many()
-                    .col_expr(token::Column::LastUsedAt, Expr::value(usage.at));
-                if let Some(app) = &usage.app_id {
-                    update =
-                        update.col_expr(token::Column::LastUsedAppId, Expr::value(app.as_str()));
-                }
-                if let Some(ip) = usage.client_ip {
-                    update = update
-                        .col_expr(token::Column::LastUsedClientIp, Expr::value(ip.to_string()));
-                }
-                // Another replica may have written a later use: never move backwards.
-                update
-                    .filter(token::Column::Id.eq(id.to_string()))
-                    .filter(
-                        token::Column::LastUsedAt
-                            .is_null()
-                            .or(token::Column::LastUsedAt.lt(usage.at)),
-                    )
-                    .exec(&txn)
+        // One statement and one short transaction per batch: a flush of any size holds the write
+        // lock for one batch at a time, so admin writes wait for a batch, not for the flush.
+        for batch in uses.chunks(USES_PER_STATEMENT) {
+            run(async {
+                let txn = self.write_transaction().await?;
+                txn.execute_raw(last_used_update(txn.get_database_backend(), batch))
                     .await?;
-            }
-            txn.commit().await?;
-            Ok(())
-        })
-        .await
+                txn.commit().await?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use service_accounts_domain::audit::{AuditAction, AuditEvent, Target};
+    use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, UserId};
+    use service_accounts_domain::service_account::{
+        AppAccess, AppId, Description, DisplayName, ServiceAccount,
+    };
+    use service_accounts_domain::store::AdminStore;
+    use service_accounts_domain::time;
+
+    use super::*;
+    use crate::entity::token;
+
+    /// An account with `count` tokens, straight into storage; their ids in insertion order.
+    async fn tokens(db: &Database, count: usize) -> Vec<TokenId> {
+        let now = time::now();
+        let admin = UserId::parse("admin").unwrap();
+        let account = ServiceAccount {
+            id: ServiceAccountId::generate(),
+            org_id: OrgId::parse("org").unwrap(),
+            display_name: DisplayName::parse("Bot").unwrap(),
+            description: Description::parse("").unwrap(),
+            app_access: AppAccess::AllApps,
+            create_time: now,
+            update_time: now,
+            created_by: admin.clone(),
+            state: AccountState::Active,
+            last_used_time: None,
+            revision: 1,
+        };
+        let created = AuditEvent {
+            id: AuditEventId::generate(),
+            org_id: account.org_id.clone(),
+            actor: admin,
+            action: AuditAction::ServiceAccountCreate,
+            target: Target::ServiceAccount(account.id),
+            request_id: "request".into(),
+            create_time: now,
+            details: "{}".into(),
+        };
+        db.create_service_account(&account, 10, &created)
+            .await
+            .unwrap();
+        let ids: Vec<TokenId> = (0..count).map(|_| TokenId::generate()).collect();
+        let rows = ids.iter().enumerate().map(|(n, id)| token::ActiveModel {
+            id: Set(id.to_string()),
+            service_account_id: Set(account.id.to_string()),
+            org_id: Set("org".into()),
+            display_name: Set(format!("token {n}")),
+            token_hash: Set(n.to_be_bytes().to_vec()),
+            scopes: Set("mcp:tools:call".into()),
+            hint: Set("emb_sa_…".into()),
+            created_at: Set(now),
+            created_by: Set("admin".into()),
+            allowed_cidrs: Set(String::new()),
+            ..Default::default()
+        });
+        for chunk in rows.collect::<Vec<_>>().chunks(200) {
+            token::Entity::insert_many(chunk.to_vec())
+                .exec(&db.db)
+                .await
+                .unwrap();
+        }
+        ids
+    }
+
+    fn used(at: Timestamp, app: Option<&str>) -> Usage {
+        Usage {
+            at,
+            app_id: app.map(|a| AppId::parse(a).unwrap()),
+            client_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_several_statements_records_every_use_and_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = crate::connect(&url, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let count = 2 * USES_PER_STATEMENT + 1;
+        let ids = tokens(&db, count).await;
+        let t1 = time::now();
+        let first: Vec<_> = ids.iter().map(|id| (*id, used(t1, Some("ios")))).collect();
+        db.record_last_used(&first).await.unwrap();
+
+        // An older use (another replica's, flushed late) and a newer one without an app.
+        let older = t1 - Duration::seconds(5);
+        let newer = t1 + Duration::seconds(5);
+        let second = [
+            (ids[0], used(older, Some("android"))),
+            (ids[count - 1], used(newer, None)),
+        ];
+        db.record_last_used(&second).await.unwrap();
+
+        let rows = token::Entity::find().all(&db.db).await.unwrap();
+        assert_eq!(rows.len(), count);
+        let last_id = ids[count - 1].to_string();
+        let at = |row: &token::Model| row.last_used_at.map(|t| t.timestamp_micros());
+        for row in &rows {
+            let expected = if row.id == last_id { newer } else { t1 };
+            assert_eq!(
+                at(row),
+                Some(expected.timestamp_micros()),
+                "{}",
+                row.display_name
+            );
+            // Kept by the newer use, which had no app; not taken from the older one.
+            assert_eq!(
+                row.last_used_app_id.as_deref(),
+                Some("ios"),
+                "{}",
+                row.display_name
+            );
+        }
+        db.close().await.unwrap();
     }
 }
