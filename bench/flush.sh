@@ -18,11 +18,7 @@ INTERVAL=${INTERVAL:-60}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
 PG_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
-cargo build --release --locked -q -p service-accounts-api -p service-accounts-loadgen
-target=${CARGO_TARGET_DIR:-$PWD/target}
-BIN=$target/release/service-accounts
-LOAD=$target/release/loadgen
-WORK=$(mktemp -d)
+source bench/release.sh
 PG_DB="bench_flush_$$"
 trap 'status=$?; [ $status -eq 0 ] || tail -n 5 "$WORK"/*/server.log >&2; kill $(jobs -p) 2>/dev/null || true; psql -q "$PG_URL" -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 

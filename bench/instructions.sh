@@ -4,31 +4,44 @@
 #
 # For each kind of request, the release server (SQLite, one seeded token) runs under callgrind
 # twice, answering N1 and then N2 requests of that kind sent one at a time after a warm-up; the
-# difference of the two totals divided by N2 - N1 cancels start-up, seeding and shutdown.
+# difference of the two totals divided by N2 - N1 cancels start-up, seeding and shutdown. Each
+# count is the median of REPEAT such measurements.
 #
-# Kinds: introspect (an Introspect cache hit), check (Envoy's ext_authz Check, allowed, from the
-# cache), forward-auth (GET /v1/forward-auth on the HTTP listener, allowed, from the cache, over
-# one kept-alive connection), health (grpc.health.v1.Health/Check, the floor).
-# Tunables: N1 (200), N2 (1200), KINDS ("introspect check forward-auth health").
-# Needs valgrind (Debian's package) and curl.
+# Kinds: health (grpc.health.v1.Health/Check, the floor), introspect (an Introspect cache hit
+# with the token only), introspect-checks (a hit with org, app, a required scope and a client
+# address, as a calling service sends it), malformed (an Introspect of a string that is no
+# token), check (Envoy's ext_authz Check, allowed, from the cache), forward-auth (GET
+# /v1/forward-auth on the HTTP listener, allowed, from the cache, over one kept-alive connection).
+#
+# Prints one JSON line per kind, then each kind's ratio to health. With GUARD=<file>, fails when
+# a ratio exceeds the one in the file (lines `kind ratio`) by more than TOLERANCE percent (3):
+# counts repeat to about 1%, so a larger rise is a change in the code, not noise.
+#
+# Tunables: N1 (200), N2 (1200), REPEAT (1), KINDS ("health introspect introspect-checks
+# malformed check forward-auth"), GUARD, TOLERANCE. Needs valgrind (Debian's package) and curl.
 set -euo pipefail
+shopt -s inherit_errexit   # a failed run inside $(...) stops the script, not a garbage count
 cd "$(dirname "$0")/.."
 
 N1=${N1:-200}
 N2=${N2:-1200}
-KINDS=${KINDS:-"introspect check forward-auth health"}
+REPEAT=${REPEAT:-1}
+KINDS=${KINDS:-"health introspect introspect-checks malformed check forward-auth"}
+TOLERANCE=${TOLERANCE:-3}
 
-cargo build --release --locked -q -p service-accounts-api -p service-accounts-loadgen
-BIN=$PWD/target/release/service-accounts
-LOAD=$PWD/target/release/loadgen
-WORK=$(mktemp -d)
+source bench/release.sh
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 # instructions KIND N: the server's total instructions for a run answering N requests of KIND.
 instructions() {
-  local kind=$1 n=$2 dir="$WORK/$1-$2" port=$((50200 + RANDOM % 500))
-  mkdir -p "$dir"
-  local http_port=$((port + 500))
+  local kind=$1 n=$2 dir port http_port
+  dir=$(mktemp -d -p "$WORK")
+  port=$(free_port)
+  http_port=$(free_port)
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
     "$BIN" serve --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http_port" \
     --data-dir "$dir" >"$dir/server.log" 2>&1 &
@@ -38,17 +51,27 @@ instructions() {
   jwt=$("$BIN" admin-token --data-dir "$dir" --org-id bench --user-id bench)
   ADMIN_JWT=$jwt "$LOAD" seed --target "http://127.0.0.1:$port" --name bench --tokens 1 \
     --out "$dir/tokens.txt" >/dev/null
+  local flags=(--target "http://127.0.0.1:$port" --tokens "$dir/tokens.txt"
+    --concurrency 1 --connections 1)
+  case $kind in
+    health) flags+=(--rpc health) ;;
+    introspect) flags+=(--rpc introspect) ;;
+    introspect-checks)
+      flags+=(--rpc introspect --org-id bench --app-id checkout-ios --scopes mcp:read
+        --client-ip 10.1.2.3) ;;
+    malformed) echo "emb_sa_not-a-token" >"$dir/tokens.txt"; flags+=(--rpc introspect) ;;
+    check) flags+=(--rpc check) ;;
+  esac
   if [ "$kind" = forward-auth ]; then
     forward_auth "$http_port" "$(cat "$dir/tokens.txt")" 20 "$dir/warm.curl"   # warm: cached
     forward_auth "$http_port" "$(cat "$dir/tokens.txt")" "$n" "$dir/run.curl"
   else
-    local flags=(--target "http://127.0.0.1:$port" --rpc "$kind" --tokens "$dir/tokens.txt"
-      --concurrency 1 --connections 1)
     "$LOAD" load "${flags[@]}" --requests 20 >/dev/null   # warm: the token is cached
     "$LOAD" load "${flags[@]}" --requests "$n" >/dev/null
   fi
   kill -INT "$pid"
   wait "$pid" || true
+  grep -q '^totals:\|^summary:' "$dir/callgrind.out" || { cat "$dir/server.log" >&2; return 1; }
   awk '/^(summary|totals):/ { print $2; exit }' "$dir/callgrind.out"
 }
 
@@ -65,9 +88,37 @@ forward_auth() {
   curl --silent --fail --config "$config"
 }
 
+results="$WORK/results"
 for kind in $KINDS; do
-  small=$(instructions "$kind" "$N1")
-  large=$(instructions "$kind" "$N2")
-  per=$(( (large - small) / (N2 - N1) ))
-  echo "{\"label\":\"instructions\",\"kind\":\"$kind\",\"n1\":$N1,\"n2\":$N2,\"instructions_n1\":$small,\"instructions_n2\":$large,\"per_request\":$per}"
+  runs=()
+  for _ in $(seq "$REPEAT"); do
+    small=$(instructions "$kind" "$N1")
+    large=$(instructions "$kind" "$N2")
+    runs+=($(( (large - small) / (N2 - N1) )))
+    [ "${runs[-1]}" -gt 0 ] || { echo "$kind: a run counted no work ($small, $large)" >&2; exit 1; }
+  done
+  per=$(printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  echo "$kind $per" >>"$results"
+  echo "{\"label\":\"instructions\",\"kind\":\"$kind\",\"n1\":$N1,\"n2\":$N2,\"runs\":[$(IFS=,; echo "${runs[*]}")],\"per_request\":$per}"
 done
+
+python3 - "$results" "${GUARD:-}" "$TOLERANCE" <<'PY'
+import sys
+counts = dict((k, int(v)) for k, v in (line.split() for line in open(sys.argv[1])))
+guard, tolerance = sys.argv[2], float(sys.argv[3])
+if "health" not in counts:
+    sys.exit(0)
+ratios = {k: v / counts["health"] for k, v in counts.items() if k != "health"}
+for kind, ratio in ratios.items():
+    print(f"{kind}: {counts[kind]:,} instructions per request, {ratio:.3f}x health ({counts['health']:,})")
+if guard:
+    failed = False
+    for line in open(guard):
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, limit = line.split()
+        if kind in ratios and ratios[kind] > float(limit) * (1 + tolerance / 100):
+            print(f"REGRESSION: {kind} is {ratios[kind]:.3f}x health, over {limit} + {tolerance:g}%")
+            failed = True
+    sys.exit(1 if failed else 0)
+PY

@@ -91,6 +91,16 @@ struct LoadArgs {
     /// File with one token per line, used round-robin (for `introspect`).
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// `Introspect`'s checks: the org, app, required scopes (comma-separated) and client
+    /// address sent with every request; empty: not sent.
+    #[arg(long, default_value = "")]
+    org_id: String,
+    #[arg(long, default_value = "")]
+    app_id: String,
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    #[arg(long, default_value = "")]
+    client_ip: String,
     /// HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -120,8 +130,9 @@ struct LoadArgs {
 struct GenTokensArgs {
     #[arg(long)]
     count: usize,
-    #[arg(long)]
-    service_account_id: String,
+    /// The tokens' accounts: one, or several separated by commas, given tokens in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    service_account_id: Vec<String>,
     #[arg(long)]
     org_id: String,
     /// CSV for `COPY tokens (id, service_account_id, org_id, display_name, token_hash, scopes,
@@ -274,10 +285,18 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
 
+    let checks = Arc::new(pb::IntrospectRequest {
+        token: String::new(),
+        org_id: args.org_id.clone(),
+        app_id: args.app_id.clone(),
+        required_scopes: args.scopes.clone(),
+        client_ip: args.client_ip.clone(),
+    });
     let mut workers = Vec::new();
     for worker in 0..args.concurrency {
         let channel = channels[worker % channels.len()].clone();
         let tokens = tokens.clone();
+        let checks = checks.clone();
         let next = next.clone();
         let errors = errors.clone();
         let rpc = args.rpc;
@@ -316,7 +335,7 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                     Rpc::Introspect => introspection
                         .introspect(pb::IntrospectRequest {
                             token: tokens[i as usize % tokens.len()].clone(),
-                            ..Default::default()
+                            ..(*checks).clone()
                         })
                         .await
                         .is_ok(),
@@ -410,7 +429,7 @@ fn gen_tokens(args: GenTokensArgs) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(
             csv,
             "{id},{},{},bench {n},\\x{hash},mcp:tools:call,{},{now},bench",
-            args.service_account_id,
+            args.service_account_id[n % args.service_account_id.len()],
             args.org_id,
             secret.hint()
         )?;

@@ -84,6 +84,9 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
                 self.warn_ended_token(*reason, token);
             }
             let response = response(result);
+            if !self.metrics.enabled {
+                return Ok(response);
+            }
             if response.active {
                 let span = tracing::Span::current();
                 span.record("org_id", response.org_id.as_str());
@@ -123,10 +126,10 @@ fn response(result: Introspection) -> pb::IntrospectResponse {
             pb::IntrospectResponse {
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified as i32,
-                org_id: token.account.org_id.to_string(),
-                service_account_id: token.account.service_account_id.to_string(),
+                org_id: token.account.org_id.as_str().to_owned(),
+                service_account_id: token.account.service_account_id.to_canonical(),
                 service_account_display_name: token.account.display_name.clone(),
-                token_id: token.token_id.to_string(),
+                token_id: token.token_id.to_canonical(),
                 scopes: token.scopes.names().map(str::to_owned).collect(),
                 app_access: Some(render::app_access(&token.account.app_access)),
                 expire_time: token.expire_time.map(render::timestamp),

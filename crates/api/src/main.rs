@@ -6,6 +6,12 @@ use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::server;
 use service_accounts_api::telemetry;
 
+/// jemalloc: the cache holds many small, long-lived allocations made among short-lived ones
+/// (requests, storage rows); glibc's allocator leaves them fragmented across its arenas.
+#[cfg(unix)]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (log_format, otlp_endpoint) = match &cli.command {

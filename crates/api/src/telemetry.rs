@@ -229,18 +229,22 @@ where
     }
 }
 
-/// Counters the services record into (no-ops until an exporter is installed).
+/// Counters the services record into.
 #[derive(Clone)]
 pub struct ServiceMetrics {
+    /// An OTLP exporter is installed. Without one the instruments are no-ops, and the hot path
+    /// skips even building their attributes.
+    pub enabled: bool,
     pub introspections: Counter<u64>,
     pub last_used_flushes: Counter<u64>,
     pub last_used_tokens: Counter<u64>,
 }
 
 impl ServiceMetrics {
-    pub fn new() -> Self {
+    pub fn new(enabled: bool) -> Self {
         let meter = meter();
         Self {
+            enabled,
             introspections: meter
                 .u64_counter("service_accounts.introspections")
                 .with_description(
@@ -256,11 +260,5 @@ impl ServiceMetrics {
                 .with_description("Tokens whose last-used time was written")
                 .build(),
         }
-    }
-}
-
-impl Default for ServiceMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -34,6 +34,12 @@ macro_rules! uuid_id {
             pub fn from_uuid(uuid: Uuid) -> Self {
                 Self(uuid)
             }
+
+            /// The canonical form as a `String`, without the formatting machinery.
+            pub fn to_canonical(&self) -> String {
+                let mut buf = Uuid::encode_buffer();
+                self.0.hyphenated().encode_lower(&mut buf).to_owned()
+            }
         }
 
         impl fmt::Display for $name {

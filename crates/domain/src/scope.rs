@@ -1,7 +1,7 @@
 //! The scope catalogue: every capability a token can carry, in one place.
 
-use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::LazyLock;
 
 use crate::error::Invalid;
 
@@ -35,9 +35,12 @@ pub const CATALOGUE: &[ScopeDefinition] = &[
     },
 ];
 
-/// A scope from the catalogue.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Scope(&'static str);
+/// A scope from the catalogue: its position there.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scope(u8);
+
+// A token's scopes are one bit each of a `u64`.
+const _: () = assert!(CATALOGUE.len() <= 64);
 
 impl Scope {
     pub fn parse(name: &str) -> Result<Self, Invalid> {
@@ -51,58 +54,80 @@ impl Scope {
     fn lookup(name: &str) -> Option<Self> {
         CATALOGUE
             .iter()
-            .find(|d| d.name == name)
-            .map(|d| Scope(d.name))
+            .position(|d| d.name == name)
+            .map(|i| Scope(i as u8))
     }
 
     pub fn as_str(&self) -> &'static str {
-        self.0
+        self.definition().name
     }
 
     fn definition(&self) -> &'static ScopeDefinition {
-        CATALOGUE
-            .iter()
-            .find(|d| d.name == self.0)
-            .expect("a Scope is only built from the catalogue")
+        &CATALOGUE[usize::from(self.0)]
+    }
+
+    fn bit(self) -> u64 {
+        1 << self.0
+    }
+}
+
+/// Scopes sort by name, as they are listed and stored.
+impl Ord for Scope {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for Scope {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl fmt::Debug for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.as_str())
     }
 }
 
-/// The scopes of one token: non-empty, known, and closed under `requires`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scopes(BTreeSet<Scope>);
+/// The catalogue's scopes in name order.
+static BY_NAME: LazyLock<Vec<Scope>> = LazyLock::new(|| {
+    let mut scopes: Vec<Scope> = (0..CATALOGUE.len()).map(|i| Scope(i as u8)).collect();
+    scopes.sort();
+    scopes
+});
+
+/// The scopes of one token: non-empty, known, and closed under `requires`. One bit per
+/// catalogue scope, so that every cached token holds its scopes in 8 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Scopes(u64);
 
 impl Scopes {
     /// Validates a requested scope list. Duplicates are harmless and folded.
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, Invalid> {
-        let mut set = BTreeSet::new();
+        let mut set = Self(0);
         for name in names {
-            set.insert(Scope::parse(name)?);
+            set.0 |= Scope::parse(name)?.bit();
         }
-        if set.is_empty() {
+        if set.0 == 0 {
             return Err(Invalid::new("at least one scope is required"));
         }
-        for scope in &set {
+        for scope in set.iter() {
             for required in scope.definition().requires {
-                if !set.iter().any(|s| s.as_str() == *required) {
+                if !set.names().any(|s| s == *required) {
                     return Err(Invalid::new(format!(
                         "scope {scope} requires scope {required}"
                     )));
                 }
             }
         }
-        Ok(Self(set))
+        Ok(set)
     }
 
     /// Reads scopes as stored (space-separated). A name no longer in the catalogue is dropped:
@@ -112,7 +137,7 @@ impl Scopes {
             stored
                 .split_whitespace()
                 .filter_map(Scope::lookup)
-                .collect(),
+                .fold(0, |bits, scope| bits | scope.bit()),
         )
     }
 
@@ -121,12 +146,24 @@ impl Scopes {
         self.names().collect::<Vec<_>>().join(" ")
     }
 
+    /// The scopes in name order.
+    pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
+        BY_NAME.iter().copied().filter(|s| self.contains(*s))
+    }
+
+    /// The names in name order.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.0.iter().map(Scope::as_str)
+        self.iter().map(|s| s.as_str())
     }
 
     pub fn contains(&self, scope: Scope) -> bool {
-        self.0.contains(&scope)
+        self.0 & scope.bit() != 0
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
     }
 }
 

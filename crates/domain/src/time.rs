@@ -9,7 +9,11 @@ pub type Timestamp = DateTime<Utc>;
 
 /// The current time, truncated to microseconds.
 pub fn now() -> Timestamp {
-    truncate(Utc::now())
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    DateTime::from_timestamp_micros(since_epoch.as_micros() as i64)
+        .unwrap_or_else(|| truncate(Utc::now()))
 }
 
 /// `t` truncated to microseconds.

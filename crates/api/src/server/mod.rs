@@ -190,7 +190,7 @@ impl App {
             auth,
             jwks.clone(),
         );
-        let metrics = ServiceMetrics::new();
+        let metrics = ServiceMetrics::new(config.rpc_telemetry());
         let tls = config.tls();
         let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         let introspection =

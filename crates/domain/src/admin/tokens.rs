@@ -168,7 +168,7 @@ impl<S: AdminStore> AdminService<S> {
         let secret = TokenSecret::generate();
         let mut new = Self::new_token(admin, account_id, &secret, now, expire_time)(
             old.display_name.clone(),
-            old.scopes.clone(),
+            old.scopes,
             old.allowed_cidrs.clone(),
         );
         new.previous_token_id = Some(old.id);

@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
@@ -49,7 +49,12 @@ struct Entry {
     record: Option<Arc<TokenRecord>>,
     /// The slot of the account's last invalidation epoch: a hit checks it with one atomic load
     /// instead of a second map lookup.
-    account_slot: usize,
+    account_slot: u32,
+    /// Whole seconds after [`IntrospectionCache::started`] past which the entry is too old to
+    /// serve. Checked here rather than by moka's time-to-live, whose per-entry expiry queue
+    /// costs memory and work on every insert; an expired entry is a miss and its refill
+    /// replaces it.
+    expires_after: u32,
     /// The token's pending use, updated in place by every hit (see [`crate::last_used`]).
     usage: Arc<UsageCell>,
 }
@@ -69,10 +74,31 @@ pub enum Lookup {
 #[derive(Debug, Clone, Copy)]
 pub struct Fill(u64);
 
+/// The entries' hasher: foldhash, seeded per process. Cheaper than the default SipHash, and
+/// still unpredictable: anyone can make up well-formed tokens, so bucket collisions must not be
+/// computable.
+type EntryHasher = foldhash::fast::RandomState;
+
+/// What an entry counts against the byte budget: at least its share of it, so that the budget
+/// bounds the number of entries too, and the account data it points to in full.
+#[derive(Clone)]
+struct EntryWeight {
+    least: u64,
+}
+
+impl quick_cache::Weighter<TokenHash, Entry> for EntryWeight {
+    fn weight(&self, _: &TokenHash, entry: &Entry) -> u64 {
+        let held = entry.record.as_ref().map_or(0, |r| {
+            r.account.approximate_bytes() + r.allowed_cidrs.approximate_bytes()
+        });
+        ((ENTRY_BYTES + held) as u64).max(self.least)
+    }
+}
+
 pub struct IntrospectionCache {
     /// Which tokens were issued (kept even when caching is off): orders storage lookups.
     issued: IssuedTokens,
-    entries: Cache<TokenHash, Entry>,
+    entries: quick_cache::sync::Cache<TokenHash, Entry, EntryWeight, EntryHasher>,
     /// Each account's data, once, shared by its entries.
     accounts: Cache<ServiceAccountId, Arc<AccountRecord>>,
     /// The last invalidation epoch of the accounts hashed to each slot.
@@ -82,6 +108,8 @@ pub struct IntrospectionCache {
     trusted: AtomicBool,
     /// Capacity 0: never fill (moka could otherwise serve an entry until its housekeeping).
     enabled: bool,
+    started: Instant,
+    max_age: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
     invalidations: AtomicU64,
@@ -102,20 +130,17 @@ impl IntrospectionCache {
     pub fn new(capacity: u64, max_bytes: u64, max_age: Duration) -> Self {
         // Weighing each entry at least max_bytes / capacity bounds the count as well.
         let least = max_bytes.checked_div(capacity).unwrap_or(0);
-        let weight =
-            move |bytes: usize| u32::try_from((bytes as u64).max(least)).unwrap_or(u32::MAX);
         Self {
             issued: IssuedTokens::default(),
-            entries: Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(move |_, entry: &Entry| {
-                    let held = entry.record.as_ref().map_or(0, |r| {
-                        r.account.approximate_bytes() + r.allowed_cidrs.approximate_bytes()
-                    });
-                    weight(ENTRY_BYTES + held)
-                })
-                .time_to_live(max_age)
-                .build(),
+            // Lean per entry (a slot in a slab and an index in a table), no background work,
+            // and a hit takes a shared lock on one shard; CLOCK-PRO keeps hot tokens in.
+            entries: quick_cache::sync::Cache::with(
+                usize::try_from(capacity.clamp(1, 1 << 20)).unwrap_or(1 << 20),
+                max_bytes.max(1),
+                EntryWeight { least },
+                EntryHasher::default(),
+                Default::default(),
+            ),
             accounts: Cache::builder()
                 .max_capacity(max_bytes / 4)
                 .weigher(|_, account: &Arc<AccountRecord>| {
@@ -128,6 +153,8 @@ impl IntrospectionCache {
             flushed_at: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
             enabled: capacity > 0,
+            started: Instant::now(),
+            max_age,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
@@ -160,13 +187,16 @@ impl IntrospectionCache {
         let Some(entry) = self.entries.get(hash) else {
             return Lookup::Miss;
         };
-        if entry.filled_at < self.flushed_at.load(Ordering::Acquire) {
+        if entry.filled_at < self.flushed_at.load(Ordering::Acquire)
+            || self.started.elapsed().as_secs() >= u64::from(entry.expires_after)
+        {
             return Lookup::Miss;
         }
         match entry.record {
             None => Lookup::Unknown,
             Some(record) => {
-                if entry.filled_at < self.invalidated[entry.account_slot].load(Ordering::SeqCst) {
+                let slot = entry.account_slot as usize;
+                if entry.filled_at < self.invalidated[slot].load(Ordering::SeqCst) {
                     return Lookup::Miss;
                 }
                 Lookup::Known {
@@ -194,13 +224,15 @@ impl IntrospectionCache {
         let record = record.map(|record| Arc::new(self.share_account(record)));
         let account_slot = record
             .as_ref()
-            .map_or(0, |r| slot(r.account.service_account_id));
+            .map_or(0, |r| slot(r.account.service_account_id) as u32);
+        let expires_after = (self.started.elapsed() + self.max_age).as_secs();
         self.entries.insert(
             hash,
             Entry {
                 filled_at: fill.0,
                 record: record.clone(),
                 account_slot,
+                expires_after: u32::try_from(expires_after).unwrap_or(u32::MAX),
                 usage: Arc::default(),
             },
         );
@@ -228,7 +260,7 @@ impl IntrospectionCache {
     pub fn invalidate_all(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed_at.store(epoch, Ordering::Release);
-        self.entries.invalidate_all();
+        self.entries.clear();
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -253,8 +285,7 @@ impl IntrospectionCache {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 }
 

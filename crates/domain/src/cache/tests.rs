@@ -148,3 +148,21 @@ fn zero_capacity_caches_nothing() {
     let cache = IntrospectionCache::new(0, 1 << 20, Duration::from_secs(60));
     assert!(cache.begin_fill().is_none(), "nothing is ever stored");
 }
+
+#[test]
+fn an_entry_older_than_the_max_age_is_a_miss() {
+    let cache = IntrospectionCache::new(1000, 1 << 20, Duration::from_secs(1));
+    let (hash, record) = entry(ServiceAccountId::generate());
+    cache.insert(hash, Some(record.clone()), cache.begin_fill().unwrap());
+    let (unknown, _) = entry(ServiceAccountId::generate());
+    cache.insert(unknown, None, cache.begin_fill().unwrap());
+    assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
+    assert!(matches!(cache.get(&unknown), Lookup::Unknown));
+
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(matches!(cache.get(&hash), Lookup::Miss));
+    assert!(matches!(cache.get(&unknown), Lookup::Miss));
+    // A refill is served again.
+    cache.insert(hash, Some(record), cache.begin_fill().unwrap());
+    assert!(matches!(cache.get(&hash), Lookup::Known { .. }));
+}

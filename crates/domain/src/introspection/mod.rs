@@ -54,8 +54,10 @@ impl Checks {
         let required_scopes = required_scopes
             .iter()
             .enumerate()
-            .filter_map(|(i, name)| {
-                violations.check(format!("required_scopes[{i}]"), Scope::parse(name))
+            // The field name is only built for a violation: this runs on every request.
+            .filter_map(|(i, name)| match Scope::parse(name) {
+                Ok(scope) => Some(scope),
+                Err(invalid) => violations.check(format!("required_scopes[{i}]"), Err(invalid)),
             })
             .collect();
         let client_ip = if client_ip.is_empty() {
@@ -223,33 +225,15 @@ impl<S: TokenStore> Introspector<S> {
     /// Malformed tokens are answered without touching the cache or storage. A storage failure
     /// is an error (the caller must not guess "active").
     pub async fn introspect(&self, token: &str, checks: &Checks) -> Result<Introspection, Error> {
-        let Ok(secret) = TokenSecret::parse(token) else {
+        let Ok(hash) = TokenSecret::parse_hash(token) else {
             return Ok(Introspection::Unrecognised(Unrecognised::Malformed));
         };
-        let hash = secret.hash();
         let (record, usage) = match self.cache.get(&hash) {
             Lookup::Known { record, usage } => (Some(record), Some(usage)),
             Lookup::Unknown => (None, None),
-            Lookup::Miss => {
-                let lane = if self.cache.issued().contains(&hash) {
-                    &self.issued_lane
-                } else {
-                    &self.other_lane
-                };
-                let _permit = lane.acquire().await.map_err(|_| {
-                    crate::StoreError::Unavailable("introspection is shutting down".into())
-                })?;
-                let fill = self.cache.begin_fill();
-                let record = self.store.find_token(&hash).await?;
-                if record.is_some() {
-                    self.cache.issued().add(crate::issued::prefix(&hash));
-                }
-                let record = match fill {
-                    Some(fill) => self.cache.insert(hash, record, fill),
-                    None => record.map(Arc::new),
-                };
-                (record, None)
-            }
+            // Boxed: the storage lookup's future is kilobytes, and every call (hits, malformed
+            // tokens) would otherwise carry and copy it.
+            Lookup::Miss => (Box::pin(self.fill(hash)).await?, None),
         };
         let Some(record) = record else {
             return Ok(Introspection::Unrecognised(Unrecognised::Unknown));
@@ -275,6 +259,27 @@ impl<S: TokenStore> Introspector<S> {
             );
         }
         Ok(result)
+    }
+
+    async fn fill(&self, hash: crate::token::TokenHash) -> Result<Option<Arc<TokenRecord>>, Error> {
+        let lane = if self.cache.issued().contains(&hash) {
+            &self.issued_lane
+        } else {
+            &self.other_lane
+        };
+        let _permit = lane
+            .acquire()
+            .await
+            .map_err(|_| crate::StoreError::Unavailable("introspection is shutting down".into()))?;
+        let fill = self.cache.begin_fill();
+        let record = self.store.find_token(&hash).await?;
+        if record.is_some() {
+            self.cache.issued().add(crate::issued::prefix(&hash));
+        }
+        Ok(match fill {
+            Some(fill) => self.cache.insert(hash, record, fill),
+            None => record.map(Arc::new),
+        })
     }
 
     /// Writes coalesced last-used times; see [`LastUsed::flush`].
