@@ -6,12 +6,16 @@
 #      the same lookup as raw SQL
 #   c  the scanner/bug flood: malformed and unknown-but-well-formed tokens
 #   d  grpc.health.v1.Health/Check, the ceiling, under the same load
-# plus revocation and disable propagation between two replicas, cache memory per entry, an open-loop run at
-# half the saturated hit rate, and an h2load cross-check of the ceiling.
+# plus revocation and disable propagation between two replicas (also while both serve hits at half
+# the saturated rate), cache memory per entry, an open-loop run at half the saturated hit rate,
+# and an h2load cross-check of the ceiling.
 #
 # Needs: PostgreSQL at BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
 # pgbench and psql (Debian's postgresql-client); h2load (nghttp2-client) is used when present.
-# Tunables: DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4), MISS_TOKENS (1000000).
+# Tunables: DURATION (10s), WARMUP (2s), CONCURRENCY (64), CONNECTIONS (4), MISS_TOKENS (1000000),
+# SERVER_CPU (0) and LOAD_CPU (1): with two or more CPUs, every server runs pinned to SERVER_CPU
+# and every load generator to LOAD_CPU (taskset), so that neither waits for the other's core;
+# the second replica of the propagation runs gets LOAD_CPU. PIN=0 turns pinning off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,10 +28,7 @@ PG_ADMIN_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_BASE=${PG_ADMIN_URL%/*}
 BENCH_DB=sa_bench_$$
 
-cargo build --release --locked -q -p service-accounts-api -p service-accounts-loadgen
-BIN=$PWD/target/release/service-accounts
-LOAD=$PWD/target/release/loadgen
-WORK=$(mktemp -d)
+source bench/release.sh
 RESULTS=$WORK/results.jsonl
 PIDS=()
 declare -A PORT_PID
@@ -41,12 +42,22 @@ trap cleanup EXIT
 
 say() { printf '\n### %s\n' "$*" >&2; }
 
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PINNING=""
+[ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && PINNING=1
+# pin CPU: the command prefix that runs a program on CPU (nothing without pinning); an array,
+# so that a backgrounded server's $! is the server itself.
+pin() { PIN_CMD=(); [ -z "$PINNING" ] || PIN_CMD=(taskset -c "$1"); }
+
 # start NAME PORT [flags…]: starts a server in the background and waits until it is ready.
 start() {
   local name=$1 port=$2; shift 2
   # A benchmark setup: admin JWTs come from the development key, on PostgreSQL too, and one
   # account holds the 1,000 tokens the hit test cycles through (beyond the default quota).
-  "$BIN" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" --log-format json --admin-trust-dev-key \
+  pin "${CPU:-$SERVER_CPU}"
+  "${PIN_CMD[@]}" "$BIN" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" \
+    --log-format json --admin-trust-dev-key \
     --max-tokens-per-service-account 100000 "$@" \
     >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
@@ -64,7 +75,8 @@ load() { # load LABEL PORT RPC [extra loadgen flags…]: also reports the server
   local label=$1 port=$2 rpc=$3; shift 3
   local pid=${PORT_PID[$port]} before after line
   before=$(cpu_ticks "$pid")
-  line=$("$LOAD" load --target "http://127.0.0.1:$port" --rpc "$rpc" --label "$label" \
+  pin "$LOAD_CPU"
+  line=$("${PIN_CMD[@]}" "$LOAD" load --target "http://127.0.0.1:$port" --rpc "$rpc" --label "$label" \
     --duration "$DURATION" --warmup "$WARMUP" --concurrency "${STREAMS:-$CONCURRENCY}" \
     --connections "${CONNS:-$CONNECTIONS}" "$@")
   after=$(cpu_ticks "$pid")
@@ -156,7 +168,8 @@ cat > "$WORK/lookup.sql" <<'SQL'
 SELECT t.*, a.* FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id
  WHERE t.token_hash = (SELECT h FROM bench_hashes WHERE n = :n);
 SQL
-pgbench -n -M prepared -f "$WORK/lookup.sql" -D tokens="$MISS_TOKENS" -c "$CONCURRENCY" -j 2 \
+pin "$LOAD_CPU"
+"${PIN_CMD[@]}" pgbench -n -M prepared -f "$WORK/lookup.sql" -D tokens="$MISS_TOKENS" -c "$CONCURRENCY" -j 2 \
   -T "${DURATION%s}" "$PG_URL" > "$WORK/pgbench.txt" 2>&1
 cat "$WORK/pgbench.txt" >&2
 pg_latency_ms=$(awk '/latency average/ { print $4 }' "$WORK/pgbench.txt")
@@ -164,7 +177,7 @@ pg_tps=$(awk '/^tps/ { print $3; exit }' "$WORK/pgbench.txt")
 echo "{\"label\":\"pgbench-lookup\",\"rps\":$pg_tps,\"mean_us\":$(python3 -c "print(round($pg_latency_ms*1000))")}" | tee -a "$RESULTS"
 
 say "revocation propagation: two replicas on one PostgreSQL"
-start pg_replica 50104 --database-url "$PG_URL"
+CPU=$LOAD_CPU start pg_replica 50104 --database-url "$PG_URL"
 prop_account=$(ADMIN_JWT=$jwt "$LOAD" seed --target http://127.0.0.1:50102 --name propagation)
 ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http://127.0.0.1:50104 \
   --service-account-id "$prop_account" --trials 200 \
@@ -175,20 +188,29 @@ ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http
   --service-account-id "$disable_account" --trials 200 --change disable \
   | sed 's/^{/{"label":"disable-propagation",/' | tee -a "$RESULTS"
 
-# 100,000 entries, or every seeded token when MISS_TOKENS is smaller.
-MEM_ENTRIES=$(( MISS_TOKENS < 100000 ? MISS_TOKENS : 100000 ))
-say "memory: RSS with $MEM_ENTRIES cached entries"
-head -n "$MEM_ENTRIES" "$WORK/miss-all.txt" > "$WORK/mem.txt"
-start pg_mem 50105 --database-url "$PG_URL" --introspection-cache-capacity 200000
-# Touch a few tokens first so that pools, buffers and the runtime are warm before the baseline.
-head -n 100 "$WORK/mem.txt" > "$WORK/mem-warm.txt"
-"$LOAD" load --target http://127.0.0.1:50105 --rpc introspect --tokens "$WORK/mem-warm.txt" \
-  --duration 2s --warmup 0s --label warm >/dev/null
-before=$("$LOAD" rss --pid "$PID_pg_mem")
-"$LOAD" load --target http://127.0.0.1:50105 --rpc introspect --tokens "$WORK/mem.txt" \
-  --duration 30s --warmup 0s --label fill > "$WORK/fill.json"
-after=$("$LOAD" rss --pid "$PID_pg_mem")
-echo "{\"label\":\"memory\",\"entries\":$MEM_ENTRIES,\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"requests\":$(python3 -c "import json;print(json.load(open('$WORK/fill.json'))['requests'])")}" | tee -a "$RESULTS"
+say "revocation propagation while both replicas serve open-loop hits at half the saturated rate"
+half=$(python3 -c "print(int($(field pg-a-16 rps) / 2))")
+loaded_account=$(ADMIN_JWT=$jwt "$LOAD" seed --target http://127.0.0.1:50102 --name loaded-propagation)
+pin "$LOAD_CPU"
+background=()
+for port in 50102 50104; do
+  "${PIN_CMD[@]}" "$LOAD" load --target "http://127.0.0.1:$port" --rpc introspect \
+    --tokens "$WORK/pg-hits.txt" --rate "$half" --concurrency 16 --connections 2 \
+    --duration 600s --warmup 0s >/dev/null &
+  background+=($!)
+done
+sleep 3
+ADMIN_JWT=$jwt "$LOAD" propagation --writer http://127.0.0.1:50102 --reader http://127.0.0.1:50104 \
+  --service-account-id "$loaded_account" --trials 200 \
+  | sed "s/^{/{\"label\":\"propagation-loaded\",\"rate_each\":$half,/" | tee -a "$RESULTS"
+kill "${background[@]}" 2>/dev/null || true
+wait "${background[@]}" 2>/dev/null || true
+
+say "memory per cached entry (bench/memory.sh, one run)"
+RUNS=1 bash bench/memory.sh | tee -a "$RESULTS"
+
+say "admin writes during a last-used flush of 100,000 tokens (bench/flush.sh)"
+bash bench/flush.sh | tee -a "$RESULTS"
 
 if command -v h2load >/dev/null; then
   say "h2load cross-check (independent client) against the SQLite server"
@@ -220,8 +242,9 @@ def ratio(a, b, key="rps"):
 for backend in ("sqlite", "pg"):
     print(f"{backend}: a/d = {ratio(f'{backend}-a-hits', f'{backend}-d-health'):.2f}   "
           f"c/d = {ratio(f'{backend}-c-flood', f'{backend}-d-health'):.2f}   "
-          f"hit p99 at half rate = {r[f'{backend}-a-open-half']['p99_us']} us, "
-          f"at a quarter = {r[f'{backend}-a-open-quarter']['p99_us']} us")
+          f"hit p99 / p99.9 at half rate = {r[f'{backend}-a-open-half']['p99_us']} / "
+          f"{r[f'{backend}-a-open-half']['p999_us']} us, "
+          f"p99 at a quarter = {r[f'{backend}-a-open-quarter']['p99_us']} us")
 for backend in ("sqlite", "pg"):
     a, d = r[f"{backend}-a-hits"], r[f"{backend}-d-health"]
     print(f"{backend}: server CPU per request: introspect hit {a['server_cpu_us_per_req']} us, "
@@ -230,12 +253,18 @@ for backend in ("sqlite", "pg"):
 print(f"b/pgbench mean latency = {ratio('pg-b-misses', 'pgbench-lookup', 'mean_us'):.2f} "
       f"({r['pg-b-misses']['mean_us']} us vs {r['pgbench-lookup']['mean_us']} us); "
       f"throughput {r['pg-b-misses']['rps']:.0f}/s vs {r['pgbench-lookup']['rps']:.0f}/s")
-for label in ("propagation", "disable-propagation"):
+for label in ("propagation", "disable-propagation", "propagation-loaded"):
     p = r[label]
     print(f"{label} over {p['trials']} trials: p50 {p['p50_us']} us, p99 {p['p99_us']} us, max {p['max_us']} us")
 m = r["memory"]
-print(f"memory: {(m['rss_after_kib'] - m['rss_before_kib']) * 1024 / m['entries']:.0f} bytes per cached entry "
-      f"(RSS {m['rss_before_kib']} -> {m['rss_after_kib']} KiB)")
+print(f"memory: {m['bytes_per_entry']} bytes per cached entry, {m['tokens']} tokens over "
+      f"{m['accounts']} accounts (RSS {m['rss_before_kib']} -> {m['rss_after_kib']} KiB)")
+for line in open(sys.argv[1]):
+    f = json.loads(line)
+    if f.get("label") == "flush":
+        w = f["admin_writes"]
+        print(f"flush of {f['tokens']} tokens on {f['backend']}: admin writes p50 {w['p50_us']} us, "
+              f"p99 {w['p99_us']} us, worst {w['max_us']} us ({f['used_after']} written)")
 for rpc in ("health", "introspect"):
     if f"h2load-{rpc}" in r:
         print(f"h2load {rpc}: {r[f'h2load-{rpc}']['rps']:.0f}/s")

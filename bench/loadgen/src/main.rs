@@ -319,12 +319,21 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                 if scheduled >= end {
                     break;
                 }
-                // A worker that is early waits for the slot and is timed from its actual send
-                // (tokio's timer wakes up to a millisecond late: that lateness is ours, not the
-                // server's). A worker that is late because a response was slow is timed from the
-                // slot it missed, so a stalled server is charged for it (no coordinated omission).
+                // A worker that is early waits for the slot and is timed from its actual send.
+                // tokio's timer has millisecond granularity: it sleeps to within a millisecond
+                // and then yields until the slot, so that requests leave at their slots and not
+                // in one burst per millisecond (at 50,000/s, bursts of 50 that the server would
+                // be charged for). A worker that is late because a response was slow is timed
+                // from the slot it missed, so a stalled server is charged for it (no coordinated
+                // omission).
                 let sent = if interval.is_some() && Instant::now() < scheduled {
-                    tokio::time::sleep_until(scheduled.into()).await;
+                    let near = scheduled - Duration::from_millis(1);
+                    if Instant::now() < near {
+                        tokio::time::sleep_until(near.into()).await;
+                    }
+                    while Instant::now() < scheduled {
+                        tokio::task::yield_now().await;
+                    }
                     Instant::now()
                 } else if interval.is_some() {
                     scheduled

@@ -36,10 +36,19 @@ impl IssuedTokens {
     }
 
     pub fn add(&self, prefix: u64) {
-        self.prefixes
-            .write()
+        // Mostly already there (every cache miss of an issued token adds it): look before
+        // taking the write lock that every lookup would wait for.
+        let known = self
+            .prefixes
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(prefix);
+            .contains(&prefix);
+        if !known {
+            self.prefixes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(prefix);
+        }
     }
 
     /// Everything storage holds, merged with what was added meanwhile.
