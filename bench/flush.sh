@@ -20,7 +20,7 @@ PG_URL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 source bench/release.sh
 PG_DB="bench_flush_$$"
-trap 'status=$?; [ $status -eq 0 ] || tail -n 5 "$WORK"/*/server.log >&2; kill $(jobs -p) 2>/dev/null || true; psql -q "$PG_URL" -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+trap 'status=$?; [ $status -eq 0 ] || tail -n 5 "$WORK"/*/server.log >&2 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; psql -q "$PG_URL" -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
 say() { printf '%s\n' "$*" >&2; }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use service_accounts_api::pb;
 use service_accounts_client::{
-    Identity, IntrospectLayer, IntrospectionClient, Requirement, Routes,
+    Identity, IntrospectLayer, IntrospectionClient, Requirement, Routes, policy_fn,
 };
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
@@ -107,6 +107,42 @@ async fn the_example_service_serves_only_the_tokens_its_routes_allow(backend: Ba
     assert_eq!(answer.body, "tool called by Crash triage bot\n");
     let open = get(&format!("{service}/healthz"), None).await;
     assert_eq!(open.status, 200, "routes outside the layer stay open");
+
+    // An org read from the request that comes out empty is no requirement, not "any org".
+    let client = IntrospectionClient::connect_lazy(format!("http://{}", app.addr)).unwrap();
+    let by_path = policy_fn(|request| {
+        let org = request
+            .uri
+            .path()
+            .strip_prefix("/orgs/")?
+            .split('/')
+            .next()?;
+        Some(Requirement::org(org).scope("mcp:read"))
+    });
+    let per_org = serve_router(
+        axum::Router::new().route(
+            "/orgs/{org}/crashes",
+            axum::routing::get(|| async { "crashes" })
+                .route_layer(IntrospectLayer::new(client, by_path)),
+        ),
+    )
+    .await;
+    let answer = get(
+        &format!("{per_org}/orgs/acme/crashes"),
+        Some(&reader_secret),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_forbidden(
+        &get(
+            &format!("{per_org}/orgs/globex/crashes"),
+            Some(&reader_secret),
+        )
+        .await,
+        "DENIAL_REASON_ORG_MISMATCH",
+    );
+    let empty = get(&format!("{per_org}/orgs//crashes"), Some(&reader_secret)).await;
+    assert_eq!(empty.status, 403, "{empty:?}");
 
     // No cache in the layer: the request right after the revoke returns is refused.
     revoke(&app, &jwt, id, &reader.token_id).await;

@@ -45,6 +45,15 @@ impl Requirement {
         self
     }
 
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// Names an org, and an app if any: an empty one would check nothing.
+    pub fn is_complete(&self) -> bool {
+        !self.org_id.is_empty() && self.app_id.as_ref().is_none_or(|app| !app.is_empty())
+    }
+
     fn request(&self, token: &str, client_ip: Option<IpAddr>) -> IntrospectRequest {
         IntrospectRequest {
             token: token.to_owned(),

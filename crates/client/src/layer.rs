@@ -208,7 +208,13 @@ async fn decide<P: Policy>(
         .and_then(|value| value.to_str().ok())
         .and_then(bearer)
         .ok_or(Refusal::Unauthenticated)?;
-    let Some(requirement) = layer.policy.requirement(request) else {
+    // An empty org or app would ask the control plane to check nothing (a policy_fn reading
+    // `/orgs//…`, say): such a requirement is no requirement.
+    let Some(requirement) = layer
+        .policy
+        .requirement(request)
+        .filter(|r| r.is_complete())
+    else {
         tracing::warn!(
             path = request.uri.path(),
             "no requirement for this route; refused"
@@ -217,7 +223,9 @@ async fn decide<P: Policy>(
     };
     let client_ip = (layer.client_ip)(request);
     match layer.client.check(token, &requirement, client_ip).await {
-        Ok(Verdict::Allowed(identity)) => Ok(identity),
+        // The control plane checked the org; checking it here as well costs nothing.
+        Ok(Verdict::Allowed(identity)) if identity.org_id == requirement.org_id() => Ok(identity),
+        Ok(Verdict::Allowed(_)) => Err(Refusal::Denied(DenialReason::OrgMismatch)),
         Ok(Verdict::Inactive(_)) => Err(Refusal::Unauthenticated),
         Ok(Verdict::Denied { reasons, .. }) => Err(Refusal::Denied(reasons[0])),
         Err(error) => {
@@ -330,6 +338,23 @@ mod tests {
             Some(&Requirement::org("acme"))
         );
         assert_eq!(policy.requirement(&parts("/healthz")), None);
+    }
+
+    #[test]
+    fn a_policy_that_yields_an_empty_org_or_app_has_no_requirement() {
+        let policy = policy_fn(|request| {
+            let org = request
+                .uri
+                .path()
+                .strip_prefix("/orgs/")?
+                .split('/')
+                .next()?;
+            Some(Requirement::org(org))
+        });
+        let requirement = policy.requirement(&parts("/orgs//apps")).unwrap();
+        assert!(!requirement.is_complete());
+        assert!(!Requirement::org("acme").app("").is_complete());
+        assert!(Requirement::org("acme").app("ios").is_complete());
     }
 
     #[test]

@@ -225,7 +225,11 @@ impl IntrospectionCache {
         let account_slot = record
             .as_ref()
             .map_or(0, |r| slot(r.account.service_account_id) as u32);
-        let expires_after = (self.started.elapsed() + self.max_age).as_secs();
+        let expires_after = self
+            .started
+            .elapsed()
+            .saturating_add(self.max_age)
+            .as_secs();
         self.entries.insert(
             hash,
             Entry {
