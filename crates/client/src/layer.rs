@@ -322,9 +322,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_policy_fn_computes_the_requirement_from_the_request() {
-        let policy = policy_fn(|request| {
+    /// The org of `/orgs/{org}/…`.
+    fn org_from_path() -> impl Policy {
+        policy_fn(|request| {
             let org = request
                 .uri
                 .path()
@@ -332,7 +332,12 @@ mod tests {
                 .split('/')
                 .next()?;
             Some(Requirement::org(org))
-        });
+        })
+    }
+
+    #[test]
+    fn a_policy_fn_computes_the_requirement_from_the_request() {
+        let policy = org_from_path();
         assert_eq!(
             policy.requirement(&parts("/orgs/acme/apps")).as_deref(),
             Some(&Requirement::org("acme"))
@@ -342,15 +347,7 @@ mod tests {
 
     #[test]
     fn a_policy_that_yields_an_empty_org_or_app_has_no_requirement() {
-        let policy = policy_fn(|request| {
-            let org = request
-                .uri
-                .path()
-                .strip_prefix("/orgs/")?
-                .split('/')
-                .next()?;
-            Some(Requirement::org(org))
-        });
+        let policy = org_from_path();
         let requirement = policy.requirement(&parts("/orgs//apps")).unwrap();
         assert!(!requirement.is_complete());
         assert!(!Requirement::org("acme").app("").is_complete());
