@@ -136,7 +136,8 @@ impl TokenHash {
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
         // Four words rather than 32 bytes: `subtle` guards each element it compares.
         let words = |h: &[u8; 32]| -> [u64; 4] {
-            std::array::from_fn(|i| u64::from_ne_bytes(h[i * 8..i * 8 + 8].try_into().unwrap()))
+            let (chunks, _) = h.as_chunks::<8>();
+            std::array::from_fn(|i| u64::from_ne_bytes(chunks[i]))
         };
         words(&self.0)[..].ct_eq(&words(&other.0)[..]).into()
     }
