@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use service_accounts_domain::ids::TokenId;
-use service_accounts_domain::introspection::{
-    Denial, Denials, Ended, Introspection, Introspector, Unrecognised,
-};
+use service_accounts_domain::introspection::{Ended, Introspection, Introspector};
 use service_accounts_domain::store::TokenStore;
 use service_accounts_domain::token::TokenRecord;
 use tonic::{Request, Response, Status};
@@ -16,10 +14,20 @@ use opentelemetry::KeyValue;
 
 use crate::error::{RpcError, handle};
 use crate::pb;
-use crate::pb::token_introspection_server::TokenIntrospection;
-use crate::render;
 use crate::requests::Parse;
 use crate::telemetry::ServiceMetrics;
+
+mod reply;
+
+pub use reply::IntrospectReply;
+pub use server::token_introspection_server::{TokenIntrospection, TokenIntrospectionServer};
+
+/// The `TokenIntrospection` server, generated here rather than in `service-accounts-client`
+/// so that it answers with [`IntrospectReply`] (see `build.rs`).
+pub(crate) mod server {
+    #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+    tonic::include_proto!("embrace.serviceaccounts.v1");
+}
 
 pub struct IntrospectionApi<S> {
     introspector: Arc<Introspector<S>>,
@@ -71,7 +79,7 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
     async fn introspect(
         &self,
         request: Request<pb::IntrospectRequest>,
-    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+    ) -> Result<Response<IntrospectReply>, Status> {
         handle(async {
             if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty())
             {
@@ -83,107 +91,32 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
             if let Introspection::Ended { reason, token } = &result {
                 self.warn_ended_token(*reason, token);
             }
-            let response = response(result);
-            if !self.metrics.enabled {
-                return Ok(response);
+            let reply = IntrospectReply(result);
+            if self.metrics.enabled {
+                self.record(&reply);
             }
-            if response.active {
-                let span = tracing::Span::current();
-                span.record("org_id", response.org_id.as_str());
-                span.record("service_account_id", response.service_account_id.as_str());
-            }
-            self.metrics.introspections.add(
-                1,
-                &[
-                    KeyValue::new("outcome", outcome(&response)),
-                    KeyValue::new("allowed", response.allowed),
-                ],
-            );
-            Ok(response)
+            Ok(reply)
         })
         .await
     }
 }
 
-fn response(result: Introspection) -> pb::IntrospectResponse {
-    match result {
-        Introspection::Unrecognised(_) | Introspection::Ended { .. } => pb::IntrospectResponse {
-            active: false,
-            inactive_reason: inactive_reason(&result) as i32,
-            allowed: false,
-            denial_reason: pb::DenialReason::TokenInactive as i32,
-            denial_reasons: vec![pb::DenialReason::TokenInactive as i32],
-            ..Default::default()
-        },
-        Introspection::Active { token, denials } => {
-            let Denials {
-                reasons,
-                missing_scopes,
-            } = denials;
-            let first = reasons
-                .first()
-                .map_or(pb::DenialReason::Unspecified, |first| denial_reason(*first));
-            pb::IntrospectResponse {
-                active: true,
-                inactive_reason: pb::InactiveReason::Unspecified as i32,
-                org_id: token.account.org_id.as_str().to_owned(),
-                service_account_id: token.account.service_account_id.to_canonical(),
-                service_account_display_name: token.account.display_name.clone(),
-                token_id: token.token_id.to_canonical(),
-                scopes: token.scopes.names().map(str::to_owned).collect(),
-                app_access: Some(render::app_access(&token.account.app_access)),
-                expire_time: token.expire_time.map(render::timestamp),
-                allowed: reasons.is_empty(),
-                denial_reason: first as i32,
-                missing_scopes: missing_scopes
-                    .iter()
-                    .map(|s| s.as_str().to_owned())
-                    .collect(),
-                denial_reasons: reasons.iter().map(|r| denial_reason(*r) as i32).collect(),
-            }
+impl<S> IntrospectionApi<S> {
+    fn record(&self, reply: &IntrospectReply) {
+        if let Introspection::Active { token, .. } = &reply.0 {
+            let span = tracing::Span::current();
+            span.record("org_id", token.account.org_id.as_str());
+            span.record(
+                "service_account_id",
+                tracing::field::display(token.account.service_account_id),
+            );
         }
-    }
-}
-
-fn denial_reason(denial: Denial) -> pb::DenialReason {
-    match denial {
-        Denial::OrgMismatch => pb::DenialReason::OrgMismatch,
-        Denial::ClientIpNotAllowed => pb::DenialReason::ClientIpNotAllowed,
-        Denial::AppNotGranted => pb::DenialReason::AppNotGranted,
-        Denial::ScopeMissing => pb::DenialReason::ScopeMissing,
-    }
-}
-
-fn outcome(response: &pb::IntrospectResponse) -> &'static str {
-    if response.active {
-        return "active";
-    }
-    match response.inactive_reason() {
-        pb::InactiveReason::Malformed => "malformed",
-        pb::InactiveReason::Unknown => "unknown",
-        pb::InactiveReason::Revoked => "revoked",
-        pb::InactiveReason::Expired => "expired",
-        pb::InactiveReason::AccountDisabled => "account_disabled",
-        pb::InactiveReason::Unspecified => "unspecified",
-    }
-}
-
-fn inactive_reason(result: &Introspection) -> pb::InactiveReason {
-    match result {
-        Introspection::Unrecognised(Unrecognised::Malformed) => pb::InactiveReason::Malformed,
-        Introspection::Unrecognised(Unrecognised::Unknown) => pb::InactiveReason::Unknown,
-        Introspection::Ended {
-            reason: Ended::Revoked,
-            ..
-        } => pb::InactiveReason::Revoked,
-        Introspection::Ended {
-            reason: Ended::Expired,
-            ..
-        } => pb::InactiveReason::Expired,
-        Introspection::Ended {
-            reason: Ended::AccountDisabled,
-            ..
-        } => pb::InactiveReason::AccountDisabled,
-        Introspection::Active { .. } => pb::InactiveReason::Unspecified,
+        self.metrics.introspections.add(
+            1,
+            &[
+                KeyValue::new("outcome", reply.outcome()),
+                KeyValue::new("allowed", reply.is_allowed()),
+            ],
+        );
     }
 }

@@ -66,8 +66,8 @@ pub fn label(path: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::introspection_api::server::token_introspection_server::SERVICE_NAME as INTROSPECTION;
     use crate::pb::service_account_admin_server::SERVICE_NAME as ADMIN;
-    use crate::pb::token_introspection_server::SERVICE_NAME as INTROSPECTION;
     use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as ENVOY;
 
     #[test]
