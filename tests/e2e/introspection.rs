@@ -259,3 +259,67 @@ async fn oversized_metadata_is_refused_and_the_server_keeps_serving() {
     let after = introspect(&app, &random_well_formed_token(), "", "", &[]).await;
     assert_eq!(after.inactive_reason(), pb::InactiveReason::Unknown);
 }
+
+on_both_backends!(a_burst_of_first_introspections_is_answered_token_by_token);
+
+/// Misses queue behind one storage query at a time and are looked up in batches: tokens of
+/// accounts with and without app lists, the same token several times, and made-up tokens, all
+/// at once, each get their own answer.
+async fn a_burst_of_first_introspections_is_answered_token_by_token(backend: Backend) {
+    let Some(mut app) = unstarted(Setup::new(backend)).await else {
+        return;
+    };
+    app.options.introspection_max_lookups = 1;
+    app.start().await;
+    let jwt = app.admin_jwt("org-a");
+    let everything = create_account(&app, &jwt, "Everything", None).await;
+    let listed = create_account(&app, &jwt, "Listed", Some(&["app-1", "app-2"])).await;
+    let mut expected = Vec::new();
+    for account in [&everything, &listed] {
+        for _ in 0..8 {
+            let (token, secret) =
+                create_token(&app, &jwt, &account.service_account_id, &["mcp:tools:call"]).await;
+            expected.push((secret, Some((account.clone(), token.token_id))));
+        }
+    }
+    for _ in 0..8 {
+        expected.push((random_well_formed_token(), None));
+    }
+    let channel = app.channel().await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        for (token, identity) in expected.clone() {
+            let mut client =
+                pb::token_introspection_client::TokenIntrospectionClient::new(channel.clone());
+            calls.spawn(async move {
+                let response = client
+                    .introspect(pb::IntrospectRequest {
+                        token,
+                        org_id: "org-a".into(),
+                        app_id: "app-2".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("introspect")
+                    .into_inner();
+                (response, identity)
+            });
+        }
+    }
+    let mut answered = 0;
+    while let Some(call) = calls.join_next().await {
+        let (response, identity) = call.unwrap();
+        match identity {
+            Some((account, token_id)) => {
+                assert!(response.active && response.allowed, "{response:?}");
+                assert_eq!(response.token_id, token_id);
+                assert_eq!(response.service_account_id, account.service_account_id);
+                assert_eq!(response.service_account_display_name, account.display_name);
+                assert_eq!(response.app_access, account.app_access);
+            }
+            None => assert_eq!(response.inactive_reason(), pb::InactiveReason::Unknown),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 3 * 24);
+}

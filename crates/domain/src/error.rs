@@ -109,7 +109,7 @@ impl Violations {
 }
 
 /// A failure of a storage adapter, in terms the domain can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or timed out; retrying later may succeed.
     #[error("storage unavailable: {0}")]

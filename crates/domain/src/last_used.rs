@@ -213,8 +213,12 @@ mod tests {
     }
 
     impl TokenStore for Arc<CountingStore> {
-        async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-            Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
+        async fn find_tokens(&self, hashes: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+            let records = self.records.lock().unwrap();
+            Ok(hashes
+                .iter()
+                .filter_map(|hash| records.get(hash.as_bytes()).cloned())
+                .collect())
         }
 
         async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {

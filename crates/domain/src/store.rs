@@ -206,11 +206,21 @@ pub enum Rotated {
 
 /// What introspection needs from storage.
 pub trait TokenStore: Send + Sync + 'static {
-    /// The token with this hash, with its account's identity and app access.
+    /// The tokens with these hashes (distinct; at most
+    /// [`MAX_BATCH`](crate::introspection::MAX_BATCH)), each with its account's identity and app
+    /// access, in any order. Hashes no token has are left out.
+    fn find_tokens(
+        &self,
+        hashes: &[TokenHash],
+    ) -> impl Future<Output = StoreResult<Vec<TokenRecord>>> + Send;
+
+    /// The token with this hash.
     fn find_token(
         &self,
         hash: &TokenHash,
-    ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send {
+        async move { Ok(self.find_tokens(std::slice::from_ref(hash)).await?.pop()) }
+    }
 
     /// The first 8 bytes (see [`crate::issued::prefix`]) of every stored token's hash.
     fn issued_prefixes(&self) -> impl Future<Output = StoreResult<Vec<u64>>> + Send;

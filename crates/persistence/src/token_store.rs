@@ -1,10 +1,15 @@
 //! The introspection side of storage: one lookup by hash, and last-used times.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
-use sea_orm::{ConnectionTrait, DbErr, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QueryResult,
+    Statement,
+};
 use service_accounts_domain::StoreError;
 use service_accounts_domain::ids::TokenId;
+use service_accounts_domain::introspection::MAX_BATCH;
 use service_accounts_domain::issued::prefix;
 use service_accounts_domain::last_used::Usage;
 use service_accounts_domain::scope::Scopes;
@@ -14,7 +19,7 @@ use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
 
 use crate::Database;
-use crate::admin_store::app_ids;
+use crate::entity::service_account_app as app;
 use crate::error::run;
 use crate::rows;
 
@@ -59,78 +64,74 @@ fn last_used_update(backend: sea_orm::DbBackend, uses: &[(TokenId, Usage)]) -> S
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// The token-by-hash lookup, in each backend's placeholder syntax.
-fn lookup_query(backend: sea_orm::DbBackend) -> &'static str {
-    macro_rules! lookup {
-        ($placeholder:literal) => {
-            concat!(
-                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, ",
-                "t.allowed_cidrs, a.id AS account_id, a.org_id, a.display_name, a.all_apps, ",
-                "a.state, a.deleted_at ",
-                "FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id ",
-                "WHERE t.token_hash = ",
-                $placeholder
+/// The token-by-hash lookup of `n` hashes, in each backend's placeholder syntax. One statement
+/// per batch size and backend, built once: each connection prepares the ones it runs.
+fn lookup_query(backend: sea_orm::DbBackend, n: usize) -> &'static str {
+    static QUERIES: LazyLock<[Vec<String>; 2]> = LazyLock::new(|| {
+        let query = |placeholder: fn(usize) -> String, n: usize| {
+            let list: Vec<String> = (1..=n).map(placeholder).collect();
+            format!(
+                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, \
+                 t.allowed_cidrs, a.id AS account_id, a.org_id, a.display_name, a.all_apps, \
+                 a.state, a.deleted_at \
+                 FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id \
+                 WHERE t.token_hash IN ({})",
+                list.join(", ")
             )
         };
-    }
-    match backend {
-        sea_orm::DbBackend::Postgres => lookup!("$1"),
-        _ => lookup!("?"),
-    }
+        let sizes = 0..=MAX_BATCH;
+        [
+            sizes
+                .clone()
+                .map(|n| query(|i| format!("${i}"), n))
+                .collect(),
+            sizes.map(|n| query(|_| "?".to_owned(), n)).collect(),
+        ]
+    });
+    let by_size = match backend {
+        sea_orm::DbBackend::Postgres => &QUERIES[0],
+        _ => &QUERIES[1],
+    };
+    &by_size[n]
 }
 
 impl TokenStore for Database {
-    async fn find_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-        // The hot lookup: one hand-written statement (prepared once per connection) for the
-        // token and its account, decoding only what introspection needs; a second round trip
-        // only for accounts with an explicit app list.
+    async fn find_tokens(&self, hashes: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+        // The hot lookup: one hand-written statement for the batch's tokens and their accounts,
+        // decoding only what introspection needs; a second round trip only when some account
+        // has an explicit app list.
+        if hashes.is_empty() || hashes.len() > MAX_BATCH {
+            return Err(StoreError::Other(format!(
+                "a token lookup takes 1 to {MAX_BATCH} hashes, not {}",
+                hashes.len()
+            )));
+        }
         run(async {
             let backend = self.db.get_database_backend();
             let statement = Statement::from_sql_and_values(
                 backend,
-                lookup_query(backend),
-                [hash.as_bytes().to_vec().into()],
+                lookup_query(backend, hashes.len()),
+                hashes.iter().map(|h| h.as_bytes().to_vec().into()),
             );
-            let Some(row) = self.db.query_one_raw(statement).await? else {
-                return Ok(None);
-            };
-            let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
-            let token_id: String = row.try_get("", "token_id").map_err(column)?;
-            let stored_hash: Vec<u8> = row.try_get("", "token_hash").map_err(column)?;
-            let scopes: String = row.try_get("", "scopes").map_err(column)?;
-            let expire_time: Option<Timestamp> = row.try_get("", "expire_at").map_err(column)?;
-            let revoke_time: Option<Timestamp> = row.try_get("", "revoked_at").map_err(column)?;
-            let allowed_cidrs: String = row.try_get("", "allowed_cidrs").map_err(column)?;
-            let state: String = row.try_get("", "state").map_err(column)?;
-            let deleted_at: Option<Timestamp> = row.try_get("", "deleted_at").map_err(column)?;
-            let account_id: String = row.try_get("", "account_id").map_err(column)?;
-            let org_id: String = row.try_get("", "org_id").map_err(column)?;
-            let display_name: String = row.try_get("", "display_name").map_err(column)?;
-            let all_apps: bool = row.try_get("", "all_apps").map_err(column)?;
-            let apps = if all_apps {
-                Vec::new()
-            } else {
-                app_ids(&self.db, &account_id).await?
-            };
-            let token_hash = TokenHash::from_slice(&stored_hash)
-                .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))?;
-            Ok(Some(TokenRecord {
-                token_id: rows::token_id(&token_id)?,
-                token_hash,
-                scopes: Scopes::from_stored(&scopes),
-                expire_time,
-                // Deletion revokes every token in its transaction; reading the account's
-                // deletion too keeps that true whatever wrote the rows.
-                revoke_time: revoke_time.or(deleted_at),
-                allowed_cidrs: rows::allowed_cidrs(&allowed_cidrs)?,
-                account: Arc::new(AccountRecord {
-                    org_id: rows::org_id(&org_id)?,
-                    service_account_id: rows::account_id(&account_id)?,
-                    display_name,
-                    app_access: rows::app_access(all_apps, apps)?,
-                    disabled: rows::account_state(&state)? == AccountState::Disabled,
-                }),
-            }))
+            let rows = self.db.query_all_raw(statement).await?;
+            let found = rows
+                .iter()
+                .map(Found::read)
+                .collect::<Result<Vec<_>, _>>()?;
+            let explicit: Vec<&str> = found
+                .iter()
+                .filter(|f| !f.all_apps)
+                .map(|f| f.account_id.as_str())
+                .collect();
+            let apps = apps_of(&self.db, &explicit).await?;
+            let records = found
+                .into_iter()
+                .map(|f| {
+                    let apps = apps.get(&f.account_id).cloned().unwrap_or_default();
+                    f.into_record(apps)
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(records)
         })
         .await
     }
@@ -171,6 +172,86 @@ impl TokenStore for Database {
         }
         Ok(())
     }
+}
+
+/// One row of the token lookup.
+struct Found {
+    token_id: String,
+    token_hash: Vec<u8>,
+    scopes: String,
+    expire_time: Option<Timestamp>,
+    revoke_time: Option<Timestamp>,
+    allowed_cidrs: String,
+    state: String,
+    deleted_at: Option<Timestamp>,
+    account_id: String,
+    org_id: String,
+    display_name: String,
+    all_apps: bool,
+}
+
+impl Found {
+    fn read(row: &QueryResult) -> StoreResult<Self> {
+        let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
+        Ok(Self {
+            token_id: row.try_get("", "token_id").map_err(column)?,
+            token_hash: row.try_get("", "token_hash").map_err(column)?,
+            scopes: row.try_get("", "scopes").map_err(column)?,
+            expire_time: row.try_get("", "expire_at").map_err(column)?,
+            revoke_time: row.try_get("", "revoked_at").map_err(column)?,
+            allowed_cidrs: row.try_get("", "allowed_cidrs").map_err(column)?,
+            state: row.try_get("", "state").map_err(column)?,
+            deleted_at: row.try_get("", "deleted_at").map_err(column)?,
+            account_id: row.try_get("", "account_id").map_err(column)?,
+            org_id: row.try_get("", "org_id").map_err(column)?,
+            display_name: row.try_get("", "display_name").map_err(column)?,
+            all_apps: row.try_get("", "all_apps").map_err(column)?,
+        })
+    }
+
+    fn into_record(self, apps: Vec<String>) -> StoreResult<TokenRecord> {
+        let token_hash = TokenHash::from_slice(&self.token_hash)
+            .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))?;
+        Ok(TokenRecord {
+            token_id: rows::token_id(&self.token_id)?,
+            token_hash,
+            scopes: Scopes::from_stored(&self.scopes),
+            expire_time: self.expire_time,
+            // Deletion revokes every token in its transaction; reading the account's deletion
+            // too keeps that true whatever wrote the rows.
+            revoke_time: self.revoke_time.or(self.deleted_at),
+            allowed_cidrs: rows::allowed_cidrs(&self.allowed_cidrs)?,
+            account: Arc::new(AccountRecord {
+                org_id: rows::org_id(&self.org_id)?,
+                service_account_id: rows::account_id(&self.account_id)?,
+                display_name: self.display_name,
+                app_access: rows::app_access(self.all_apps, apps)?,
+                disabled: rows::account_state(&self.state)? == AccountState::Disabled,
+            }),
+        })
+    }
+}
+
+/// The explicit app lists of these accounts, in one query (none when there are none).
+async fn apps_of(
+    db: &impl ConnectionTrait,
+    accounts: &[&str],
+) -> Result<HashMap<String, Vec<String>>, DbErr> {
+    let mut apps: HashMap<String, Vec<String>> = HashMap::new();
+    if accounts.is_empty() {
+        return Ok(apps);
+    }
+    let rows = app::Entity::find()
+        .filter(app::Column::ServiceAccountId.is_in(accounts.iter().copied()))
+        .order_by_asc(app::Column::AppId)
+        .all(db)
+        .await?;
+    for row in rows {
+        apps.entry(row.service_account_id)
+            .or_default()
+            .push(row.app_id);
+    }
+    Ok(apps)
 }
 
 #[cfg(test)]

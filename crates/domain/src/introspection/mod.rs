@@ -13,6 +13,7 @@ use crate::service_account::AppId;
 use crate::store::TokenStore;
 use crate::time::{self, Timestamp};
 use crate::token::{TokenRecord, TokenSecret};
+use lookups::Lookups;
 
 /// The optional checks a caller asks for along with introspection.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -196,23 +197,24 @@ pub struct Introspector<S> {
     store: S,
     cache: Arc<IntrospectionCache>,
     last_used: LastUsed,
-    /// Storage lookups in flight at once, in two lanes. Anyone can make up well-formed tokens:
-    /// lookups of issued tokens never queue behind made-up ones, and both lanes together stay
-    /// below the pool size, so admin changes and last-used writes keep their connections.
-    issued_lane: tokio::sync::Semaphore,
-    other_lane: tokio::sync::Semaphore,
+    /// Storage lookups, in two lanes. Anyone can make up well-formed tokens: lookups of issued
+    /// tokens never queue behind made-up ones, and both lanes' queries together stay below the
+    /// pool size, so admin changes and last-used writes keep their connections.
+    issued_lane: Lookups,
+    other_lane: Lookups,
 }
 
 impl<S: TokenStore> Introspector<S> {
-    /// Up to `max_lookups` (at least 1) lookups of issued tokens run at once, and a quarter as
-    /// many (at least 1) of tokens not known to be issued; the others queue in their lane.
+    /// Up to `max_lookups` (at least 1) queries for issued tokens run at once, and a quarter as
+    /// many (at least 1) for tokens not known to be issued; other misses queue in their lane
+    /// and are looked up in batches (see [`lookups`]).
     pub fn new(store: S, cache: Arc<IntrospectionCache>, max_lookups: usize) -> Self {
         Self {
             store,
             cache,
             last_used: LastUsed::default(),
-            issued_lane: tokio::sync::Semaphore::new(max_lookups.max(1)),
-            other_lane: tokio::sync::Semaphore::new((max_lookups / 4).max(1)),
+            issued_lane: Lookups::new(max_lookups),
+            other_lane: Lookups::new(max_lookups / 4),
         }
     }
 
@@ -267,12 +269,9 @@ impl<S: TokenStore> Introspector<S> {
         } else {
             &self.other_lane
         };
-        let _permit = lane
-            .acquire()
-            .await
-            .map_err(|_| crate::StoreError::Unavailable("introspection is shutting down".into()))?;
+        // Before the lookup is queued, so before the query that answers it is sent.
         let fill = self.cache.begin_fill();
-        let record = self.store.find_token(&hash).await?;
+        let record = lane.find(&self.store, hash).await?;
         if record.is_some() {
             self.cache.issued().add(crate::issued::prefix(&hash));
         }
@@ -295,6 +294,10 @@ impl<S: TokenStore> Introspector<S> {
         &self.store
     }
 }
+
+mod lookups;
+
+pub use lookups::MAX_BATCH;
 
 #[cfg(test)]
 mod tests;

@@ -196,13 +196,13 @@ struct SlowStore {
 }
 
 impl TokenStore for Arc<SlowStore> {
-    async fn find_token(&self, _: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+    async fn find_tokens(&self, _: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
         use std::sync::atomic::Ordering::SeqCst;
         let now = self.running.fetch_add(1, SeqCst) + 1;
         self.most.fetch_max(now, SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         self.running.fetch_sub(1, SeqCst);
-        Ok(None)
+        Ok(Vec::new())
     }
 
     async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {
