@@ -3,11 +3,11 @@
 # on a noisy shared machine where throughput swings by a third (docs/benchmarks.md).
 #
 # For each kind of request, the release server (SQLite, one seeded token) runs under callgrind
-# twice, answering N1 and then N2 requests of that kind sent one at a time after a warm-up; the
-# difference of the two totals divided by N2 - N1 cancels start-up, seeding and shutdown. The
-# periodic work (storage readiness pings, last-used flushes) is set an hour apart: it scales with
-# how long a run takes, not with its requests, and would make the count depend on the machine's
-# load. Each count is the median of REPEAT such measurements.
+# with address-space randomisation off; after a warm-up, the counters are zeroed, N requests of
+# that kind are sent one at a time over one connection, and the counters are dumped: the total of
+# every server thread over those N requests, divided by N. The periodic work (storage readiness
+# pings, last-used flushes) is set an hour apart: it scales with how long a run takes, not with
+# its requests. Each count is the median of REPEAT such measurements, each on a fresh server.
 #
 # Kinds: health (grpc.health.v1.Health/Check, the floor), introspect (an Introspect cache hit
 # with the token only), introspect-checks (a hit with org, app, a required scope and a client
@@ -17,16 +17,16 @@
 #
 # Prints one JSON line per kind, then each kind's ratio to health. With GUARD=<file>, fails when
 # a ratio exceeds the one in the file (lines `kind ratio`) by more than TOLERANCE percent (3):
-# counts repeat to about 1%, so a larger rise is a change in the code, not noise.
+# counts repeat to about 0.2%, so a larger rise is a change in the code, not noise.
 #
-# Tunables: N1 (200), N2 (1200), REPEAT (1), KINDS ("health introspect introspect-checks
-# malformed check forward-auth"), GUARD, TOLERANCE. Needs valgrind (Debian's package) and curl.
+# Tunables: N (1000), REPEAT (1), KINDS ("health introspect introspect-checks malformed check
+# forward-auth"), GUARD, TOLERANCE. Needs valgrind (Debian's package; callgrind_control comes
+# with it), setarch (util-linux) and curl.
 set -euo pipefail
 shopt -s inherit_errexit   # a failed run inside $(...) stops the script, not a garbage count
 cd "$(dirname "$0")/.."
 
-N1=${N1:-200}
-N2=${N2:-1200}
+N=${N:-1000}
 REPEAT=${REPEAT:-1}
 KINDS=${KINDS:-"health introspect introspect-checks malformed check forward-auth"}
 TOLERANCE=${TOLERANCE:-3}
@@ -39,14 +39,15 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# instructions KIND N: the server's total instructions for a run answering N requests of KIND.
+# instructions KIND: the server's instructions per request over N requests of KIND.
 instructions() {
-  local kind=$1 n=$2 dir port http_port
+  local kind=$1 dir port http_port
   dir=$(mktemp -d -p "$WORK")
   port=$(free_port)
   http_port=$(free_port)
   # jemalloc returns freed memory on a timer: off, so that its work follows the requests only.
-  _RJEM_MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 \
+  # Without address-space randomisation, allocations line up the same way in every run.
+  _RJEM_MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 setarch "$(uname -m)" -R \
     valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
     "$BIN" serve --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http_port" \
     --data-dir "$dir" --readiness-interval 1h --last-used-flush-interval 1h \
@@ -69,17 +70,24 @@ instructions() {
     malformed) echo "emb_sa_not-a-token" >"$dir/tokens.txt"; flags+=(--rpc introspect) ;;
     check) flags+=(--rpc check) ;;
   esac
+  local token
+  token=$(cat "$dir/tokens.txt")
+  # Warm-up (the token is cached), then count only the measured requests.
   if [ "$kind" = forward-auth ]; then
-    forward_auth "$http_port" "$(cat "$dir/tokens.txt")" 20 "$dir/warm.curl"   # warm: cached
-    forward_auth "$http_port" "$(cat "$dir/tokens.txt")" "$n" "$dir/run.curl"
+    forward_auth "$http_port" "$token" 20 "$dir/warm.curl"
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    forward_auth "$http_port" "$token" "$N" "$dir/run.curl"
   else
-    "$LOAD" load "${flags[@]}" --requests 20 >/dev/null   # warm: the token is cached
-    "$LOAD" load "${flags[@]}" --requests "$n" >/dev/null
+    "$LOAD" load "${flags[@]}" --requests 20 >/dev/null
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    "$LOAD" load "${flags[@]}" --requests "$N" >/dev/null
   fi
+  callgrind_control --dump "$pid" >/dev/null 2>&1
   kill -INT "$pid"
   wait "$pid" || true
-  grep -q '^totals:\|^summary:' "$dir/callgrind.out" || { cat "$dir/server.log" >&2; return 1; }
-  awk '/^(summary|totals):/ { print $2; exit }' "$dir/callgrind.out"
+  local dump="$dir/callgrind.out.1"
+  grep -q '^totals:\|^summary:' "$dump" 2>/dev/null || { cat "$dir/server.log" >&2; return 1; }
+  awk -v n="$N" '/^(summary|totals):/ { printf "%d\n", $2 / n; exit }' "$dump"
 }
 
 # forward_auth PORT TOKEN N CONFIG: N forward-auth requests from one curl, one connection.
@@ -99,14 +107,12 @@ results="$WORK/results"
 for kind in $KINDS; do
   runs=()
   for _ in $(seq "$REPEAT"); do
-    small=$(instructions "$kind" "$N1")
-    large=$(instructions "$kind" "$N2")
-    runs+=($(( (large - small) / (N2 - N1) )))
-    [ "${runs[-1]}" -gt 0 ] || { echo "$kind: a run counted no work ($small, $large)" >&2; exit 1; }
+    runs+=("$(instructions "$kind")")
+    [ "${runs[-1]}" -gt 0 ] || { echo "$kind: a run counted no work" >&2; exit 1; }
   done
   per=$(printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   echo "$kind $per" >>"$results"
-  echo "{\"label\":\"instructions\",\"kind\":\"$kind\",\"n1\":$N1,\"n2\":$N2,\"runs\":[$(IFS=,; echo "${runs[*]}")],\"per_request\":$per}"
+  echo "{\"label\":\"instructions\",\"kind\":\"$kind\",\"n\":$N,\"runs\":[$(IFS=,; echo "${runs[*]}")],\"per_request\":$per}"
 done
 
 python3 - "$results" "${GUARD:-}" "$TOLERANCE" <<'PY'
