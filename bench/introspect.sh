@@ -130,6 +130,33 @@ scenario_set() { # scenario_set BACKEND PORT: a, c, d and the open-loop run on o
     --rate "$half"
   STREAMS=16 CONNS=2 load "$backend-a-open-quarter" "$port" introspect --tokens "$WORK/$backend-hits.txt" \
     --rate "$((half / 2))"
+  h2load_open "$backend-a-open-half-h2load" "$port" "$half" "$(head -n 1 "$WORK/$backend-hits.txt")"
+}
+
+# h2load_open LABEL PORT RATE TOKEN: the open-loop run again from h2load, an independent client
+# in C: 16 connections of one stream, each at RATE/16 requests a second, every request's time
+# read from its log. h2load times each request from its actual send (no correction for
+# coordinated omission), so it shows the server's part of the tail without the load
+# generator's own lateness.
+h2load_open() {
+  command -v h2load >/dev/null || return 0
+  local label=$1 port=$2 rate=$3 token=$4
+  "$LOAD" grpc-body --rpc introspect --token "$token" --out "$WORK/$label.bin"
+  pin "$LOAD_CPU"
+  "${PIN_CMD[@]}" h2load -c 16 -m 1 -t 1 --rps $((rate / 16)) -D "${DURATION%s}" \
+    --warm-up-time="${WARMUP%s}" -H 'content-type: application/grpc' -H 'te: trailers' \
+    -d "$WORK/$label.bin" --log-file="$WORK/$label.log" \
+    "http://127.0.0.1:$port/embrace.serviceaccounts.v1.TokenIntrospection/Introspect" \
+    >"$WORK/$label.txt" 2>&1 || { cat "$WORK/$label.txt" >&2; return 0; }
+  python3 - "$WORK/$label.log" "$label" "$rate" "${DURATION%s}" <<'PY' | tee -a "$RESULTS"
+import json, sys
+times = sorted(int(line.split("\t")[2]) for line in open(sys.argv[1]) if line.strip())
+q = lambda p: times[min(len(times) - 1, int(p * len(times)))]
+print(json.dumps({"label": sys.argv[2], "mode": f"open-loop@{sys.argv[3]} (h2load)",
+                  "requests": len(times), "rps": round(len(times) / float(sys.argv[4])),
+                  "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999),
+                  "max_us": times[-1]}))
+PY
 }
 
 flood_file "$WORK/flood.txt"
@@ -253,8 +280,13 @@ for backend in ("sqlite", "pg"):
     print(f"{backend}: a/d = {ratio(f'{backend}-a-hits', f'{backend}-d-health'):.2f}   "
           f"c/d = {ratio(f'{backend}-c-flood', f'{backend}-d-health'):.2f}   "
           f"hit p99 / p99.9 at half rate = {r[f'{backend}-a-open-half']['p99_us']} / "
-          f"{r[f'{backend}-a-open-half']['p999_us']} us, "
+          f"{r[f'{backend}-a-open-half']['p999_us']} us (generator's own send lag p99 "
+          f"{r[f'{backend}-a-open-half']['send_lag_p99_us']} us), "
           f"p99 at a quarter = {r[f'{backend}-a-open-quarter']['p99_us']} us")
+    h2 = r.get(f"{backend}-a-open-half-h2load")
+    if h2:
+        print(f"{backend}: h2load at half rate: p50 {h2['p50_us']} us, p99 {h2['p99_us']} us, "
+              f"p99.9 {h2['p999_us']} us")
 for backend in ("sqlite", "pg"):
     a, d = r[f"{backend}-a-hits"], r[f"{backend}-d-health"]
     print(f"{backend}: server CPU per request: introspect hit {a['server_cpu_us_per_req']} us, "

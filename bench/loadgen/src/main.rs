@@ -281,10 +281,6 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let limit = args.requests;
-    let interval = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 / args.rate));
-    let next = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-
     let checks = Arc::new(pb::IntrospectRequest {
         token: String::new(),
         org_id: args.org_id.clone(),
@@ -292,93 +288,24 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         required_scopes: args.scopes.clone(),
         client_ip: args.client_ip.clone(),
     });
-    let mut workers = Vec::new();
-    for worker in 0..args.concurrency {
-        let channel = channels[worker % channels.len()].clone();
-        let tokens = tokens.clone();
-        let checks = checks.clone();
-        let next = next.clone();
-        let errors = errors.clone();
-        let rpc = args.rpc;
-        workers.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let mut introspection = TokenIntrospectionClient::new(channel.clone());
-            let mut health = HealthClient::new(channel.clone());
-            let mut envoy = AuthorizationClient::new(channel);
-            let mut measured = 0u64;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if limit > 0 && i >= limit {
-                    break;
-                }
-                let scheduled = match interval {
-                    Some(interval) => start + interval * i as u32,
-                    None => Instant::now(),
-                };
-                if scheduled >= end {
-                    break;
-                }
-                // A worker that is early waits for the slot and is timed from its actual send.
-                // tokio's timer has millisecond granularity: it sleeps to within a millisecond
-                // and then yields until the slot, so that requests leave at their slots and not
-                // in one burst per millisecond (at 50,000/s, bursts of 50 that the server would
-                // be charged for). A worker that is late because a response was slow is timed
-                // from the slot it missed, so a stalled server is charged for it (no coordinated
-                // omission).
-                let sent = if interval.is_some() && Instant::now() < scheduled {
-                    let near = scheduled - Duration::from_millis(1);
-                    if Instant::now() < near {
-                        tokio::time::sleep_until(near.into()).await;
-                    }
-                    while Instant::now() < scheduled {
-                        tokio::task::yield_now().await;
-                    }
-                    Instant::now()
-                } else if interval.is_some() {
-                    scheduled
-                } else {
-                    Instant::now()
-                };
-                let ok = match rpc {
-                    Rpc::Introspect => introspection
-                        .introspect(pb::IntrospectRequest {
-                            token: tokens[i as usize % tokens.len()].clone(),
-                            ..(*checks).clone()
-                        })
-                        .await
-                        .is_ok(),
-                    Rpc::Health => health
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .is_ok(),
-                    Rpc::Check => envoy
-                        .check(check_request(&tokens[i as usize % tokens.len()]))
-                        .await
-                        .is_ok(),
-                };
-                let done = Instant::now();
-                if sent >= measure_from && done <= end {
-                    if ok {
-                        histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
-                        measured += 1;
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            (histogram, measured)
-        }));
-    }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut total = 0;
-    for worker in workers {
-        let (h, n) = worker.await?;
-        histogram.add(&h)?;
-        total += n;
-    }
+    let caller = Caller {
+        rpc: args.rpc,
+        tokens: tokens.clone(),
+        checks,
+    };
+    let window = Window {
+        measure_from,
+        end,
+        limit,
+    };
+    let (histogram, total, errors, lag) = match 1_000_000_000u64.checked_div(args.rate) {
+        Some(nanos) => {
+            let interval = Duration::from_nanos(nanos);
+            let client = BareClient::connect(&args.target, args.connections, &caller).await?;
+            open_loop(&client, args.concurrency, start, interval, window).await?
+        }
+        None => closed_loop(&caller, &channels, args.concurrency, window).await?,
+    };
     let seconds = if limit > 0 {
         Instant::now().duration_since(start).as_secs_f64().max(1e-9)
     } else {
@@ -387,7 +314,7 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut line = String::new();
     write!(
         line,
-        "{{\"label\":\"{}\",\"rpc\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"concurrency\":{},\"requests\":{},\"errors\":{},\"rps\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        "{{\"label\":\"{}\",\"rpc\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"concurrency\":{},\"requests\":{},\"errors\":{},\"rps\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"send_lag_p99_us\":{},\"send_lag_max_us\":{}}}",
         args.label,
         match args.rpc {
             Rpc::Introspect => "introspect",
@@ -402,7 +329,7 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.connections,
         args.concurrency,
         total,
-        errors.load(Ordering::Relaxed),
+        errors,
         total as f64 / seconds,
         histogram.mean(),
         histogram.value_at_quantile(0.50),
@@ -410,9 +337,352 @@ async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         histogram.value_at_quantile(0.99),
         histogram.value_at_quantile(0.999),
         histogram.max(),
+        lag.value_at_quantile(0.99),
+        lag.max(),
     )?;
     println!("{line}");
     Ok(())
+}
+
+/// What each request of a run sends.
+#[derive(Clone)]
+struct Caller {
+    rpc: Rpc,
+    tokens: Arc<Vec<String>>,
+    checks: Arc<pb::IntrospectRequest>,
+}
+
+impl Caller {
+    /// Sends request number `i` on `channel`; true when it succeeded.
+    async fn call(&self, channel: Channel, i: u64) -> bool {
+        let token = || self.tokens[i as usize % self.tokens.len()].clone();
+        match self.rpc {
+            Rpc::Introspect => TokenIntrospectionClient::new(channel)
+                .introspect(pb::IntrospectRequest {
+                    token: token(),
+                    ..(*self.checks).clone()
+                })
+                .await
+                .is_ok(),
+            Rpc::Health => HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok(),
+            Rpc::Check => AuthorizationClient::new(channel)
+                .check(check_request(&token()))
+                .await
+                .is_ok(),
+        }
+    }
+}
+
+/// Which requests count: those sent from `measure_from` and answered by `end`, or the first
+/// `limit` when it is set.
+#[derive(Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+    limit: u64,
+}
+
+/// Latencies in microseconds, requests measured, errors, and (open loop) how late the generator
+/// itself sent each measured request, in microseconds: a generator that falls behind shows here,
+/// not as the server's latency.
+type Outcome = (Histogram<u64>, u64, u64, Histogram<u64>);
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// `concurrency` workers, each sending its next request as soon as the last is answered.
+async fn closed_loop(
+    caller: &Caller,
+    channels: &[Channel],
+    concurrency: usize,
+    window: Window,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let (caller, channel, next) = (
+            caller.clone(),
+            channels[worker % channels.len()].clone(),
+            next.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut measured, mut errors) = (histogram(), 0u64, 0u64);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                if (window.limit > 0 && i >= window.limit) || sent >= window.end {
+                    break;
+                }
+                let ok = caller.call(channel.clone(), i).await;
+                let done = Instant::now();
+                if sent >= window.measure_from && done <= window.end {
+                    if ok {
+                        latencies.saturating_record(done.duration_since(sent).as_micros() as u64);
+                        measured += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, measured, errors)
+        }));
+    }
+    let (mut latencies, mut total, mut errors) = (histogram(), 0, 0);
+    for worker in workers {
+        let (h, n, e) = worker.await?;
+        latencies.add(&h)?;
+        total += n;
+        errors += e;
+    }
+    Ok((latencies, total, errors, histogram()))
+}
+
+/// Request `i` is due at `start + i × interval` and goes out on a task of its own, with at most
+/// `concurrency` in flight. Latency runs from the due time, so a request that left late because
+/// the server held the earlier ones is charged for the wait (no coordinated omission).
+///
+/// The pacer waits for each due time on a timer with microsecond resolution that the runtime
+/// polls with its sockets, so the generator's thread sleeps in between. tokio's own timer has
+/// millisecond resolution (requests would leave in per-millisecond bursts), and spinning until
+/// a due time makes the generator use its whole core: the kernel then lets any waking process
+/// run first, and the generator's own lateness shows up as milliseconds in the tail.
+async fn open_loop(
+    client: &BareClient,
+    concurrency: usize,
+    start: Instant,
+    interval: Duration,
+    window: Window,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let timer = PreciseTimer::new()?;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let outcome = Arc::new(std::sync::Mutex::new((
+        histogram(),
+        0u64,
+        0u64,
+        histogram(),
+    )));
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0u64.. {
+        let scheduled = start + interval * i as u32;
+        if (window.limit > 0 && i >= window.limit) || scheduled >= window.end {
+            break;
+        }
+        timer.sleep_until(scheduled).await?;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (client, outcome) = (client.clone(), outcome.clone());
+        requests.spawn(async move {
+            let lag = Instant::now().saturating_duration_since(scheduled);
+            let ok = client.call(i).await;
+            let done = Instant::now();
+            drop(permit);
+            if scheduled >= window.measure_from && done <= window.end {
+                let mut outcome = outcome.lock().expect("outcome lock");
+                if ok {
+                    let latency = done.duration_since(scheduled).as_micros() as u64;
+                    outcome.0.saturating_record(latency);
+                    outcome.1 += 1;
+                    outcome.3.saturating_record(lag.as_micros() as u64);
+                } else {
+                    outcome.2 += 1;
+                }
+            }
+        });
+        // Reap finished requests as we go, so the set stays as small as what is in flight.
+        while requests.try_join_next().is_some() {}
+    }
+    while requests.join_next().await.is_some() {}
+    let outcome = std::mem::replace(
+        &mut *outcome.lock().expect("outcome lock"),
+        (histogram(), 0, 0, histogram()),
+    );
+    Ok(outcome)
+}
+
+/// A bare HTTP/2 gRPC client for the open loop: request bodies encoded up front, no tower stack
+/// or codec per call, so that one core offers tens of thousands of requests a second without
+/// the generator's own work adding to the latencies it measures.
+#[derive(Clone)]
+struct BareClient {
+    senders: Vec<h2::client::SendRequest<bytes::Bytes>>,
+    uri: http::Uri,
+    bodies: Arc<Vec<bytes::Bytes>>,
+}
+
+impl BareClient {
+    async fn connect(
+        target: &str,
+        connections: usize,
+        caller: &Caller,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let path = match caller.rpc {
+            Rpc::Introspect => "/embrace.serviceaccounts.v1.TokenIntrospection/Introspect",
+            Rpc::Health => "/grpc.health.v1.Health/Check",
+            Rpc::Check => "/envoy.service.auth.v3.Authorization/Check",
+        };
+        let uri: http::Uri = format!("{}{path}", target.trim_end_matches('/')).parse()?;
+        let authority = uri
+            .authority()
+            .ok_or("--target needs host:port")?
+            .to_string();
+        let mut senders = Vec::new();
+        for _ in 0..connections.max(1) {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            tcp.set_nodelay(true)?;
+            let (sender, connection) = h2::client::handshake(tcp).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            senders.push(sender);
+        }
+        let bodies = if caller.tokens.is_empty() {
+            vec![grpc_frame(caller.rpc, "", &caller.checks)]
+        } else {
+            caller
+                .tokens
+                .iter()
+                .map(|token| grpc_frame(caller.rpc, token, &caller.checks))
+                .collect()
+        };
+        Ok(Self {
+            senders,
+            uri,
+            bodies: Arc::new(bodies),
+        })
+    }
+
+    /// Sends request number `i`; true when it was answered with gRPC status OK.
+    async fn call(&self, i: u64) -> bool {
+        let sender = self.senders[i as usize % self.senders.len()].clone();
+        let Ok(mut sender) = sender.ready().await else {
+            return false;
+        };
+        let request = http::Request::post(self.uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .expect("a valid request");
+        let Ok((response, mut stream)) = sender.send_request(request, false) else {
+            return false;
+        };
+        let body = self.bodies[i as usize % self.bodies.len()].clone();
+        if stream.send_data(body, true).is_err() {
+            return false;
+        }
+        let Ok(response) = response.await else {
+            return false;
+        };
+        let (parts, mut body) = response.into_parts();
+        let ok = |headers: &http::HeaderMap| headers.get("grpc-status").is_some_and(|s| s == "0");
+        if parts.status != http::StatusCode::OK {
+            return false;
+        }
+        if parts.headers.contains_key("grpc-status") {
+            return ok(&parts.headers); // trailers-only answer
+        }
+        while let Some(chunk) = body.data().await {
+            let Ok(chunk) = chunk else {
+                return false;
+            };
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        matches!(body.trailers().await, Ok(Some(trailers)) if ok(&trailers))
+    }
+}
+
+/// A length-prefixed gRPC request body.
+fn grpc_frame(rpc: Rpc, token: &str, checks: &pb::IntrospectRequest) -> bytes::Bytes {
+    let message = match rpc {
+        Rpc::Introspect => pb::IntrospectRequest {
+            token: token.to_owned(),
+            ..checks.clone()
+        }
+        .encode_to_vec(),
+        Rpc::Health => HealthCheckRequest {
+            service: String::new(),
+        }
+        .encode_to_vec(),
+        Rpc::Check => check_request(token).encode_to_vec(),
+    };
+    let mut body = vec![0u8];
+    body.extend((message.len() as u32).to_be_bytes());
+    body.extend(message);
+    body.into()
+}
+
+/// A one-shot timer with microsecond resolution (Linux `timerfd`), awaited like a socket.
+struct PreciseTimer {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PreciseTimer {
+    fn new() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: timerfd_create returns a new descriptor (or -1), owned by the OwnedFd below;
+        // PR_SET_TIMERSLACK only sets this thread's timer slack (the runtime's thread).
+        let fd = unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64);
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { fd })
+    }
+
+    /// Returns at `deadline` (at once if it has passed).
+    async fn sleep_until(&self, deadline: Instant) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+            return Ok(());
+        };
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timerfd and a fully initialised itimerspec; no old value is asked for.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    expirations.as_mut_ptr().cast(),
+                    expirations.len(),
+                )
+            };
+            if read == 8 {
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
+    }
 }
 
 fn gen_tokens(args: GenTokensArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -635,21 +905,7 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
 }
 
 fn grpc_body(args: GrpcBodyArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let message = match args.rpc {
-        Rpc::Introspect => pb::IntrospectRequest {
-            token: args.token,
-            ..Default::default()
-        }
-        .encode_to_vec(),
-        Rpc::Health => HealthCheckRequest {
-            service: String::new(),
-        }
-        .encode_to_vec(),
-        Rpc::Check => check_request(&args.token).encode_to_vec(),
-    };
-    let mut body = vec![0u8];
-    body.extend((message.len() as u32).to_be_bytes());
-    body.extend(message);
+    let body = grpc_frame(args.rpc, &args.token, &pb::IntrospectRequest::default());
     std::fs::write(args.out, body)?;
     Ok(())
 }
