@@ -5,7 +5,9 @@
 # release server with a long --last-used-flush-interval introspects each of them once, so that
 # COUNT uses wait in memory for the next flush; then an admin renames an account every 10 ms
 # (`loadgen admin-writes`, another account) across that flush. The database is read before and after to show that
-# the flush of all COUNT tokens happened while the admin was writing.
+# the flush of all COUNT tokens happened while the admin was writing; the server's log gives the
+# flush's window, and `during_flush` the admin writes that overlapped it (the target is about
+# those; `admin_writes` covers the whole run, stalls unrelated to the flush included).
 #
 # Tunables: COUNT (100000), INTERVAL (flush interval, 60s), BACKENDS ("sqlite postgres").
 # Needs PostgreSQL at BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
@@ -89,8 +91,10 @@ for backend in $BACKENDS; do
   load_tokens "$backend" "$WORK/$backend/tokens.csv"
   say "$backend: $COUNT tokens loaded"
 
-  # The first flush runs at start, the next INTERVAL seconds later: the uses go in between.
-  serve "$backend" "$port" --last-used-flush-interval "${INTERVAL}s"
+  # The first flush runs at start, the next INTERVAL seconds later: the uses go in between. The
+  # server logs each flush's end and duration (debug), which gives the flush's window.
+  RUST_LOG=info,service_accounts_api::server::background=debug \
+    serve "$backend" "$port" --last-used-flush-interval "${INTERVAL}s" --log-format json
   started=$SECONDS
   "$LOAD" load --target "http://127.0.0.1:$port" --rpc introspect \
     --tokens "$WORK/$backend/tokens.txt" --requests "$COUNT" --concurrency 16 --connections 2 \
@@ -100,8 +104,30 @@ for backend in $BACKENDS; do
   [ "$left" -gt 5 ] || { say "the uses took longer than INTERVAL: raise INTERVAL"; exit 1; }
   say "$backend: $COUNT tokens used in $((SECONDS - started)) s; the flush is due in ${left} s"
   writes=$(ADMIN_JWT=$jwt "$LOAD" admin-writes --target "http://127.0.0.1:$port" \
-    --service-account-id "$writer" --duration "$((left + 15))s" --every 10ms)
+    --service-account-id "$writer" --duration "$((left + 15))s" --every 10ms \
+    --log "$WORK/$backend/writes.log")
   after=$(used "$backend")
   stop
-  echo "{\"label\":\"flush\",\"backend\":\"$backend\",\"tokens\":$COUNT,\"used_before\":$before,\"used_after\":$after,\"admin_writes\":$writes}"
+  # The admin writes that overlapped the big flush, and the worst of them.
+  during=$(python3 - "$WORK/$backend/server.log" "$WORK/$backend/writes.log" <<'PY'
+import datetime, json, sys
+flushes = []
+for line in open(sys.argv[1]):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    fields = entry.get("fields", {})
+    if fields.get("message") == "last-used times flushed" and "took_ms" in fields:
+        end = datetime.datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+        end_us = int(end.timestamp() * 1e6)
+        flushes.append((fields["written"], end_us - fields["took_ms"] * 1000, end_us))
+written, start, end = max(flushes)
+writes = [tuple(map(int, line.split())) for line in open(sys.argv[2])]
+overlapping = [took for at, took in writes if at <= end and at + took >= start]
+print(json.dumps({"flush_written": written, "flush_ms": (end - start) // 1000,
+                  "writes": len(overlapping), "max_us": max(overlapping, default=0)}))
+PY
+)
+  echo "{\"label\":\"flush\",\"backend\":\"$backend\",\"tokens\":$COUNT,\"used_before\":$before,\"used_after\":$after,\"admin_writes\":$writes,\"during_flush\":$during}"
 done

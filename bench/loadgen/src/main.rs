@@ -186,6 +186,10 @@ struct AdminWritesArgs {
     /// Time between the starts of two writes (one write at a time).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     every: Duration,
+    /// Also write each write's start (microseconds since the Unix epoch) and duration
+    /// (microseconds) to this file, a line each.
+    #[arg(long)]
+    log: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -353,27 +357,43 @@ struct Caller {
 }
 
 impl Caller {
-    /// Sends request number `i` on `channel`; true when it succeeded.
-    async fn call(&self, channel: Channel, i: u64) -> bool {
+    /// Sends request number `i` with one worker's clients; true when it succeeded.
+    async fn call(&self, clients: &mut Clients, i: u64) -> bool {
         let token = || self.tokens[i as usize % self.tokens.len()].clone();
         match self.rpc {
-            Rpc::Introspect => TokenIntrospectionClient::new(channel)
+            Rpc::Introspect => clients
+                .introspection
                 .introspect(pb::IntrospectRequest {
                     token: token(),
                     ..(*self.checks).clone()
                 })
                 .await
                 .is_ok(),
-            Rpc::Health => HealthClient::new(channel)
+            Rpc::Health => clients
+                .health
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
                 .is_ok(),
-            Rpc::Check => AuthorizationClient::new(channel)
-                .check(check_request(&token()))
-                .await
-                .is_ok(),
+            Rpc::Check => clients.envoy.check(check_request(&token())).await.is_ok(),
+        }
+    }
+}
+
+/// One closed-loop worker's clients, kept across its requests.
+struct Clients {
+    introspection: TokenIntrospectionClient<Channel>,
+    health: HealthClient<Channel>,
+    envoy: AuthorizationClient<Channel>,
+}
+
+impl Clients {
+    fn new(channel: Channel) -> Self {
+        Self {
+            introspection: TokenIntrospectionClient::new(channel.clone()),
+            health: HealthClient::new(channel.clone()),
+            envoy: AuthorizationClient::new(channel),
         }
     }
 }
@@ -413,13 +433,14 @@ async fn closed_loop(
         );
         workers.push(tokio::spawn(async move {
             let (mut latencies, mut measured, mut errors) = (histogram(), 0u64, 0u64);
+            let mut clients = Clients::new(channel);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
                 if (window.limit > 0 && i >= window.limit) || sent >= window.end {
                     break;
                 }
-                let ok = caller.call(channel.clone(), i).await;
+                let ok = caller.call(&mut clients, i).await;
                 let done = Instant::now();
                 if sent >= window.measure_from && done <= window.end {
                     if ok {
@@ -868,12 +889,17 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let mut worst_at = Duration::ZERO;
+    let mut log = match &args.log {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     for n in 0u64.. {
         pace.tick().await;
         if started.elapsed() >= args.duration {
             break;
         }
         let write = Instant::now();
+        let write_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         admin
             .update_service_account(authed(
                 &args.jwt,
@@ -891,7 +917,15 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
         if took >= histogram.max() {
             worst_at = write - started;
         }
+        if let Some(log) = &mut log {
+            use std::io::Write;
+            writeln!(log, "{} {took}", write_at.as_micros())?;
+        }
         histogram.record(took.max(1))?;
+    }
+    if let Some(mut log) = log {
+        use std::io::Write;
+        log.flush()?;
     }
     println!(
         "{{\"writes\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"max_at_ms\":{}}}",

@@ -86,6 +86,11 @@ impl UsageCell {
     }
 }
 
+/// Tokens a flush takes from its queue and writes at a time: it holds the runtime's thread for
+/// one chunk's bookkeeping at a time (about a millisecond), not for every pending token (about
+/// 100 ms for 100,000 tokens, which other requests on that thread would wait for).
+pub const FLUSH_CHUNK: usize = 1000;
+
 #[derive(Debug, Default)]
 pub struct LastUsed {
     pending: Mutex<HashMap<TokenId, Arc<UsageCell>>>,
@@ -132,16 +137,20 @@ impl LastUsed {
             }
             !std::mem::replace(&mut state.queued, true)
         };
-        if !newly_queued {
-            return;
+        if newly_queued {
+            self.enqueue(token, cell.clone());
         }
+    }
+
+    /// Puts a dirty cell in the queue.
+    fn enqueue(&self, token: TokenId, cell: Arc<UsageCell>) {
         let replaced = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.insert(token, cell.clone())
         };
         // The token's cache entry was replaced while its old cell was queued: keep what the
         // old cell held.
-        if let Some(old) = replaced.filter(|old| !Arc::ptr_eq(old, cell))
+        if let Some(old) = replaced.filter(|old| !Arc::ptr_eq(old, &cell))
             && let Some(older) = old.take()
         {
             let mut state = cell.lock();
@@ -152,26 +161,27 @@ impl LastUsed {
         }
     }
 
-    /// Writes everything pending in one batch; on failure the batch is kept for the next flush.
-    /// Returns how many tokens were written.
+    /// Writes everything pending, [`FLUSH_CHUNK`] tokens at a time; on failure what was not
+    /// written is kept for the next flush. Returns how many tokens were written.
     pub async fn flush(&self, store: &impl TokenStore) -> Result<usize, StoreError> {
-        let taken: Vec<(TokenId, Arc<UsageCell>, Usage)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().collect::<Vec<_>>()
-        }
-        .into_iter()
-        .filter_map(|(token, cell)| cell.take().map(|usage| (token, cell, usage)))
-        .collect();
-        if taken.is_empty() {
-            return Ok(0);
-        }
-        let batch: Vec<(TokenId, Usage)> = taken
-            .iter()
-            .map(|(token, _, usage)| (*token, usage.clone()))
-            .collect();
-        match store.record_last_used(&batch).await {
-            Ok(()) => Ok(batch.len()),
-            Err(error) => {
+        // The whole queue at once, in constant time: uses during the flush queue anew.
+        let queued = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut queued = queued.into_iter();
+        let mut written = 0;
+        loop {
+            let cells: Vec<(TokenId, Arc<UsageCell>)> = queued.by_ref().take(FLUSH_CHUNK).collect();
+            if cells.is_empty() {
+                return Ok(written);
+            }
+            let taken: Vec<(TokenId, Arc<UsageCell>, Usage)> = cells
+                .into_iter()
+                .filter_map(|(token, cell)| cell.take().map(|usage| (token, cell, usage)))
+                .collect();
+            let batch: Vec<(TokenId, Usage)> = taken
+                .iter()
+                .map(|(token, _, usage)| (*token, usage.clone()))
+                .collect();
+            if let Err(error) = store.record_last_used(&batch).await {
                 for (token, cell, usage) in taken {
                     self.put(
                         token,
@@ -181,8 +191,13 @@ impl LastUsed {
                         usage.client_ip,
                     );
                 }
-                Err(error)
+                // Not taken yet: still dirty, so only back in the queue.
+                for (token, cell) in queued {
+                    self.enqueue(token, cell);
+                }
+                return Err(error);
             }
+            written += batch.len();
         }
     }
 
@@ -210,6 +225,8 @@ mod tests {
         writes: StdMutex<HashMap<TokenId, Vec<Usage>>>,
         flushes: StdMutex<usize>,
         failing: std::sync::atomic::AtomicBool,
+        /// Writes fail once this many have succeeded.
+        fail_after: StdMutex<Option<usize>>,
     }
 
     impl TokenStore for Arc<CountingStore> {
@@ -226,7 +243,10 @@ mod tests {
         }
 
         async fn record_last_used(&self, uses: &[(TokenId, Usage)]) -> StoreResult<()> {
-            if self.failing.load(Ordering::Relaxed) {
+            let done = *self.flushes.lock().unwrap();
+            if self.failing.load(Ordering::Relaxed)
+                || self.fail_after.lock().unwrap().is_some_and(|n| done >= n)
+            {
                 return Err(StoreError::Unavailable("down".into()));
             }
             *self.flushes.lock().unwrap() += 1;
@@ -339,6 +359,36 @@ mod tests {
         assert_eq!(introspector.flush_last_used().await.unwrap(), 1);
         let written = store.writes.lock().unwrap()[&token].clone();
         assert_eq!(written[0].app_id.as_ref().map(AppId::as_str), Some("app1"));
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_chunk_by_chunk_and_a_failure_keeps_what_was_not_written() {
+        let store = Arc::new(CountingStore::default());
+        let last_used = LastUsed::default();
+        let count = 2 * FLUSH_CHUNK + 1;
+        let at = crate::time::now();
+        for _ in 0..count {
+            let cell = Arc::new(UsageCell::default());
+            last_used.record(
+                TokenId::generate(),
+                &cell,
+                at,
+                None,
+                Some("192.0.2.1".parse().unwrap()),
+            );
+        }
+        *store.fail_after.lock().unwrap() = Some(1);
+        assert!(last_used.flush(&store).await.is_err());
+        assert_eq!(store.writes.lock().unwrap().len(), FLUSH_CHUNK);
+        assert_eq!(last_used.pending(), count - FLUSH_CHUNK);
+
+        *store.fail_after.lock().unwrap() = None;
+        assert_eq!(last_used.flush(&store).await.unwrap(), count - FLUSH_CHUNK);
+        let writes = store.writes.lock().unwrap();
+        assert_eq!(writes.len(), count);
+        assert!(writes.values().all(|uses| uses.len() == 1));
+        // One write for the first chunk, then two for the 1,001 left.
+        assert_eq!(*store.flushes.lock().unwrap(), 3);
     }
 
     #[test]

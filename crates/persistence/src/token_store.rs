@@ -163,8 +163,15 @@ impl TokenStore for Database {
         for batch in uses.chunks(USES_PER_STATEMENT) {
             run(async {
                 let txn = self.write_transaction().await?;
-                txn.execute_raw(last_used_update(txn.get_database_backend(), batch))
-                    .await?;
+                let backend = txn.get_database_backend();
+                if backend == sea_orm::DbBackend::Postgres {
+                    // Last-used times are best effort (uses wait in memory until a flush anyway):
+                    // their commits need not wait for the WAL to reach disk, and then do not
+                    // queue admin commits behind hundreds of flushes of their own.
+                    txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+                        .await?;
+                }
+                txn.execute_raw(last_used_update(backend, batch)).await?;
                 txn.commit().await?;
                 Ok(())
             })

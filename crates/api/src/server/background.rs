@@ -67,8 +67,15 @@ pub(super) async fn flush_last_used(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let started = std::time::Instant::now();
                 match introspector.flush_last_used().await {
-                    Ok(written) => record_flush(&metrics, Ok(written)),
+                    Ok(written) => {
+                        record_flush(&metrics, Ok(written));
+                        if written > 0 {
+                            let took_ms = started.elapsed().as_millis() as u64;
+                            tracing::debug!(written, took_ms, "last-used times flushed");
+                        }
+                    }
                     Err(error) => {
                         record_flush(&metrics, Err(()));
                         tracing::warn!(%error, "last-used flush failed; will retry");
