@@ -307,8 +307,11 @@ for line in open(sys.argv[1]):
     f = json.loads(line)
     if f.get("label") == "flush":
         w = f["admin_writes"]
-        print(f"flush of {f['tokens']} tokens on {f['backend']}: admin writes p50 {w['p50_us']} us, "
-              f"p99 {w['p99_us']} us, worst {w['max_us']} us ({f['used_after']} written)")
+        d = f["during_flush"]
+        print(f"flush of {f['tokens']} tokens on {f['backend']} ({d['flush_ms']} ms): worst of the "
+              f"{d['writes']} admin writes during it {d['max_us']} us; over the whole run p50 "
+              f"{w['p50_us']} us, p99 {w['p99_us']} us, worst {w['max_us']} us "
+              f"({f['used_after']} written)")
 for rpc in ("health", "introspect"):
     if f"h2load-{rpc}" in r:
         print(f"h2load {rpc}: {r[f'h2load-{rpc}']['rps']:.0f}/s")
