@@ -161,6 +161,35 @@ impl LastUsed {
         }
     }
 
+    /// Puts back queued cells that a failed flush did not take: they are still dirty. One lock
+    /// for all of them; a token queued again meanwhile keeps its newer cell, which absorbs the
+    /// old one's use.
+    fn requeue(&self, cells: impl Iterator<Item = (TokenId, Arc<UsageCell>)>) {
+        let mut absorbed = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (token, cell) in cells {
+                match pending.get(&token) {
+                    Some(newer) if !Arc::ptr_eq(newer, &cell) => {
+                        absorbed.push((newer.clone(), cell));
+                    }
+                    _ => {
+                        pending.insert(token, cell);
+                    }
+                }
+            }
+        }
+        for (newer, old) in absorbed {
+            if let Some(older) = old.take() {
+                let mut state = newer.lock();
+                match &mut state.latest {
+                    Some(latest) => latest.merge(&older),
+                    None => state.latest = Some(older),
+                }
+            }
+        }
+    }
+
     /// Writes everything pending, [`FLUSH_CHUNK`] tokens at a time; on failure what was not
     /// written is kept for the next flush. Returns how many tokens were written.
     pub async fn flush(&self, store: &impl TokenStore) -> Result<usize, StoreError> {
@@ -191,10 +220,7 @@ impl LastUsed {
                         usage.client_ip,
                     );
                 }
-                // Not taken yet: still dirty, so only back in the queue.
-                for (token, cell) in queued {
-                    self.enqueue(token, cell);
-                }
+                self.requeue(queued);
                 return Err(error);
             }
             written += batch.len();

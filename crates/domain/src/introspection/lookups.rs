@@ -7,8 +7,9 @@
 //! serve many requests, and storage never sees more than `slots` queries at once.
 //!
 //! Waiting misses help: whichever of them gets a free slot runs the next batch, so no task
-//! or thread of its own is needed. A miss whose batch is lost (the request running it was
-//! cancelled) queues again. Every miss is queued before any query that answers it is sent,
+//! or thread of its own is needed (a miss may so run a batch that does not hold its own token).
+//! A miss whose batch is lost (the request running it was cancelled) queues again, at the
+//! front. Every miss is queued before any query that answers it is sent,
 //! which keeps the cache's rule that a fill's epoch is read before its storage read.
 
 use std::collections::VecDeque;
@@ -46,9 +47,17 @@ impl Lookups {
 
     /// The token with this hash, from a query of its own or one shared with other misses.
     pub(crate) async fn find(&self, store: &impl TokenStore, hash: TokenHash) -> Answer {
+        let mut requeued = false;
         loop {
             let (answer, mut answered) = oneshot::channel();
-            self.queue().push_back(Waiting { hash, answer });
+            let waiting = Waiting { hash, answer };
+            // A miss whose batch was lost goes first: it has waited longest.
+            if requeued {
+                self.queue().push_front(waiting);
+            } else {
+                self.queue().push_back(waiting);
+            }
+            requeued = true;
             loop {
                 tokio::select! {
                     biased;
@@ -84,18 +93,24 @@ impl Lookups {
     }
 
     /// The oldest waiting misses, up to [`MAX_BATCH`] distinct tokens. Misses of a token already
-    /// taken ride along for free.
+    /// taken ride along for free; misses whose request has gone away are dropped.
     fn take_batch(&self) -> Vec<Waiting> {
         let mut queue = self.queue();
         let mut batch: Vec<Waiting> = Vec::new();
-        let mut distinct = 0;
+        let mut distinct: Vec<TokenHash> = Vec::with_capacity(MAX_BATCH);
         while let Some(next) = queue.front() {
-            let repeat = batch.iter().any(|w| w.hash == next.hash);
-            if !repeat && distinct == MAX_BATCH {
+            let repeat = distinct.contains(&next.hash);
+            if !repeat && distinct.len() == MAX_BATCH {
                 break;
             }
-            distinct += usize::from(!repeat);
-            batch.extend(queue.pop_front());
+            let Some(next) = queue.pop_front() else { break };
+            if next.answer.is_closed() {
+                continue;
+            }
+            if !repeat {
+                distinct.push(next.hash);
+            }
+            batch.push(next);
         }
         batch
     }

@@ -180,3 +180,23 @@ async fn a_miss_whose_batch_was_cancelled_is_looked_up_again() {
     assert_eq!(found(&first.await.unwrap()), Some(known[0]));
     assert_eq!(store.queries().last().unwrap(), &[known[2]]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_whose_request_went_away_is_not_looked_up() {
+    let (store, known) = LoggingStore::with_tokens(3);
+    let store = Arc::new(store);
+    let lookups = Arc::new(Lookups::new(1));
+    let spawn = |hash: TokenHash| {
+        let (lookups, store) = (lookups.clone(), store.clone());
+        tokio::spawn(async move { lookups.find(&store, hash).await })
+    };
+    let first = spawn(known[0]);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let gone = spawn(known[1]);
+    let waiting = spawn(known[2]);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    gone.abort();
+    assert_eq!(found(&first.await.unwrap()), Some(known[0]));
+    assert_eq!(found(&waiting.await.unwrap()), Some(known[2]));
+    assert_eq!(store.queries(), [vec![known[0]], vec![known[2]]]);
+}
