@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Lookups, MAX_BATCH};
+use super::{Answer, Lookups, MAX_BATCH};
 use crate::StoreError;
 use crate::fixtures::issued;
 use crate::ids::{ServiceAccountId, TokenId};
@@ -158,15 +158,24 @@ async fn a_failed_query_fails_every_miss_it_carried() {
     assert_eq!(store.queries().len(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_miss_whose_batch_was_cancelled_is_looked_up_again() {
+type Spawn = Box<dyn Fn(TokenHash) -> tokio::task::JoinHandle<Answer>>;
+
+/// A store of three tokens behind one lookup slot, and a way to start a miss.
+fn one_slot_with_three_tokens() -> (Arc<LoggingStore>, Vec<TokenHash>, Spawn) {
     let (store, known) = LoggingStore::with_tokens(3);
     let store = Arc::new(store);
     let lookups = Arc::new(Lookups::new(1));
-    let spawn = |hash: TokenHash| {
-        let (lookups, store) = (lookups.clone(), store.clone());
+    let spawn_store = store.clone();
+    let spawn = Box::new(move |hash: TokenHash| {
+        let (lookups, store) = (lookups.clone(), spawn_store.clone());
         tokio::spawn(async move { lookups.find(&store, hash).await })
-    };
+    });
+    (store, known, spawn)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_whose_batch_was_cancelled_is_looked_up_again() {
+    let (store, known, spawn) = one_slot_with_three_tokens();
     let first = spawn(known[0]);
     tokio::time::sleep(Duration::from_millis(1)).await;
     // Both queue behind the first; when it is done, the second takes both in one batch.
@@ -183,13 +192,7 @@ async fn a_miss_whose_batch_was_cancelled_is_looked_up_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_miss_whose_request_went_away_is_not_looked_up() {
-    let (store, known) = LoggingStore::with_tokens(3);
-    let store = Arc::new(store);
-    let lookups = Arc::new(Lookups::new(1));
-    let spawn = |hash: TokenHash| {
-        let (lookups, store) = (lookups.clone(), store.clone());
-        tokio::spawn(async move { lookups.find(&store, hash).await })
-    };
+    let (store, known, spawn) = one_slot_with_three_tokens();
     let first = spawn(known[0]);
     tokio::time::sleep(Duration::from_millis(1)).await;
     let gone = spawn(known[1]);
