@@ -256,11 +256,14 @@ mod tests {
     }
 
     impl TokenStore for Arc<CountingStore> {
-        async fn find_tokens(&self, hashes: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+        async fn find_tokens(
+            &self,
+            hashes: &[TokenHash],
+        ) -> StoreResult<Vec<(TokenHash, StoreResult<TokenRecord>)>> {
             let records = self.records.lock().unwrap();
             Ok(hashes
                 .iter()
-                .filter_map(|hash| records.get(hash.as_bytes()).cloned())
+                .filter_map(|hash| Some((*hash, Ok(records.get(hash.as_bytes())?.clone()))))
                 .collect())
         }
 

@@ -208,18 +208,24 @@ pub enum Rotated {
 pub trait TokenStore: Send + Sync + 'static {
     /// The tokens with these hashes (distinct; at most
     /// [`MAX_BATCH`](crate::introspection::MAX_BATCH)), each with its account's identity and app
-    /// access, in any order. Hashes no token has are left out.
+    /// access, in any order, by hash. Hashes no token has are left out. A stored token that cannot
+    /// be read is an error of its own, so that it fails only the lookups of that token.
     fn find_tokens(
         &self,
         hashes: &[TokenHash],
-    ) -> impl Future<Output = StoreResult<Vec<TokenRecord>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<(TokenHash, StoreResult<TokenRecord>)>>> + Send;
 
     /// The token with this hash.
     fn find_token(
         &self,
         hash: &TokenHash,
     ) -> impl Future<Output = StoreResult<Option<TokenRecord>>> + Send {
-        async move { Ok(self.find_tokens(std::slice::from_ref(hash)).await?.pop()) }
+        async move {
+            match self.find_tokens(std::slice::from_ref(hash)).await?.pop() {
+                Some((_, record)) => record.map(Some),
+                None => Ok(None),
+            }
+        }
     }
 
     /// The first 8 bytes (see [`crate::issued::prefix`]) of every stored token's hash.

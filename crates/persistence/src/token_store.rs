@@ -96,7 +96,10 @@ fn lookup_query(backend: sea_orm::DbBackend, n: usize) -> &'static str {
 }
 
 impl TokenStore for Database {
-    async fn find_tokens(&self, hashes: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+    async fn find_tokens(
+        &self,
+        hashes: &[TokenHash],
+    ) -> StoreResult<Vec<(TokenHash, StoreResult<TokenRecord>)>> {
         // The hot lookup: one hand-written statement for the batch's tokens and their accounts,
         // decoding only what introspection needs; a second round trip only when some account
         // has an explicit app list.
@@ -114,23 +117,29 @@ impl TokenStore for Database {
                 hashes.iter().map(|h| h.as_bytes().to_vec().into()),
             );
             let rows = self.db.query_all_raw(statement).await?;
-            let found = rows
-                .iter()
-                .map(Found::read)
-                .collect::<Result<Vec<_>, _>>()?;
+            // A row that cannot be read fails the lookups of its own token only; a row whose
+            // very hash cannot be read cannot be told apart, and fails the batch.
+            let mut found = Vec::with_capacity(rows.len());
+            for row in &rows {
+                found.push((Found::hash(row)?, Found::read(row)));
+            }
             let explicit: Vec<&str> = found
                 .iter()
+                .filter_map(|(_, f)| f.as_ref().ok())
                 .filter(|f| !f.all_apps)
                 .map(|f| f.account_id.as_str())
                 .collect();
             let apps = apps_of(&self.db, &explicit).await?;
             let records = found
                 .into_iter()
-                .map(|f| {
-                    let apps = apps.get(&f.account_id).cloned().unwrap_or_default();
-                    f.into_record(apps)
+                .map(|(hash, f)| {
+                    let record = f.and_then(|f| {
+                        let apps = apps.get(&f.account_id).cloned().unwrap_or_default();
+                        f.into_record(hash, apps)
+                    });
+                    (hash, record)
                 })
-                .collect::<StoreResult<Vec<_>>>()?;
+                .collect();
             Ok(records)
         })
         .await
@@ -184,7 +193,6 @@ impl TokenStore for Database {
 /// One row of the token lookup.
 struct Found {
     token_id: String,
-    token_hash: Vec<u8>,
     scopes: String,
     expire_time: Option<Timestamp>,
     revoke_time: Option<Timestamp>,
@@ -197,12 +205,21 @@ struct Found {
     all_apps: bool,
 }
 
+fn lookup_column(error: DbErr) -> StoreError {
+    StoreError::Other(format!("token lookup row: {error}"))
+}
+
 impl Found {
+    fn hash(row: &QueryResult) -> StoreResult<TokenHash> {
+        let stored: Vec<u8> = row.try_get("", "token_hash").map_err(lookup_column)?;
+        TokenHash::from_slice(&stored)
+            .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))
+    }
+
     fn read(row: &QueryResult) -> StoreResult<Self> {
-        let column = |e: DbErr| StoreError::Other(format!("token lookup row: {e}"));
+        let column = lookup_column;
         Ok(Self {
             token_id: row.try_get("", "token_id").map_err(column)?,
-            token_hash: row.try_get("", "token_hash").map_err(column)?,
             scopes: row.try_get("", "scopes").map_err(column)?,
             expire_time: row.try_get("", "expire_at").map_err(column)?,
             revoke_time: row.try_get("", "revoked_at").map_err(column)?,
@@ -216,9 +233,7 @@ impl Found {
         })
     }
 
-    fn into_record(self, apps: Vec<String>) -> StoreResult<TokenRecord> {
-        let token_hash = TokenHash::from_slice(&self.token_hash)
-            .ok_or_else(|| StoreError::Other("stored token hash is not 32 bytes".into()))?;
+    fn into_record(self, token_hash: TokenHash, apps: Vec<String>) -> StoreResult<TokenRecord> {
         Ok(TokenRecord {
             token_id: rows::token_id(&self.token_id)?,
             token_hash,

@@ -124,8 +124,12 @@ async fn answer_batch(store: &impl TokenStore, batch: Vec<Waiting>) {
         Ok(found) => {
             for waiting in batch {
                 // The query matched by hash; the introspector confirms in constant time.
-                let record = found.iter().find(|r| r.token_hash == waiting.hash).cloned();
-                let _ = waiting.answer.send(Ok(record));
+                let record = found
+                    .iter()
+                    .find(|(hash, _)| *hash == waiting.hash)
+                    .map(|(_, record)| record.clone())
+                    .transpose();
+                let _ = waiting.answer.send(record);
             }
         }
         Err(error) => {

@@ -196,7 +196,10 @@ struct SlowStore {
 }
 
 impl TokenStore for Arc<SlowStore> {
-    async fn find_tokens(&self, _: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+    async fn find_tokens(
+        &self,
+        _: &[TokenHash],
+    ) -> StoreResult<Vec<(TokenHash, StoreResult<TokenRecord>)>> {
         use std::sync::atomic::Ordering::SeqCst;
         let now = self.running.fetch_add(1, SeqCst) + 1;
         self.most.fetch_max(now, SeqCst);

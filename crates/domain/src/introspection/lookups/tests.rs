@@ -16,6 +16,8 @@ struct LoggingStore {
     records: HashMap<TokenHash, TokenRecord>,
     queries: Mutex<Vec<Vec<TokenHash>>>,
     failing: bool,
+    /// A stored token that cannot be read.
+    unreadable: Option<TokenHash>,
 }
 
 impl LoggingStore {
@@ -40,7 +42,10 @@ impl LoggingStore {
 }
 
 impl TokenStore for Arc<LoggingStore> {
-    async fn find_tokens(&self, hashes: &[TokenHash]) -> StoreResult<Vec<TokenRecord>> {
+    async fn find_tokens(
+        &self,
+        hashes: &[TokenHash],
+    ) -> StoreResult<Vec<(TokenHash, StoreResult<TokenRecord>)>> {
         self.queries.lock().unwrap().push(hashes.to_vec());
         tokio::time::sleep(Duration::from_millis(10)).await;
         if self.failing {
@@ -48,7 +53,18 @@ impl TokenStore for Arc<LoggingStore> {
         }
         Ok(hashes
             .iter()
-            .filter_map(|h| self.records.get(h).cloned())
+            .filter_map(|h| {
+                let record = self.records.get(h)?.clone();
+                let unreadable = StoreError::Other("unreadable row".into());
+                Some((
+                    *h,
+                    if self.unreadable == Some(*h) {
+                        Err(unreadable)
+                    } else {
+                        Ok(record)
+                    },
+                ))
+            })
             .collect())
     }
 
@@ -202,4 +218,20 @@ async fn a_miss_whose_request_went_away_is_not_looked_up() {
     assert_eq!(found(&first.await.unwrap()), Some(known[0]));
     assert_eq!(found(&waiting.await.unwrap()), Some(known[2]));
     assert_eq!(store.queries(), [vec![known[0]], vec![known[2]]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_storage_cannot_read_fails_only_its_own_misses() {
+    let (mut store, known) = LoggingStore::with_tokens(3);
+    store.unreadable = Some(known[1]);
+    let store = Arc::new(store);
+    let lookups = Arc::new(Lookups::new(1));
+    let hashes = [known[0], known[1], known[2], known[1]];
+    let answers = find_all(&lookups, &store, &hashes).await;
+    assert_eq!(found(&answers[0]), Some(known[0]));
+    assert!(matches!(answers[1], Err(StoreError::Other(_))));
+    assert_eq!(found(&answers[2]), Some(known[2]));
+    assert!(matches!(answers[3], Err(StoreError::Other(_))));
+    // The last three went in one batch.
+    assert_eq!(store.queries().len(), 2);
 }
