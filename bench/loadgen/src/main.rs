@@ -480,7 +480,7 @@ async fn open_loop(
     interval: Duration,
     window: Window,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let timer = PreciseTimer::new()?;
+    let mut timer = PreciseTimer::new()?;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let outcome = Arc::new(std::sync::Mutex::new((
         histogram(),
@@ -640,65 +640,33 @@ fn grpc_frame(rpc: Rpc, token: &str, checks: &pb::IntrospectRequest) -> bytes::B
 
 /// A one-shot timer with microsecond resolution (Linux `timerfd`), awaited like a socket.
 struct PreciseTimer {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    fd: tokio::io::unix::AsyncFd<timerfd::TimerFd>,
 }
 
 impl PreciseTimer {
     fn new() -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: timerfd_create returns a new descriptor (or -1), owned by the OwnedFd below.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        let timer = timerfd::TimerFd::new_custom(timerfd::ClockId::Monotonic, true, true)?;
+        // SAFETY: the TimerFd owns its descriptor and is owned by the AsyncFd until it is
+        // dropped, so the descriptor stays open and the same while registered.
+        let fd =
+            unsafe { tokio::io::unix::AsyncFd::register(timer) }.map_err(|e| e.into_parts().1)?;
         Ok(Self { fd })
     }
 
     /// Returns at `deadline` (at once if it has passed).
-    async fn sleep_until(&self, deadline: Instant) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
-            return Ok(());
-        };
+    async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
             return Ok(());
         }
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: wait.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: a valid timerfd and a fully initialised itimerspec; no old value is asked for.
-        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
+        self.fd.get_mut().set_state(
+            timerfd::TimerState::Oneshot(wait),
+            timerfd::SetTimeFlags::Default,
+        );
         loop {
             let mut ready = self.fd.readable().await?;
-            let mut expirations = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
-            let read = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    expirations.as_mut_ptr().cast(),
-                    expirations.len(),
-                )
-            };
-            if read == 8 {
+            // Non-blocking: 0 when the timer has not fired yet.
+            if ready.get_inner().read() > 0 {
                 return Ok(());
             }
             ready.clear_ready();
