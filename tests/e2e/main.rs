@@ -19,6 +19,7 @@ mod introspection;
 mod jwks_rotation;
 mod leaks;
 mod lifecycle;
+mod log_alerts;
 mod networks;
 mod operations;
 mod quotas;

@@ -120,6 +120,8 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
             .args(["--shutdown-grace", "5s", "--data-dir"])
             .arg(data_dir.path());
     });
+    // The server creates the key it trusts before it serves; admin-token only reads it.
+    let channel = server.connect_when_serving().await;
     let token = Command::new(BINARY)
         .args([
             "admin-token",
@@ -136,7 +138,6 @@ async fn the_binary_mints_dev_admin_tokens_that_its_server_accepts() {
     let jwt = String::from_utf8(token.stdout).unwrap().trim().to_owned();
     assert_eq!(jwt.split('.').count(), 3);
 
-    let channel = server.connect_when_serving().await;
     let mut admin = pb::service_account_admin_client::ServiceAccountAdminClient::new(channel);
     let created = admin
         .create_service_account(authed(
@@ -207,6 +208,14 @@ fn startup_mistakes_are_one_line_errors_not_panics() {
             vec!["--admin-jwks".into(), "x.json".into()],
             "--admin-jwt-issuer",
         ),
+        (
+            vec!["--introspection-cache-max-age".into(), "500ms".into()],
+            "counts whole seconds",
+        ),
+        (
+            vec!["--introspection-cache-max-age".into(), "1500ms".into()],
+            "counts whole seconds",
+        ),
     ];
     for (args, expected) in cases {
         let output = Command::new(BINARY)
@@ -221,6 +230,36 @@ fn startup_mistakes_are_one_line_errors_not_panics() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// `admin-token` signs with the key the server created; pointed at a data dir where no server
+/// runs, it says where it looked instead of creating a key that no server trusts.
+#[test]
+fn admin_token_without_a_key_names_the_directory_and_creates_nothing() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args([
+            "admin-token",
+            "--org-id",
+            "acme",
+            "--user-id",
+            "alice",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr.contains(&format!(
+            "no development admin key in {}",
+            data_dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(data_dir.path()).unwrap().count(), 0);
 }
 
 /// A `DATABASE_URL` password reaches neither the logs nor the error of a failed start.

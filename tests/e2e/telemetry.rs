@@ -96,6 +96,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
             .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
             .env("RUST_LOG", "debug");
     });
+    let channel = server.connect_when_serving().await;
     let jwt = String::from_utf8(
         Command::new(BINARY)
             .args([
@@ -115,7 +116,6 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     .trim()
     .to_owned();
 
-    let channel = server.connect_when_serving().await;
     let mut admin =
         pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
     let mut introspection =

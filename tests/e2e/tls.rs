@@ -167,3 +167,220 @@ async fn start_tls(app: &mut TestApp, pki: &Pki) {
         .until(async || channel(app, pki, Some(&pki.client)).await)
         .await;
 }
+
+/// docs/operations.md "TLS and mTLS", as written: its OpenSSL commands make the certificates, the
+/// server starts with its flags, and its callers are answered as it says. The `curl` commands run
+/// as written (pointed at this test's port); the `grpcurl` calls are made with the generated
+/// client, with the same files.
+mod as_documented {
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use service_accounts_api::pb;
+    use tonic::Code;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    use crate::support::*;
+
+    const DOCS: &str = include_str!("../../docs/operations.md");
+    const NO_CERTIFICATE_GRPC: &str =
+        "this service requires a client certificate from the configured CA";
+    const NO_CERTIFICATE_HTTP: &str =
+        "this endpoint requires a client certificate from the configured CA";
+
+    /// The shell block after `<!-- tls-example: NAME -->`.
+    fn example(name: &str) -> &'static str {
+        let marker = format!("<!-- tls-example: {name} -->\n```sh\n");
+        let start = DOCS
+            .find(&marker)
+            .unwrap_or_else(|| panic!("docs/operations.md has no {name} example"))
+            + marker.len();
+        let end = start + DOCS[start..].find("```").unwrap();
+        &DOCS[start..end]
+    }
+
+    /// The block's commands, one per entry, with their line continuations joined.
+    fn commands(block: &str) -> Vec<String> {
+        block
+            .replace("\\\n", " ")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn shell(dir: &Path, script: &str, env: &[(&str, &str)]) -> std::process::Output {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run bash")
+    }
+
+    async fn channel(dir: &Path, port: u16, client_cert: bool) -> Result<Channel, String> {
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .domain_name("service-accounts");
+        if client_cert {
+            tls = tls.identity(Identity::from_pem(
+                read("mcp-server.pem"),
+                read("mcp-server.key"),
+            ));
+        }
+        Channel::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tls_section_works_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+
+        let made = shell(dir, example("certificates"), &[]);
+        assert!(made.status.success(), "{made:?}");
+
+        // The documented server command, on this test's ports.
+        let serve = commands(example("serve"));
+        let [serve] = serve.as_slice() else {
+            panic!("one serve command: {serve:?}")
+        };
+        let words: Vec<&str> = serve.split_whitespace().collect();
+        assert_eq!(words[0], "service-accounts");
+        let http_port = free_port();
+        let mut args = Vec::new();
+        let mut rest = words[1..].iter();
+        while let Some(&word) = rest.next() {
+            match word {
+                // ServerProcess listens on its own port.
+                "--listen" => assert_eq!(rest.next(), Some(&"0.0.0.0:50051")),
+                "--http-listen" => {
+                    assert_eq!(rest.next(), Some(&"0.0.0.0:8443"));
+                    args.extend(["--http-listen".to_owned(), format!("127.0.0.1:{http_port}")]);
+                }
+                other => args.push(other.to_owned()),
+            }
+        }
+        let server = ServerProcess::start(|command| {
+            command
+                .args(&args)
+                .args(["--shutdown-grace", "2s", "--data-dir"])
+                .arg(dir)
+                .current_dir(dir);
+        });
+        let port = server.port;
+        let with_cert = Wait::new("the TLS server accepts connections")
+            .within(Duration::from_secs(20))
+            .until(async || channel(dir, port, true).await)
+            .await;
+        let without_cert = channel(dir, port, false).await.unwrap();
+
+        // An admin without a client certificate: TLS and the JWT are enough.
+        let jwt = Command::new(BINARY)
+            .args([
+                "admin-token",
+                "--org-id",
+                "acme",
+                "--user-id",
+                "alice",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(jwt.status.success(), "{jwt:?}");
+        let jwt = String::from_utf8(jwt.stdout).unwrap().trim().to_owned();
+        let mut admin =
+            pb::service_account_admin_client::ServiceAccountAdminClient::new(without_cert.clone());
+        let account = admin
+            .create_service_account(authed(
+                pb::CreateServiceAccountRequest {
+                    display_name: "MCP".into(),
+                    ..Default::default()
+                },
+                &jwt,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .service_account
+            .unwrap();
+        let token = admin
+            .create_token(authed(
+                pb::CreateTokenRequest {
+                    service_account_id: account.service_account_id,
+                    display_name: "MCP".into(),
+                    scopes: vec!["mcp:tools:call".into()],
+                    ..Default::default()
+                },
+                &jwt,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret;
+
+        // Introspect: with the calling service's certificate, answered; without, refused.
+        let request = || pb::IntrospectRequest {
+            token: token.clone(),
+            ..Default::default()
+        };
+        let answer = pb::token_introspection_client::TokenIntrospectionClient::new(with_cert)
+            .introspect(request())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.active);
+        let refused = pb::token_introspection_client::TokenIntrospectionClient::new(without_cert)
+            .introspect(request())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert_eq!(refused.message(), NO_CERTIFICATE_GRPC);
+        assert!(DOCS.contains(NO_CERTIFICATE_GRPC) && DOCS.contains(NO_CERTIFICATE_HTTP));
+
+        // forward-auth with curl, as written, then without the client certificate.
+        let curl = commands(example("callers"))
+            .into_iter()
+            .find(|c| c.starts_with("curl "))
+            .expect("a curl example");
+        let curl = curl.replacen(
+            "curl ",
+            &format!(
+                "curl -sS --resolve service-accounts:{http_port}:127.0.0.1 -w '\\n%{{http_code}}' "
+            ),
+            1,
+        );
+        let curl = curl.replace(
+            "service-accounts:8443",
+            &format!("service-accounts:{http_port}"),
+        );
+        let env = [("TOKEN", token.as_str())];
+        let allowed = shell(dir, &curl, &env);
+        let allowed_out = String::from_utf8_lossy(&allowed.stdout);
+        assert!(allowed.status.success(), "{allowed:?}");
+        assert_eq!(allowed_out.lines().last(), Some("200"), "{allowed_out}");
+        let anonymous = curl.replace(" --cert mcp-server.pem --key mcp-server.key", "");
+        assert_ne!(anonymous, curl, "the curl example presents mcp-server.pem");
+        let refused = shell(dir, &anonymous, &env);
+        let refused_out = String::from_utf8_lossy(&refused.stdout);
+        assert_eq!(refused_out.lines().last(), Some("403"), "{refused:?}");
+        assert!(refused_out.contains(NO_CERTIFICATE_HTTP), "{refused_out}");
+
+        // The grpcurl examples use the files the certificate commands made.
+        let callers = example("callers");
+        for file in ["ca.pem", "mcp-server.pem", "mcp-server.key"] {
+            assert!(callers.contains(file) && dir.join(file).exists(), "{file}");
+        }
+        let exited = server.terminate().await;
+        assert!(!exited.stderr.contains(&token) && !exited.stderr.contains(&jwt));
+    }
+}

@@ -35,7 +35,7 @@ function adminJwt(): string {
   if (!jwt) {
     console.error(
       "ADMIN_JWT is not set: it must be an org-admin JWT for org `acme`, for example\n" +
-        "  export ADMIN_JWT=$(cargo run -q -- admin-token --org-id acme --user-id alice)",
+        "  export ADMIN_JWT=$(cargo run -q -- admin-token --data-dir ./data --org-id acme --user-id alice)",
     );
     process.exit(2);
   }

@@ -28,6 +28,11 @@ const FILE_NAME: &str = "admin-dev-key.pem";
 pub enum DevKeyError {
     #[error("cannot use development key {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    #[error(
+        "no development admin key in {dir}: the server creates it there when it starts with \
+         that --data-dir; pass the --data-dir the server runs with"
+    )]
+    Missing { dir: PathBuf },
 }
 
 pub struct DevKey {
@@ -47,6 +52,19 @@ struct Claims<'a> {
 }
 
 impl DevKey {
+    /// Loads the key the server created in `data_dir`. Never creates one: a key minted beside a
+    /// server that does not trust it would only make every admin call fail later.
+    pub fn load_existing(data_dir: &Path) -> Result<Self, DevKeyError> {
+        let path = data_dir.join(FILE_NAME);
+        match Self::load(&path) {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => Err(DevKeyError::Missing {
+                dir: data_dir.to_owned(),
+            }),
+            Err(reason) => Err(DevKeyError::Io { path, reason }),
+        }
+    }
+
     /// Loads the key from `data_dir`, creating the directory and the key (mode 0600) if needed.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, DevKeyError> {
         let path = data_dir.join(FILE_NAME);
@@ -206,6 +224,21 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(error.contains("group or others"), "{error}");
+    }
+
+    #[test]
+    fn loading_an_existing_key_never_creates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = DevKey::load_existing(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let created = DevKey::load_or_create(dir.path()).unwrap();
+        let loaded = DevKey::load_existing(dir.path()).unwrap();
+        assert_eq!(loaded.jwks().keys, created.jwks().keys);
     }
 
     #[test]

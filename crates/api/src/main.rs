@@ -81,7 +81,7 @@ fn create_data_dir(storage: &StorageConfig) -> Result<(), String> {
 }
 
 fn admin_token(args: AdminTokenArgs) -> Result<(), String> {
-    let key = DevKey::load_or_create(&args.data.data_dir).map_err(|e| e.to_string())?;
+    let key = DevKey::load_existing(&args.data.data_dir).map_err(|e| e.to_string())?;
     let token = key
         .mint(&args.org_id, &args.user_id, &args.roles, args.ttl)
         .map_err(|e| format!("cannot sign the token: {e}"))?;

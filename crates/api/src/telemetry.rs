@@ -2,6 +2,7 @@
 //! metrics are exported over OTLP/gRPC only when an endpoint is configured; without one no
 //! exporter, span or per-RPC layer exists, so the hot path pays nothing for them.
 
+use std::io::IsTerminal;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -29,12 +30,19 @@ pub struct Telemetry {
     meter: Option<SdkMeterProvider>,
 }
 
+/// Colour only for a person at a terminal: a file or a log collector would keep the escape codes.
+/// `NO_COLOR` (https://no-color.org) turns it off there too.
+fn colour_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber and, with an OTLP endpoint, the exporters. Call inside the
 /// Tokio runtime: the tonic exporters spawn their connection tasks on it.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour_stderr())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

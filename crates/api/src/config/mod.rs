@@ -211,8 +211,9 @@ pub struct ServeConfig {
     )]
     pub introspection_cache_max_mib: u64,
 
-    /// Maximum age of an introspection cache entry: a backstop; changes invalidate entries at once.
-    #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = positive_duration)]
+    /// Maximum age of an introspection cache entry, in whole seconds: a backstop; changes
+    /// invalidate entries at once.
+    #[arg(long, env = "SERVICE_ACCOUNTS_INTROSPECTION_CACHE_MAX_AGE", default_value = "60s", value_parser = whole_seconds)]
     pub introspection_cache_max_age: Duration,
 
     /// How often coalesced last-used times are written to storage.
@@ -299,8 +300,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM CA bundle: callers of TokenIntrospection must present a client certificate issued by
-    /// it (mTLS). Admin callers may connect without one; they authenticate with their JWT.
+    /// PEM CA bundle (mTLS): callers of TokenIntrospection, LeakReporting, Envoy's
+    /// Authorization/Check and the HTTP listener's /v1/forward-auth must present a client
+    /// certificate issued by it. Admin callers may connect without one; they authenticate with
+    /// their JWT.
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
@@ -349,6 +352,16 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if duration.is_zero() {
         return Err("must be more than 0".into());
+    }
+    Ok(duration)
+}
+
+/// A duration of at least one second and no fraction of one, for settings kept in whole seconds:
+/// `500ms` or `1.5s` would otherwise be rounded without a word.
+fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < Duration::from_secs(1) || duration.subsec_nanos() != 0 {
+        return Err("counts whole seconds: give 1s or more, with no fraction of a second".into());
     }
     Ok(duration)
 }

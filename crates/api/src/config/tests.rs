@@ -79,3 +79,34 @@ fn the_flags_table_in_the_docs_matches_help() {
         );
     }
 }
+
+/// Every caller that `--tls-client-ca` makes present a certificate is named in its `--help` and
+/// in the docs' flags table (tests/e2e/tls.rs shows each of them refused without one).
+#[test]
+fn the_client_ca_help_names_every_caller_that_needs_a_certificate() {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let help = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some("tls-client-ca"))
+        .and_then(|a| a.get_help())
+        .expect("--tls-client-ca has help")
+        .to_string();
+    let docs = include_str!("../../../../docs/operations.md");
+    let row = docs
+        .lines()
+        .find(|l| l.starts_with("| `--tls-client-ca`"))
+        .expect("a flags table row");
+    for caller in [
+        "TokenIntrospection",
+        "LeakReporting",
+        "Check",
+        "/v1/forward-auth",
+    ] {
+        assert!(
+            help.contains(caller),
+            "--help does not name {caller}: {help}"
+        );
+        assert!(row.contains(caller), "the docs do not name {caller}: {row}");
+    }
+}
