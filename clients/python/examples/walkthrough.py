@@ -11,7 +11,7 @@ Exits non-zero with a message on the first unexpected answer, so it doubles as a
 Environment:
   SERVICE_ACCOUNTS_ADDR  host:port of the server, plaintext (default localhost:50051)
   ADMIN_JWT              org-admin JWT for org `acme` (required), for example:
-    export ADMIN_JWT=$(cargo run -q -- admin-token --org-id acme --user-id alice)
+    export ADMIN_JWT=$(cargo run -q -- admin-token --data-dir ./data --org-id acme --user-id alice)
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from embrace.serviceaccounts.v1 import resources_pb2
@@ -52,7 +52,10 @@ def expect(condition: bool, message: str) -> None:
 
 def field_violations(err: grpc.RpcError) -> List[Tuple[str, str]]:
     """The (field, description) pairs of the google.rpc.BadRequest detail of an error, if any."""
-    status = rpc_status.from_call(err)  # the google.rpc.Status sent in grpc-status-details-bin
+    if not isinstance(err, grpc.Call):  # what a call raises is both; rpc_status wants the Call
+        return []
+    # The google.rpc.Status sent in grpc-status-details-bin (grpcio-status returns it untyped).
+    status: Optional[status_pb2.Status] = rpc_status.from_call(err)
     if status is None:
         return []
     violations: List[Tuple[str, str]] = []
@@ -219,7 +222,8 @@ def main() -> int:
     if not admin_jwt:
         print(
             "ADMIN_JWT is not set: it must hold an org-admin JWT for org acme, for example\n"
-            "  export ADMIN_JWT=$(cargo run -q -- admin-token --org-id acme --user-id alice)",
+            "  export ADMIN_JWT=$(cargo run -q -- admin-token --data-dir ./data \\\n"
+            "      --org-id acme --user-id alice)",
             file=sys.stderr,
         )
         return 2

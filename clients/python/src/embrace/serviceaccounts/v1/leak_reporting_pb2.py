@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/embrace/serviceaccounts/v1/leak_reporting.proto\x12\x1a\x65mbrace.serviceaccounts.v1\"K\n\x19ReportLeakedTokensRequest\x12\x16\n\x06tokens\x18\x01 \x03(\tR\x06tokens\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\"e\n\x1aReportLeakedTokensResponse\x12G\n\x07results\x18\x01 \x03(\x0b\x32-.embrace.serviceaccounts.v1.LeakedTokenResultR\x07results\"j\n\x11LeakedTokenResult\x12\x12\n\x04hint\x18\x01 \x01(\tR\x04hint\x12\x41\n\x07outcome\x18\x02 \x01(\x0e\x32\'.embrace.serviceaccounts.v1.LeakOutcomeR\x07outcome*\x9e\x01\n\x0bLeakOutcome\x12\x1c\n\x18LEAK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14LEAK_OUTCOME_REVOKED\x10\x01\x12!\n\x1dLEAK_OUTCOME_ALREADY_INACTIVE\x10\x02\x12\x18\n\x14LEAK_OUTCOME_UNKNOWN\x10\x03\x12\x1a\n\x16LEAK_OUTCOME_MALFORMED\x10\x04\x32\x95\x01\n\rLeakReporting\x12\x83\x01\n\x12ReportLeakedTokens\x12\x35.embrace.serviceaccounts.v1.ReportLeakedTokensRequest\x1a\x36.embrace.serviceaccounts.v1.ReportLeakedTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/embrace/serviceaccounts/v1/leak_reporting.proto\x12\x1a\x65mbrace.serviceaccounts.v1\"K\n\x19ReportLeakedTokensRequest\x12\x16\n\x06tokens\x18\x01 \x03(\tR\x06tokens\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\"e\n\x1aReportLeakedTokensResponse\x12G\n\x07results\x18\x01 \x03(\x0b\x32-.embrace.serviceaccounts.v1.LeakedTokenResultR\x07results\"j\n\x11LeakedTokenResult\x12\x12\n\x04hint\x18\x01 \x01(\tR\x04hint\x12\x41\n\x07outcome\x18\x02 \x01(\x0e\x32\'.embrace.serviceaccounts.v1.LeakOutcomeR\x07outcome*\x9e\x01\n\x0bLeakOutcome\x12\x1c\n\x18LEAK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14LEAK_OUTCOME_REVOKED\x10\x01\x12!\n\x1dLEAK_OUTCOME_ALREADY_INACTIVE\x10\x02\x12\x18\n\x14LEAK_OUTCOME_UNKNOWN\x10\x03\x12\x1a\n\x16LEAK_OUTCOME_MALFORMED\x10\x04\x32\x95\x01\n\rLeakReporting\x12\x83\x01\n\x12ReportLeakedTokens\x12\x35.embrace.serviceaccounts.v1.ReportLeakedTokensRequest\x1a\x36.embrace.serviceaccounts.v1.ReportLeakedTokensResponseB\xd7\x01\n\x1dio.embrace.serviceaccounts.v1B\x12LeakReportingProtoP\x01ZGembrace.io/go/serviceaccounts/apiv1/serviceaccountspb;serviceaccountspb\xaa\x02\x1a\x45mbrace.ServiceAccounts.V1\xca\x02\x1a\x45mbrace\\ServiceAccounts\\V1\xea\x02\x1c\x45mbrace::ServiceAccounts::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embrace.serviceaccounts.v1.leak_reporting_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\035io.embrace.serviceaccounts.v1B\022LeakReportingProtoP\001ZGembrace.io/go/serviceaccounts/apiv1/serviceaccountspb;serviceaccountspb\252\002\032Embrace.ServiceAccounts.V1\312\002\032Embrace\\ServiceAccounts\\V1\352\002\034Embrace::ServiceAccounts::V1'
   _globals['_LEAKOUTCOME']._serialized_start=368
   _globals['_LEAKOUTCOME']._serialized_end=526
   _globals['_REPORTLEAKEDTOKENSREQUEST']._serialized_start=79
