@@ -13,7 +13,9 @@
 # with the token only), introspect-checks (a hit with org, app, a required scope and a client
 # address, as a calling service sends it), malformed (an Introspect of a string that is no
 # token), check (Envoy's ext_authz Check, allowed, from the cache), forward-auth (GET
-# /v1/forward-auth on the HTTP listener, allowed, from the cache, over one kept-alive connection).
+# /v1/forward-auth on the HTTP listener, allowed, from the cache, over one kept-alive connection),
+# rfc7662 (POST /oauth2/introspect with the token, an active answer from the cache, one
+# kept-alive connection, no client file).
 #
 # Prints one JSON line per kind, then each kind's ratio to health. With GUARD=<file>, fails when
 # a ratio exceeds the one in the file (lines `kind ratio`) by more than TOLERANCE percent (3):
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 N=${N:-1000}
 REPEAT=${REPEAT:-1}
-KINDS=${KINDS:-"health introspect introspect-checks malformed check forward-auth"}
+KINDS=${KINDS:-"health introspect introspect-checks malformed check forward-auth rfc7662"}
 TOLERANCE=${TOLERANCE:-3}
 
 source bench/release.sh
@@ -77,6 +79,10 @@ instructions() {
     forward_auth "$http_port" "$token" 20 "$dir/warm.curl"
     callgrind_control --zero "$pid" >/dev/null 2>&1
     forward_auth "$http_port" "$token" "$N" "$dir/run.curl"
+  elif [ "$kind" = rfc7662 ]; then
+    rfc7662 "$http_port" "$token" 20 "$dir/warm.curl"
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    rfc7662 "$http_port" "$token" "$N" "$dir/run.curl"
   else
     "$LOAD" load "${flags[@]}" --requests 20 >/dev/null
     callgrind_control --zero "$pid" >/dev/null 2>&1
@@ -97,6 +103,20 @@ forward_auth() {
     echo "header = \"Authorization: Bearer $token\""
     for _ in $(seq "$n"); do
       echo "url = \"http://127.0.0.1:$port/v1/forward-auth\""
+      echo "output = \"/dev/null\""
+    done
+  } >"$config"
+  curl --silent --fail --config "$config"
+}
+
+# rfc7662 PORT TOKEN N CONFIG: N token introspections (RFC 7662) from one curl, one connection.
+rfc7662() {
+  local port=$1 token=$2 n=$3 config=$4
+  {
+    for i in $(seq "$n"); do
+      [ "$i" -gt 1 ] && echo "next"
+      echo "url = \"http://127.0.0.1:$port/oauth2/introspect\""
+      echo "data = \"token=$token\""
       echo "output = \"/dev/null\""
     done
   } >"$config"

@@ -26,6 +26,7 @@ mod axum_service;
 
 on_both_backends!(
     the_example_service_serves_only_the_tokens_its_routes_allow,
+    challenges_carry_the_configured_realm_and_resource_metadata,
     the_example_service_checks_the_callers_address_against_the_tokens_networks,
     a_tonic_service_behind_the_layer_answers_grpc_statuses,
 );
@@ -81,7 +82,10 @@ async fn the_example_service_serves_only_the_tokens_its_routes_allow(backend: Ba
     let service = serve_example(app.addr, "acme").await;
     let crashes = format!("{service}{CRASHES}");
 
-    assert_unauthenticated(&get(&crashes, None).await);
+    // RFC 6750: no token, no error code; a bad one is an invalid token.
+    let answer = get(&crashes, None).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
     assert_unauthenticated(&get(&crashes, Some("emb_sa_not-a-token")).await);
 
     let answer = get(&crashes, Some(&reader_secret)).await;
@@ -93,14 +97,16 @@ async fn the_example_service_serves_only_the_tokens_its_routes_allow(backend: Ba
         "the handler saw the identity"
     );
 
-    assert_forbidden(
-        &get(&crashes, Some(&caller_secret)).await,
-        "DENIAL_REASON_SCOPE_MISSING",
+    let answer = get(&crashes, Some(&caller_secret)).await;
+    assert_forbidden(&answer, "DENIAL_REASON_SCOPE_MISSING");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(r#"Bearer error="insufficient_scope", scope="mcp:read""#),
+        "the missing scope, and only it"
     );
-    assert_forbidden(
-        &get(&crashes, Some(&stranger_secret)).await,
-        "DENIAL_REASON_ORG_MISMATCH",
-    );
+    let answer = get(&crashes, Some(&stranger_secret)).await;
+    assert_forbidden(&answer, "DENIAL_REASON_ORG_MISMATCH");
+    assert_eq!(answer.header("www-authenticate"), None);
     let tool = format!("{service}/v1/tools/call");
     let answer = call(Method::POST, &tool, Some(&caller_secret)).await;
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -147,6 +153,60 @@ async fn the_example_service_serves_only_the_tokens_its_routes_allow(backend: Ba
     // No cache in the layer: the request right after the revoke returns is refused.
     revoke(&app, &jwt, id, &reader.token_id).await;
     assert_unauthenticated(&get(&crashes, Some(&reader_secret)).await);
+}
+
+async fn challenges_carry_the_configured_realm_and_resource_metadata(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let account = create_account(&app, &jwt, "Crash triage bot", None).await;
+    let id = &account.service_account_id;
+    let (_, caller) = create_token(&app, &jwt, id, &["mcp:tools:call"]).await;
+    let client = IntrospectionClient::connect_lazy(format!("http://{}", app.addr)).unwrap();
+    let metadata = "https://crashes.example.com/.well-known/oauth-protected-resource";
+    let layer = IntrospectLayer::new(
+        client,
+        Requirement::org("acme")
+            .scope("mcp:read")
+            .scope("mcp:write"),
+    )
+    .realm(r#"the "crash" API"#)
+    .resource_metadata(metadata);
+    let service = serve_router(axum::Router::new().route(
+        "/crashes",
+        axum::routing::get(|| async { "crashes" }).route_layer(layer),
+    ))
+    .await;
+    let crashes = format!("{service}/crashes");
+
+    let answer = get(&crashes, None).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(
+            format!(r#"Bearer realm="the \"crash\" API", resource_metadata="{metadata}""#).as_str()
+        )
+    );
+    let answer = get(&crashes, Some("emb_sa_not-a-token")).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(
+            format!(
+                r#"Bearer realm="the \"crash\" API", error="invalid_token", resource_metadata="{metadata}""#
+            )
+            .as_str()
+        )
+    );
+    let answer = get(&crashes, Some(&caller)).await;
+    assert_forbidden(&answer, "DENIAL_REASON_SCOPE_MISSING");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(
+            r#"Bearer realm="the \"crash\" API", error="insufficient_scope", scope="mcp:read mcp:write""#
+        )
+    );
 }
 
 async fn the_example_service_checks_the_callers_address_against_the_tokens_networks(
@@ -262,6 +322,11 @@ async fn without_an_answer_in_time_the_layer_refuses() {
     let started = Instant::now();
     let answer = get(&crashes, Some("emb_sa_anything")).await;
     assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        None,
+        "never a 401's challenge"
+    );
     assert!(
         started.elapsed() < deadline + Duration::from_secs(2),
         "refused after {:?}",

@@ -147,6 +147,13 @@ fn assert_unauthenticated(response: CheckResponse) {
     );
 }
 
+/// No bearer token at all: a challenge without an error code (RFC 6750 §3.1).
+#[track_caller]
+fn assert_no_token(response: CheckResponse) {
+    let denied = denied(response, Code::Unauthenticated, 401);
+    assert_eq!(header(&denied.headers, "www-authenticate"), ["Bearer"]);
+}
+
 #[track_caller]
 fn assert_forbidden(response: CheckResponse, reason: &str) {
     let denied = denied(response, Code::PermissionDenied, 403);
@@ -261,17 +268,22 @@ async fn missing_and_inactive_tokens_are_denied_401(backend: Backend) {
     };
     allowed(check(&app, &route().bearer(&secret)).await.unwrap());
 
-    assert_unauthenticated(check(&app, &route()).await.unwrap());
-    for authorization in [
-        format!("Basic {secret}"),
-        "Bearer ".to_owned(),
-        "Bearer emb_sa_nope".to_owned(),
+    assert_no_token(check(&app, &route()).await.unwrap());
+    for (authorization, presented) in [
+        (format!("Basic {secret}"), false),
+        ("Bearer ".to_owned(), false),
+        ("Bearer emb_sa_nope".to_owned(), true),
     ] {
         let checked = Checked {
             authorization: Some(authorization),
             ..route()
         };
-        assert_unauthenticated(check(&app, &checked).await.unwrap());
+        let response = check(&app, &checked).await.unwrap();
+        if presented {
+            assert_unauthenticated(response);
+        } else {
+            assert_no_token(response);
+        }
     }
 
     revoke(&app, &jwt, &id, &token.token_id).await;

@@ -123,8 +123,8 @@ async fn forward_auth_answers_every_decision_like_introspect(backend: Backend) {
     assert_eq!(below.status, 200, "{below:?}");
 
     // No token, not a bearer token, a made-up token: 401 with the challenge.
-    assert_unauthenticated(&call(Method::GET, &[(ORG, "org-a".into())]).await);
-    assert_unauthenticated(&call(Method::GET, &[(BEARER, format!("Basic {secret}"))]).await);
+    assert_no_token(&call(Method::GET, &[(ORG, "org-a".into())]).await);
+    assert_no_token(&call(Method::GET, &[(BEARER, format!("Basic {secret}"))]).await);
     assert_unauthenticated(
         &call(
             Method::GET,
@@ -133,27 +133,28 @@ async fn forward_auth_answers_every_decision_like_introspect(backend: Backend) {
         .await,
     );
     let head = call(Method::HEAD, &[(ORG, "org-a".into())]).await;
-    assert_unauthenticated(&head);
+    assert_no_token(&head);
     assert_eq!(head.body, "");
 
     // Active but not allowed: 403 with the reason, in Introspect's order.
+    // Only a missing scope is RFC 6750's insufficient_scope, naming the scopes.
     let mut other_org = request("mcp:read");
     other_org[1].1 = "org-b".into();
-    assert_forbidden(
-        &call(Method::GET, &other_org).await,
-        "DENIAL_REASON_ORG_MISMATCH",
-    );
+    let answer = call(Method::GET, &other_org).await;
+    assert_forbidden(&answer, "DENIAL_REASON_ORG_MISMATCH");
+    assert_eq!(answer.header("www-authenticate"), None);
     let mut other_app = request("mcp:read");
     other_app[2].1 = "checkout-android".into();
-    assert_forbidden(
-        &call(Method::GET, &other_app).await,
-        "DENIAL_REASON_APP_NOT_GRANTED",
-    );
+    let answer = call(Method::GET, &other_app).await;
+    assert_forbidden(&answer, "DENIAL_REASON_APP_NOT_GRANTED");
+    assert_eq!(answer.header("www-authenticate"), None);
     let mut narrow_request = request("mcp:read");
     narrow_request[0].1 = format!("Bearer {narrow}");
-    assert_forbidden(
-        &call(Method::GET, &narrow_request).await,
-        "DENIAL_REASON_SCOPE_MISSING",
+    let answer = call(Method::GET, &narrow_request).await;
+    assert_forbidden(&answer, "DENIAL_REASON_SCOPE_MISSING");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(r#"Bearer error="insufficient_scope", scope="mcp:read""#)
     );
     let head = call(Method::HEAD, &narrow_request).await;
     assert_forbidden(&head, "DENIAL_REASON_SCOPE_MISSING");

@@ -164,12 +164,13 @@ async fn gateway_in_front(kind: Kind) {
     for forge in [false, true] {
         let answer = call(Method::GET, None, forge).await;
         assert_eq!(answer.status, 401, "{}", gateway.explain(&answer));
+        assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+        let answer = call(Method::GET, Some("emb_sa_madeupmadeupmadeup"), forge).await;
+        assert_eq!(answer.status, 401, "{}", gateway.explain(&answer));
         assert_eq!(
             answer.header("www-authenticate"),
             Some(r#"Bearer error="invalid_token""#)
         );
-        let answer = call(Method::GET, Some("emb_sa_madeupmadeupmadeup"), forge).await;
-        assert_eq!(answer.status, 401, "{}", gateway.explain(&answer));
         for (token, reason) in [
             (&narrow, "DENIAL_REASON_SCOPE_MISSING"),
             (&other_app, "DENIAL_REASON_APP_NOT_GRANTED"),

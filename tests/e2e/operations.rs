@@ -213,6 +213,17 @@ fn startup_mistakes_are_one_line_errors_not_panics() {
             "counts whole seconds",
         ),
         (
+            vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--http-listen".into(),
+                "127.0.0.1:0".into(),
+                "--introspection-clients".into(),
+                "/nonexistent/clients".into(),
+            ],
+            "cannot use introspection clients: cannot read /nonexistent/clients",
+        ),
+        (
             vec!["--introspection-cache-max-age".into(), "1500ms".into()],
             "counts whole seconds",
         ),

@@ -184,10 +184,8 @@ mod as_documented {
     use crate::support::*;
 
     const DOCS: &str = include_str!("../../docs/operations.md");
-    const NO_CERTIFICATE_GRPC: &str =
+    const NO_CERTIFICATE: &str =
         "this service requires a client certificate from the configured CA";
-    const NO_CERTIFICATE_HTTP: &str =
-        "this endpoint requires a client certificate from the configured CA";
 
     /// The shell block after `<!-- tls-example: NAME -->`.
     fn example(name: &str) -> &'static str {
@@ -344,8 +342,8 @@ mod as_documented {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated);
-        assert_eq!(refused.message(), NO_CERTIFICATE_GRPC);
-        assert!(DOCS.contains(NO_CERTIFICATE_GRPC) && DOCS.contains(NO_CERTIFICATE_HTTP));
+        assert_eq!(refused.message(), NO_CERTIFICATE);
+        assert!(DOCS.contains(NO_CERTIFICATE));
 
         // forward-auth with curl, as written, then without the client certificate.
         let curl = commands(example("callers"))
@@ -373,7 +371,7 @@ mod as_documented {
         let refused = shell(dir, &anonymous, &env);
         let refused_out = String::from_utf8_lossy(&refused.stdout);
         assert_eq!(refused_out.lines().last(), Some("403"), "{refused:?}");
-        assert!(refused_out.contains(NO_CERTIFICATE_HTTP), "{refused_out}");
+        assert!(refused_out.contains(NO_CERTIFICATE), "{refused_out}");
 
         // The grpcurl examples use the files the certificate commands made.
         let callers = example("callers");

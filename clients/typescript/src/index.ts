@@ -1,5 +1,6 @@
 // Client for the embrace.serviceaccounts.v1 API: the generated service descriptors and messages
-// (src/gen, produced by ./generate.sh from ../../proto), plus a helper for error details.
+// (src/gen, produced by ./generate.sh from ../../proto), a helper for error details, and a token
+// verifier with scope and app checks for MCP servers (src/mcp.ts).
 //
 //   import { createClient } from "@connectrpc/connect";
 //   import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -17,6 +18,8 @@ export * from "./gen/embrace/serviceaccounts/v1/token_introspection_pb.js";
 export * from "./gen/embrace/serviceaccounts/v1/leak_reporting_pb.js";
 // google.rpc error details (BadRequest, QuotaFailure, PreconditionFailure, ...), for findDetails().
 export * from "./gen/google/rpc/error_details_pb.js";
+// Service-account tokens in MCP servers built with @modelcontextprotocol/sdk (optional peer).
+export * from "./mcp.js";
 
 /** One invalid request field, as reported in a `google.rpc.BadRequest` error detail. */
 export interface FieldViolation {

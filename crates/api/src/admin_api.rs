@@ -9,7 +9,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AdminAuthenticator, AuthError};
-use crate::error::{RpcError, handle};
+use crate::error::{ApiError, handle};
 use crate::jwks::JwksEndpoint;
 use crate::pb;
 use crate::pb::service_account_admin_server::ServiceAccountAdmin;
@@ -35,7 +35,7 @@ impl<S: AdminStore> AdminApi<S> {
         }
     }
 
-    async fn admin<T>(&self, request: &Request<T>) -> Result<Admin, RpcError> {
+    async fn admin<T>(&self, request: &Request<T>) -> Result<Admin, ApiError> {
         let principal = match (self.auth.authenticate(request.metadata()), &self.jwks) {
             // Perhaps the identity side has started signing with a new key: look again.
             (Err(AuthError::UnknownKey), Some(jwks)) => {

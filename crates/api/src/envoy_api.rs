@@ -21,8 +21,8 @@ use service_accounts_domain::introspection::Introspector;
 use service_accounts_domain::store::TokenStore;
 use tonic::{Request, Response, Status};
 
-use crate::error::{RpcError, handle};
-use crate::gateway::{self, Decision, GatewayRequest};
+use crate::error::{ClientCertRule, handle};
+use crate::gateway::{self, Challenge, Decision, GatewayRequest};
 
 /// Envoy's ext_authz protos and their imports, encoded for server reflection: `envoy-types`
 /// ships the generated code but no descriptor set, so build.rs compiles one from the copies in
@@ -43,14 +43,21 @@ pub struct EnvoyAuthApi<S> {
     introspector: Arc<Introspector<S>>,
     /// mTLS: only callers with a client certificate from the configured CA may check, exactly as
     /// for `Introspect` (`Check` answers the same question).
-    require_client_cert: bool,
+    client_cert: ClientCertRule,
+    /// What the denied answers' `WWW-Authenticate` challenges name besides the error.
+    challenge: Challenge,
 }
 
 impl<S: TokenStore> EnvoyAuthApi<S> {
-    pub fn new(introspector: Arc<Introspector<S>>, require_client_cert: bool) -> Self {
+    pub fn new(
+        introspector: Arc<Introspector<S>>,
+        client_cert: ClientCertRule,
+        challenge: Challenge,
+    ) -> Self {
         Self {
             introspector,
-            require_client_cert,
+            client_cert,
+            challenge,
         }
     }
 }
@@ -62,10 +69,7 @@ impl<S: TokenStore> Authorization for EnvoyAuthApi<S> {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         handle(async {
-            if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty())
-            {
-                return Err(RpcError::NoClientCertificate);
-            }
+            self.client_cert.check_grpc(&request)?;
             let check = request.get_ref();
             let extension = |key: &str| {
                 check
@@ -99,7 +103,7 @@ impl<S: TokenStore> Authorization for EnvoyAuthApi<S> {
                     }
                 }
             }
-            Ok(response(decision))
+            Ok(response(decision, &self.challenge))
         })
         .await
     }
@@ -127,7 +131,8 @@ fn authorization(check: &CheckRequest) -> Option<&str> {
     }
 }
 
-fn response(decision: Decision) -> CheckResponse {
+fn response(decision: Decision, challenge: &Challenge) -> CheckResponse {
+    let www_authenticate = decision.challenge(challenge);
     match decision {
         Decision::Allow(identity) => {
             let mut response = CheckResponse::with_status(Status::ok(""));
@@ -157,33 +162,35 @@ fn response(decision: Decision) -> CheckResponse {
             });
             response
         }
-        Decision::Unauthenticated => {
+        Decision::Unauthenticated { .. } | Decision::Forbidden { .. } => {
+            let (status, http_status) = match decision {
+                Decision::Forbidden { reason, .. } => {
+                    (Status::permission_denied(reason), HttpStatusCode::Forbidden)
+                }
+                _ => (
+                    Status::unauthenticated("no bearer token, or one that is not active"),
+                    HttpStatusCode::Unauthorized,
+                ),
+            };
             let mut denied = DeniedHttpResponseBuilder::new();
-            denied
-                .set_http_status(HttpStatusCode::Unauthorized)
-                .add_header(
-                    "www-authenticate",
-                    gateway::WWW_AUTHENTICATE,
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-            let mut response = CheckResponse::with_status(Status::unauthenticated(
-                "no bearer token, or one that is not active",
-            ));
-            response.set_http_response(denied);
-            response
-        }
-        Decision::Forbidden(reason) => {
-            let mut denied = DeniedHttpResponseBuilder::new();
-            denied
-                .set_http_status(HttpStatusCode::Forbidden)
-                .add_header(
+            denied.set_http_status(http_status);
+            if let Decision::Forbidden { reason, .. } = decision {
+                denied.add_header(
                     gateway::DENIAL_REASON,
                     reason,
                     Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                     false,
                 );
-            let mut response = CheckResponse::with_status(Status::permission_denied(reason));
+            }
+            if let Some(value) = &www_authenticate {
+                denied.add_header(
+                    "www-authenticate",
+                    value,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+            }
+            let mut response = CheckResponse::with_status(status);
             response.set_http_response(denied);
             response
         }
@@ -245,7 +252,10 @@ mod tests {
 
     #[test]
     fn an_empty_identity_value_still_overwrites() {
-        let response = response(Decision::Allow(vec![(gateway::SCOPES, String::new())]));
+        let response = response(
+            Decision::Allow(vec![(gateway::SCOPES, String::new())]),
+            &Challenge::default(),
+        );
         let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
             panic!("an allowed check has an ok_response");
         };

@@ -19,8 +19,14 @@ pub const SERVICE_ACCOUNT_NAME: &str = "x-embrace-service-account-name";
 pub const TOKEN_ID: &str = "x-embrace-token-id";
 pub const SCOPES: &str = "x-embrace-scopes";
 pub const DENIAL_REASON: &str = "x-embrace-denial-reason";
-/// Sent with every 401.
-pub const WWW_AUTHENTICATE: &str = r#"Bearer error="invalid_token""#;
+
+/// What the `WWW-Authenticate` challenges of HTTP answers say besides the error (RFC 6750 §3):
+/// the protection space, and where MCP clients find the resource's metadata (RFC 9728).
+#[derive(Debug, Clone, Default)]
+pub struct Challenge {
+    pub realm: Option<String>,
+    pub resource_metadata: Option<String>,
+}
 
 /// What the gateway asks about one request. Empty strings mean "not given".
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,10 +45,56 @@ pub struct GatewayRequest<'a> {
 pub enum Decision {
     /// 200: let the request through with these identity headers (names lower-case).
     Allow(Vec<(&'static str, String)>),
-    /// 401: no token, or one that is not active.
-    Unauthenticated,
-    /// 403: an active token that may not do this; the denial reason's enum name.
-    Forbidden(&'static str),
+    /// 401: no bearer token at all (`presented: false`), or one that is not active.
+    Unauthenticated { presented: bool },
+    /// 403: an active token that may not do this: the headline denial reason's enum name, and
+    /// the missing scopes (space separated) when that reason is a missing scope.
+    Forbidden {
+        reason: &'static str,
+        missing_scopes: Option<String>,
+    },
+}
+
+impl Decision {
+    /// The `WWW-Authenticate` value of the answer (RFC 6750 §3, RFC 9728 §5.1), if it has one:
+    /// no `error` without a token, `invalid_token` for one that is not active,
+    /// `insufficient_scope` with the missing scopes; other refusals carry none.
+    pub fn challenge(&self, challenge: &Challenge) -> Option<String> {
+        let mut params: Vec<(&str, &str)> = Vec::new();
+        if let Some(realm) = &challenge.realm {
+            params.push(("realm", realm));
+        }
+        match self {
+            Decision::Allow(_) => return None,
+            Decision::Unauthenticated { presented } => {
+                if *presented {
+                    params.push(("error", "invalid_token"));
+                }
+                if let Some(url) = &challenge.resource_metadata {
+                    params.push(("resource_metadata", url));
+                }
+            }
+            Decision::Forbidden {
+                missing_scopes: Some(scopes),
+                ..
+            } => {
+                params.push(("error", "insufficient_scope"));
+                params.push(("scope", scopes));
+            }
+            Decision::Forbidden { .. } => return None,
+        }
+        // Values are checked when configured, and scope names are from the catalogue: none
+        // holds a quote or a backslash, so quoting them is enough.
+        let params: Vec<String> = params
+            .iter()
+            .map(|(name, value)| format!("{name}=\"{value}\""))
+            .collect();
+        Some(if params.is_empty() {
+            "Bearer".to_owned()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        })
+    }
 }
 
 /// The token in an `Authorization: Bearer <token>` header: the rule the client crate's layer
@@ -68,14 +120,24 @@ pub async fn decide<S: TokenStore>(
         &scopes,
         request.client_ip.trim(),
     )?;
+    // No `Authorization: Bearer <token>` (none, or another scheme): no bearer token at all.
     let Some(token) = request.authorization.and_then(bearer) else {
-        return Ok(Decision::Unauthenticated);
+        return Ok(Decision::Unauthenticated { presented: false });
     };
     Ok(match introspector.introspect(token, &checks).await? {
-        Introspection::Unrecognised(_) | Introspection::Ended { .. } => Decision::Unauthenticated,
+        Introspection::Unrecognised(_) | Introspection::Ended { .. } => {
+            Decision::Unauthenticated { presented: true }
+        }
         Introspection::Active { token, denials } => match denials.first() {
             None => Decision::Allow(identity_headers(&token)),
-            Some(denial) => Decision::Forbidden(denial_name(denial)),
+            Some(denial) => Decision::Forbidden {
+                reason: denial_name(denial),
+                missing_scopes: (denial == Denial::ScopeMissing).then(|| {
+                    let names: Vec<&str> =
+                        denials.missing_scopes.iter().map(|s| s.as_str()).collect();
+                    names.join(" ")
+                }),
+            },
         },
     })
 }
@@ -123,6 +185,52 @@ pub fn denial_name(denial: Denial) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges_follow_rfc_6750_and_name_the_resource_metadata() {
+        let bare = Challenge::default();
+        let configured = Challenge {
+            realm: Some("acme-mcp".into()),
+            resource_metadata: Some(
+                "https://mcp.example/.well-known/oauth-protected-resource".into(),
+            ),
+        };
+        let none = Decision::Unauthenticated { presented: false };
+        let invalid = Decision::Unauthenticated { presented: true };
+        let scope = Decision::Forbidden {
+            reason: "DENIAL_REASON_SCOPE_MISSING",
+            missing_scopes: Some("mcp:read mcp:write".into()),
+        };
+        let app = Decision::Forbidden {
+            reason: "DENIAL_REASON_APP_NOT_GRANTED",
+            missing_scopes: None,
+        };
+        assert_eq!(none.challenge(&bare).as_deref(), Some("Bearer"));
+        assert_eq!(
+            invalid.challenge(&bare).as_deref(),
+            Some(r#"Bearer error="invalid_token""#)
+        );
+        assert_eq!(
+            none.challenge(&configured).as_deref(),
+            Some(
+                r#"Bearer realm="acme-mcp", resource_metadata="https://mcp.example/.well-known/oauth-protected-resource""#
+            )
+        );
+        assert_eq!(
+            invalid.challenge(&configured).as_deref(),
+            Some(
+                r#"Bearer realm="acme-mcp", error="invalid_token", resource_metadata="https://mcp.example/.well-known/oauth-protected-resource""#
+            )
+        );
+        assert_eq!(
+            scope.challenge(&configured).as_deref(),
+            Some(
+                r#"Bearer realm="acme-mcp", error="insufficient_scope", scope="mcp:read mcp:write""#
+            )
+        );
+        assert_eq!(app.challenge(&configured), None);
+        assert_eq!(Decision::Allow(Vec::new()).challenge(&configured), None);
+    }
 
     #[test]
     fn names_become_visible_ascii_header_values() {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use opentelemetry::KeyValue;
 
-use crate::error::{RpcError, handle};
+use crate::error::{ClientCertRule, handle};
 use crate::pb;
 use crate::requests::Parse;
 use crate::telemetry::ServiceMetrics;
@@ -33,7 +33,7 @@ pub struct IntrospectionApi<S> {
     introspector: Arc<Introspector<S>>,
     metrics: ServiceMetrics,
     /// mTLS: only callers with a client certificate from the configured CA may introspect.
-    require_client_cert: bool,
+    client_cert: ClientCertRule,
     /// Tokens whose use after revocation or expiry was logged in the last minute.
     warned: moka::sync::Cache<TokenId, ()>,
 }
@@ -42,12 +42,12 @@ impl<S: TokenStore> IntrospectionApi<S> {
     pub fn new(
         introspector: Arc<Introspector<S>>,
         metrics: ServiceMetrics,
-        require_client_cert: bool,
+        client_cert: ClientCertRule,
     ) -> Self {
         Self {
             introspector,
             metrics,
-            require_client_cert,
+            client_cert,
             warned: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -81,10 +81,7 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<IntrospectReply>, Status> {
         handle(async {
-            if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty())
-            {
-                return Err(RpcError::NoClientCertificate);
-            }
+            self.client_cert.check_grpc(&request)?;
             let req = request.get_ref();
             let checks = req.parse()?;
             let result = self.introspector.introspect(&req.token, &checks).await?;

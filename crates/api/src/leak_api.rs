@@ -15,7 +15,7 @@ use service_accounts_domain::store::{AdminStore, TokenStore};
 use tonic::{Request, Response, Status};
 
 use crate::admin_api::request_id;
-use crate::error::{RpcError, handle};
+use crate::error::{ClientCertRule, handle};
 use crate::pb;
 use crate::pb::leak_reporting_server::LeakReporting;
 
@@ -23,20 +23,20 @@ pub struct LeakApi<S> {
     reporter: LeakReporter<S>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     checks: AtomicU64,
-    require_client_cert: bool,
+    client_cert: ClientCertRule,
 }
 
 impl<S: AdminStore + TokenStore> LeakApi<S> {
     /// Each caller address may report `tokens_per_minute` tokens a minute (at least one full
     /// report of 1,000 at once).
-    pub fn new(store: S, tokens_per_minute: NonZeroU32, require_client_cert: bool) -> Self {
+    pub fn new(store: S, tokens_per_minute: NonZeroU32, client_cert: ClientCertRule) -> Self {
         let burst = tokens_per_minute
             .max(NonZeroU32::new(MAX_TOKENS_PER_REPORT as u32).unwrap_or(NonZeroU32::MIN));
         Self {
             reporter: LeakReporter::new(store),
             limiter: RateLimiter::keyed(Quota::per_minute(tokens_per_minute).allow_burst(burst)),
             checks: AtomicU64::new(0),
-            require_client_cert,
+            client_cert,
         }
     }
 
@@ -67,10 +67,7 @@ impl<S: AdminStore + TokenStore> LeakReporting for LeakApi<S> {
         request: Request<pb::ReportLeakedTokensRequest>,
     ) -> Result<Response<pb::ReportLeakedTokensResponse>, Status> {
         handle(async {
-            if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty())
-            {
-                return Err(RpcError::NoClientCertificate);
-            }
+            self.client_cert.check_grpc(&request)?;
             let peer = request
                 .remote_addr()
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());

@@ -10,6 +10,7 @@ mod error;
 pub mod gateway;
 pub mod http;
 mod introspection_api;
+pub mod introspection_clients;
 pub mod jwks;
 mod leak_api;
 pub mod methods;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeConfig, StorageConfig};
 use service_accounts_api::dev_key::DevKey;
+use service_accounts_api::introspection_clients;
 use service_accounts_api::server;
 use service_accounts_api::telemetry;
 
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => serve(*args).await,
             Some(Command::Migrate(args)) => migrate(args).await,
             Some(Command::AdminToken(args)) => admin_token(args),
+            Some(Command::IntrospectionClient(args)) => introspection_client(&args.client_id),
         };
         telemetry.shutdown();
         result
@@ -86,6 +88,17 @@ fn admin_token(args: AdminTokenArgs) -> Result<(), String> {
         .mint(&args.org_id, &args.user_id, &args.roles, args.ttl)
         .map_err(|e| format!("cannot sign the token: {e}"))?;
     println!("{token}");
+    Ok(())
+}
+
+/// The secret goes to stdout once, for the operator to hand to the client; the file gets only
+/// its hash.
+fn introspection_client(client_id: &str) -> Result<(), String> {
+    let (secret, line) = introspection_clients::new_client(client_id)?;
+    println!("client_id:     {client_id}");
+    println!("client_secret: {secret}");
+    println!("# Add this line to the --introspection-clients file (the server reloads it):");
+    println!("{line}");
     Ok(())
 }
 

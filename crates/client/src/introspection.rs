@@ -73,11 +73,36 @@ pub struct Identity {
     pub service_account_display_name: String,
     pub token_id: String,
     pub scopes: Vec<String>,
+    /// The apps of the org that the account may act on.
+    pub app_access: AppAccess,
     /// `None`: the token does not expire.
     pub expire_time: Option<SystemTime>,
 }
 
+/// The apps of its org that a service account may act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppAccess {
+    /// Every app of the org, now and in the future.
+    AllApps,
+    /// These apps only (sorted).
+    AppIds(Vec<String>),
+}
+
+impl AppAccess {
+    pub fn includes(&self, app_id: &str) -> bool {
+        match self {
+            Self::AllApps => true,
+            Self::AppIds(app_ids) => app_ids.iter().any(|id| id == app_id),
+        }
+    }
+}
+
 impl Identity {
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
     fn of(response: IntrospectResponse) -> Self {
         Self {
             org_id: response.org_id,
@@ -85,6 +110,11 @@ impl Identity {
             service_account_display_name: response.service_account_display_name,
             token_id: response.token_id,
             scopes: response.scopes,
+            app_access: match response.app_access {
+                Some(access) if access.all_apps => AppAccess::AllApps,
+                Some(access) => AppAccess::AppIds(access.app_ids),
+                None => AppAccess::AppIds(Vec::new()),
+            },
             expire_time: response
                 .expire_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
@@ -215,6 +245,10 @@ mod tests {
             service_account_id: "sa".into(),
             token_id: "tok".into(),
             scopes: vec!["mcp:read".into()],
+            app_access: Some(crate::pb::AppAccess {
+                all_apps: false,
+                app_ids: vec!["checkout-ios".into()],
+            }),
             ..Default::default()
         }
     }
@@ -239,6 +273,23 @@ mod tests {
         };
         assert_eq!(identity.service_account_id, "sa");
         assert_eq!(identity.scopes, ["mcp:read"]);
+        assert!(identity.has_scope("mcp:read") && !identity.has_scope("mcp:write"));
+        assert_eq!(
+            identity.app_access,
+            AppAccess::AppIds(vec!["checkout-ios".into()])
+        );
+        assert!(identity.app_access.includes("checkout-ios"));
+        assert!(!identity.app_access.includes("checkout-android"));
+
+        let mut response = active(true);
+        response.app_access = Some(crate::pb::AppAccess {
+            all_apps: true,
+            app_ids: vec![],
+        });
+        let Verdict::Allowed(identity) = verdict(response) else {
+            panic!("not allowed");
+        };
+        assert!(identity.app_access.includes("anything"));
     }
 
     #[test]

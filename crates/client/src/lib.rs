@@ -7,7 +7,10 @@
 //! - [`IntrospectLayer`]: a `tower` layer for tonic and axum servers that introspects the bearer
 //!   token of every request against the route's [`Requirement`], puts the verified [`Identity`]
 //!   into the request's extensions, and otherwise answers like the control plane's gateways do:
-//!   401 / `UNAUTHENTICATED`, 403 / `PERMISSION_DENIED`, 503 / `UNAVAILABLE`.
+//!   401 / `UNAUTHENTICATED`, 403 / `PERMISSION_DENIED`, 503 / `UNAVAILABLE`, with RFC 6750
+//!   `WWW-Authenticate: Bearer` challenges over plain HTTP.
+//! - `mcp` (cargo feature `rmcp`): the identity and `require_scopes` / `require_app` for the tool
+//!   handlers of an `rmcp` server behind the layer.
 //!
 //! Nothing here caches an answer: every request is decided by the control plane, whose own cache
 //! is invalidated when a token is revoked, so a revoked token is refused as soon as `Introspect`
@@ -15,10 +18,15 @@
 
 mod introspection;
 mod layer;
+#[cfg(feature = "rmcp")]
+pub mod mcp;
 pub mod pb;
 
 pub use introspection::{
-    DEFAULT_DEADLINE, Error, Identity, IntrospectionClient, Requirement, Verdict,
+    AppAccess, DEFAULT_DEADLINE, Error, Identity, IntrospectionClient, Requirement, Verdict,
 };
-pub use layer::{Introspect, IntrospectLayer, Policy, Routes, bearer, policy_fn};
+pub use layer::{
+    Fallback, FallbackRefusal, Introspect, IntrospectLayer, Policy, Routes, TOKEN_PREFIX, bearer,
+    fallback_fn, policy_fn,
+};
 pub use pb::{DenialReason, InactiveReason};

@@ -25,6 +25,7 @@ pub fn issued(account: ServiceAccountId) -> (TokenSecret, TokenRecord) {
         token_id: TokenId::generate(),
         token_hash: secret.hash(),
         scopes: Scopes::parse(["mcp:tools:call", "mcp:read"]).unwrap(),
+        create_time: chrono::Utc::now(),
         expire_time: None,
         revoke_time: None,
         allowed_cidrs: AllowedCidrs::none(),

@@ -300,6 +300,7 @@ prop_compose! {
             token_id: TokenId::generate(),
             token_hash: TokenSecret::generate().hash(),
             scopes,
+            create_time: chrono::Utc::now(),
             expire_time,
             revoke_time,
             allowed_cidrs,

@@ -230,6 +230,8 @@ pub struct TokenRecord {
     pub token_id: TokenId,
     pub token_hash: TokenHash,
     pub scopes: Scopes,
+    /// When the token was issued (RFC 7662's `iat`).
+    pub create_time: Timestamp,
     pub expire_time: Option<Timestamp>,
     pub revoke_time: Option<Timestamp>,
     pub allowed_cidrs: AllowedCidrs,

@@ -71,8 +71,8 @@ fn lookup_query(backend: sea_orm::DbBackend, n: usize) -> &'static str {
         let query = |placeholder: fn(usize) -> String, n: usize| {
             let list: Vec<String> = (1..=n).map(placeholder).collect();
             format!(
-                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.expire_at, t.revoked_at, \
-                 t.allowed_cidrs, a.id AS account_id, a.org_id, a.display_name, a.all_apps, \
+                "SELECT t.id AS token_id, t.token_hash, t.scopes, t.created_at, t.expire_at, \
+                 t.revoked_at, t.allowed_cidrs, a.id AS account_id, a.org_id, a.display_name, a.all_apps, \
                  a.state, a.deleted_at \
                  FROM tokens t JOIN service_accounts a ON a.id = t.service_account_id \
                  WHERE t.token_hash IN ({})",
@@ -194,6 +194,7 @@ impl TokenStore for Database {
 struct Found {
     token_id: String,
     scopes: String,
+    create_time: Timestamp,
     expire_time: Option<Timestamp>,
     revoke_time: Option<Timestamp>,
     allowed_cidrs: String,
@@ -221,6 +222,7 @@ impl Found {
         Ok(Self {
             token_id: row.try_get("", "token_id").map_err(column)?,
             scopes: row.try_get("", "scopes").map_err(column)?,
+            create_time: row.try_get("", "created_at").map_err(column)?,
             expire_time: row.try_get("", "expire_at").map_err(column)?,
             revoke_time: row.try_get("", "revoked_at").map_err(column)?,
             allowed_cidrs: row.try_get("", "allowed_cidrs").map_err(column)?,
@@ -238,6 +240,7 @@ impl Found {
             token_id: rows::token_id(&self.token_id)?,
             token_hash,
             scopes: Scopes::from_stored(&self.scopes),
+            create_time: self.create_time,
             expire_time: self.expire_time,
             // Deletion revokes every token in its transaction; reading the account's deletion
             // too keeps that true whatever wrote the rows.

@@ -62,6 +62,16 @@ pub async fn send(
 
 /// 401 as the gateways (and the client crate's layer) answer it, with no identity.
 #[track_caller]
+pub fn assert_no_token(answer: &Answer) {
+    assert_eq!(answer.status, 401, "{answer:?}");
+    // RFC 6750 §3.1: no error code when the request carried no bearer token at all.
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(answer.header("x-embrace-service-account-id"), None);
+}
+
+/// 401 for a bearer token that is not active, as the gateways (and the client crate's layer)
+/// answer it, with no identity.
+#[track_caller]
 pub fn assert_unauthenticated(answer: &Answer) {
     assert_eq!(answer.status, 401, "{answer:?}");
     assert_eq!(

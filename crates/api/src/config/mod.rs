@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use service_accounts_domain::admin::Quotas;
 
+use crate::gateway::Challenge;
 use crate::server::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,16 @@ pub enum Command {
     Migrate(StorageConfig),
     /// Print an admin JWT signed with the local development key, for grpcurl.
     AdminToken(AdminTokenArgs),
+    /// Create a caller of `/oauth2/introspect`: print its new secret (once) and the line to add
+    /// to the --introspection-clients file.
+    IntrospectionClient(IntrospectionClientArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IntrospectionClientArgs {
+    /// The client's id: 1 to 128 visible ASCII characters without ':'.
+    #[arg(long)]
+    pub client_id: String,
 }
 
 /// The data directory. Shared by every command.
@@ -292,6 +303,32 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
+    /// Authenticate callers of the HTTP listener's `/oauth2/introspect` (RFC 7662) with the
+    /// clients in this file: one `client_id:<hex SHA-256 of its secret>` per line, made by the
+    /// `introspection-client` subcommand; re-read on SIGHUP and when it changes. Unset: the
+    /// endpoint takes callers as `Introspect` does (the network, or mTLS).
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_INTROSPECTION_CLIENTS",
+        requires = "http_listen"
+    )]
+    pub introspection_clients: Option<PathBuf>,
+
+    /// The `iss` of `/oauth2/introspect` answers (for example this service's URL). Unset: none.
+    #[arg(long, env = "SERVICE_ACCOUNTS_ISSUER", value_parser = challenge_value)]
+    pub issuer: Option<String>,
+
+    /// The `realm` of the `WWW-Authenticate: Bearer` challenges of forward-auth and Envoy's
+    /// `Check` (RFC 6750). Unset: none.
+    #[arg(long, env = "SERVICE_ACCOUNTS_BEARER_REALM", value_parser = challenge_value)]
+    pub bearer_realm: Option<String>,
+
+    /// The protected resource's metadata URL (RFC 9728), named as `resource_metadata` in the
+    /// 401 challenges of forward-auth and Envoy's `Check`: MCP clients follow it to find how to
+    /// get a token. Unset: not named.
+    #[arg(long, env = "SERVICE_ACCOUNTS_RESOURCE_METADATA_URL", value_parser = challenge_value)]
+    pub resource_metadata_url: Option<String>,
+
     /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -366,6 +403,21 @@ fn whole_seconds(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A value that stands in a quoted string of a header or a JSON answer as it is: visible ASCII
+/// without quotes or backslashes, at most 512 bytes.
+fn challenge_value(text: &str) -> Result<String, String> {
+    let fits = (1..=512).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !fits {
+        return Err(
+            "must be 1 to 512 printable ASCII characters, without quotes or backslashes".into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
 fn admin_token_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     let max = Duration::from_secs(crate::auth::MAX_LIFETIME_SECONDS);
@@ -410,6 +462,14 @@ impl ServeConfig {
                 audience: self.admin_jwt_audience.clone().unwrap_or_default(),
             }),
             trust_dev_key: self.admin_trust_dev_key,
+        }
+    }
+
+    /// What the bearer challenges of HTTP answers name besides the error.
+    pub fn challenge(&self) -> Challenge {
+        Challenge {
+            realm: self.bearer_realm.clone(),
+            resource_metadata: self.resource_metadata_url.clone(),
         }
     }
 

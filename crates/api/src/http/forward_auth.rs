@@ -5,8 +5,10 @@
 //! | decision | status | headers |
 //! |---|---|---|
 //! | allowed | 200 | the verified identity (`X-Embrace-Org-Id`, `-Service-Account-Id`, …) |
-//! | no token, or not active | 401 | `WWW-Authenticate: Bearer error="invalid_token"` |
-//! | active, not allowed | 403 | `X-Embrace-Denial-Reason` |
+//! | no bearer token | 401 | `WWW-Authenticate: Bearer` (RFC 6750; `realm`, `resource_metadata` when configured) |
+//! | not active | 401 | `WWW-Authenticate: Bearer error="invalid_token"` |
+//! | a scope missing | 403 | `X-Embrace-Denial-Reason`, `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` |
+//! | active, not allowed otherwise | 403 | `X-Embrace-Denial-Reason` |
 //! | a malformed `X-Embrace-*` request header (the gateway's configuration) | 400 | |
 //! | storage not ready or unavailable | 503 | |
 //! | mTLS configured, no client certificate | 403 | (no denial reason) |
@@ -17,6 +19,7 @@ use service_accounts_domain::store::{AdminStore, TokenStore};
 use service_accounts_domain::{Error, FieldViolation};
 
 use super::{HttpApi, Peer, Response, error_response, text, unavailable};
+use crate::error::ApiError;
 use crate::gateway::{self, Decision, GatewayRequest};
 
 pub const PATH: &str = "/v1/forward-auth";
@@ -33,18 +36,15 @@ pub async fn handle<S: AdminStore + TokenStore>(
     headers: &HeaderMap,
     peer: Peer,
 ) -> Response {
-    if api.require_client_cert && !peer.client_cert {
-        return text(
-            StatusCode::FORBIDDEN,
-            "this endpoint requires a client certificate from the configured CA\n",
-        );
+    if let Err(error) = api.client_cert.check(peer.client_cert) {
+        return error_response(error);
     }
     if !api.is_ready() {
         return unavailable();
     }
     let request = match gateway_request(headers) {
         Ok(request) => request,
-        Err(error) => return error_response(error),
+        Err(error) => return refused(error),
     };
     let decision = match tokio::time::timeout(
         api.timeout,
@@ -53,26 +53,20 @@ pub async fn handle<S: AdminStore + TokenStore>(
     .await
     {
         Ok(Ok(decision)) => decision,
-        Ok(Err(error)) => return error_response(in_header_terms(error)),
+        Ok(Err(error)) => return refused(in_header_terms(error)),
         Err(_) => {
             tracing::warn!(timeout = ?api.timeout, "forward-auth decision timed out");
             return unavailable();
         }
     };
-    match decision {
-        Decision::Allow(identity) => allowed(identity),
-        Decision::Unauthenticated => {
-            let mut response = text(
-                StatusCode::UNAUTHORIZED,
-                "the bearer token is missing or not active\n",
-            );
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static(gateway::WWW_AUTHENTICATE),
-            );
-            response
-        }
-        Decision::Forbidden(reason) => {
+    let challenge = decision.challenge(&api.challenge);
+    let mut response = match decision {
+        Decision::Allow(identity) => return allowed(identity),
+        Decision::Unauthenticated { .. } => text(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is missing or not active\n",
+        ),
+        Decision::Forbidden { reason, .. } => {
             let mut response = text(
                 StatusCode::FORBIDDEN,
                 format!("the token may not make this request: {reason}\n"),
@@ -83,7 +77,30 @@ pub async fn handle<S: AdminStore + TokenStore>(
             );
             response
         }
+    };
+    if let Some(challenge) = challenge {
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => {
+                response.headers_mut().insert(WWW_AUTHENTICATE, value);
+            }
+            Err(_) => tracing::error!("a WWW-Authenticate challenge is not a header value"),
+        }
     }
+    response
+}
+
+/// The gateway's headers are set by its configuration, not by its clients: when they are
+/// invalid, the configuration is wrong, and the operator is told so.
+fn refused(error: Error) -> Response {
+    if let Error::InvalidArgument(violations) = &error {
+        let summary = violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::warn!(%summary, "HTTP request refused as invalid; check the gateway's configuration");
+    }
+    error_response(ApiError::Domain(error))
 }
 
 fn allowed(identity: Vec<(&'static str, String)>) -> Response {

@@ -3,14 +3,14 @@
 //! client-certificate rule of the gateway routes: GitHub has no certificate of ours.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use service_accounts_domain::leaks::LeakReporter;
 use service_accounts_domain::store::{AdminStore, TokenStore};
 
-use super::{HttpApi, Response, text};
+use super::{BodyError, HttpApi, Response, read_body, text};
 use crate::admin_api::sane_request_id;
 use crate::secret_scanning::{self, GithubKeys, KEY_ID_HEADER, MAX_BODY_BYTES, SIGNATURE_HEADER};
 
@@ -41,20 +41,12 @@ pub async fn handle<S: AdminStore + TokenStore>(
             format!("the body must be at most {MAX_BODY_BYTES} bytes\n"),
         )
     };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return too_large();
-    }
-    // A sender that trickles its body is cut off like a slow RPC.
-    let body = match tokio::time::timeout(api.timeout, Limited::new(body, MAX_BODY_BYTES).collect())
-        .await
-    {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return too_large(),
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body took too long\n"),
+    let body = match read_body(headers, body, MAX_BODY_BYTES, api.timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::TooSlow) => {
+            return text(StatusCode::REQUEST_TIMEOUT, "the body took too long\n");
+        }
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let request_id = sane_request_id(header("x-request-id"));

@@ -12,6 +12,7 @@
 
 mod forward_auth;
 mod github;
+mod oauth2_introspect;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,15 +27,18 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use service_accounts_domain::Error;
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_domain::leaks::LeakReporter;
 use service_accounts_domain::store::{AdminStore, TokenStore};
-use service_accounts_domain::{Error, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{ApiError, ClientCertRule};
+use crate::gateway::Challenge;
+use crate::introspection_clients::IntrospectionClients;
 use crate::secret_scanning::GithubKeys;
 
 /// Request line and headers together. Generous, because nginx's `auth_request` forwards every
@@ -54,13 +58,19 @@ pub struct HttpApi<S> {
     introspector: Arc<Introspector<S>>,
     /// Storage answered and migrations ran: the gRPC health's first SERVING.
     ready: AtomicBool,
-    /// mTLS is configured: forward-auth callers must present a client certificate, as
-    /// `TokenIntrospection` callers must.
-    require_client_cert: bool,
+    /// mTLS is configured: forward-auth and RFC 7662 callers must present a client
+    /// certificate, as `TokenIntrospection` callers must.
+    client_cert: ClientCertRule,
     /// The longest a request may take, as `--rpc-timeout` bounds an RPC.
     timeout: Duration,
     /// GitHub's secret scanning, when its keys are configured.
     github: Option<github::Github<S>>,
+    /// What forward-auth's `WWW-Authenticate` challenges name besides the error.
+    challenge: Challenge,
+    /// `/oauth2/introspect`'s callers, when `--introspection-clients` is set.
+    introspection_clients: Option<Arc<IntrospectionClients>>,
+    /// The `iss` of `/oauth2/introspect` answers.
+    issuer: Option<String>,
 }
 
 /// What the listener knows about a request's connection.
@@ -73,16 +83,41 @@ pub struct Peer {
 impl<S: AdminStore + TokenStore> HttpApi<S> {
     pub fn new(
         introspector: Arc<Introspector<S>>,
-        require_client_cert: bool,
+        client_cert: ClientCertRule,
         timeout: Duration,
     ) -> Self {
         Self {
             introspector,
             ready: AtomicBool::new(false),
-            require_client_cert,
+            client_cert,
             timeout,
             github: None,
+            challenge: Challenge::default(),
+            introspection_clients: None,
+            issuer: None,
         }
+    }
+
+    /// `/oauth2/introspect` authenticates its callers with these clients, and names `issuer`.
+    pub fn with_oauth2(
+        mut self,
+        clients: Option<Arc<IntrospectionClients>>,
+        issuer: Option<String>,
+    ) -> Self {
+        self.introspection_clients = clients;
+        self.issuer = issuer;
+        self
+    }
+
+    /// The clients file to watch for changes, if there is one.
+    pub fn introspection_clients(&self) -> Option<Arc<IntrospectionClients>> {
+        self.introspection_clients.clone()
+    }
+
+    /// The realm and resource metadata URL forward-auth's challenges name.
+    pub fn with_challenge(mut self, challenge: Challenge) -> Self {
+        self.challenge = challenge;
+        self
     }
 
     /// Serves `POST /v1/secret-scanning/github`, verifying with `keys`.
@@ -112,6 +147,9 @@ impl<S: AdminStore + TokenStore> HttpApi<S> {
             }
             (&Method::POST, github::PATH) if self.github.is_some() => {
                 github::handle(self, &parts.headers, body).await
+            }
+            (method, oauth2_introspect::PATH) => {
+                oauth2_introspect::handle(self, method, &parts.headers, body, peer).await
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         };
@@ -215,6 +253,37 @@ where
     let _ = connection.await;
 }
 
+/// Why a request body was not read.
+pub enum BodyError {
+    /// Over the route's limit, declared or found while reading.
+    TooLarge,
+    /// Not sent within the request timeout.
+    TooSlow,
+}
+
+/// Reads a body of at most `max` bytes: one that declares more is refused before a byte is read,
+/// and a sender that trickles its body is cut off like a slow RPC.
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    max: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::{BodyExt, Limited};
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::TooSlow),
+    }
+}
+
 /// A short plain-text answer. Every answer of this listener is about one request: not cacheable.
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut response = http::Response::new(Full::new(Bytes::from(body.into())));
@@ -245,35 +314,22 @@ pub fn unavailable() -> Response {
     )
 }
 
-/// The one place domain errors become HTTP answers, for every route. Internal details are
-/// logged, not returned; nothing here ever sees a token.
-pub fn error_response(error: Error) -> Response {
-    match error {
-        Error::InvalidArgument(violations) => {
-            let summary = violations
+/// An error as a plain-text HTTP answer, with the status its [`ErrorCode`] says (the same code
+/// its gRPC status has). Invalid input lists every violation: HTTP has no error details.
+///
+/// [`ErrorCode`]: crate::error::ErrorCode
+pub fn error_response(error: ApiError) -> Response {
+    let status = error.code().http_status_code();
+    let body = match &error {
+        ApiError::Domain(Error::InvalidArgument(violations)) => format!(
+            "invalid request: {}\n",
+            violations
                 .iter()
                 .map(|v| format!("{}: {}", v.field, v.description))
                 .collect::<Vec<_>>()
-                .join("; ");
-            // The fields are set by the gateway, not by its clients: its configuration is wrong.
-            tracing::warn!(%summary, "HTTP request refused as invalid; check the gateway's configuration");
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("invalid request: {summary}\n"),
-            )
-        }
-        // As on every RPC: the caller may retry, and nobody is ever answered with a guess.
-        Error::Store(StoreError::Unavailable(detail)) => {
-            tracing::warn!(%detail, "storage unavailable");
-            unavailable()
-        }
-        Error::Store(error) => {
-            tracing::error!(%error, "storage error");
-            unavailable()
-        }
-        error => {
-            tracing::error!(%error, "unexpected error answering an HTTP request");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-        }
-    }
+                .join("; ")
+        ),
+        _ => format!("{}\n", error.message()),
+    };
+    text(status, body)
 }

@@ -31,8 +31,10 @@ use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::dev_key::DevKeyError;
 use crate::envoy_api::{self, EnvoyAuthApi};
+use crate::error::ClientCertRule;
 use crate::http::HttpApi;
 use crate::introspection_api::{IntrospectionApi, TokenIntrospectionServer};
+use crate::introspection_clients::IntrospectionClients;
 use crate::leak_api::LeakApi;
 use crate::pb;
 use crate::pb::leak_reporting_server::LeakReportingServer;
@@ -75,6 +77,8 @@ pub enum ServeError {
     Tls(String),
     #[error("cannot use GitHub secret-scanning keys: {0}")]
     GithubKeys(String),
+    #[error("cannot use introspection clients: {0}")]
+    IntrospectionClients(String),
     #[error("cannot listen on {address} for HTTP: {reason}")]
     HttpListen {
         address: SocketAddr,
@@ -191,26 +195,35 @@ impl App {
         );
         let metrics = ServiceMetrics::new(config.rpc_telemetry());
         let tls = config.tls();
-        let require_client_cert = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let client_cert = ClientCertRule {
+            required: tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        };
         let introspection =
-            IntrospectionApi::new(introspector.clone(), metrics.clone(), require_client_cert);
+            IntrospectionApi::new(introspector.clone(), metrics.clone(), client_cert);
         let leaks = LeakApi::new(
             db.clone(),
             config.leak_report_tokens_per_minute,
-            require_client_cert,
+            client_cert,
         );
         // Envoy's `Check` asks what `Introspect` answers, so the same callers may ask it.
-        let envoy_check = EnvoyAuthApi::new(introspector.clone(), require_client_cert);
+        let envoy_check = EnvoyAuthApi::new(introspector.clone(), client_cert, config.challenge());
         let http = match config.http_listen {
             None => None,
             Some(address) => Some(Http {
                 address,
                 api: Arc::new({
-                    let api = HttpApi::new(
-                        introspector.clone(),
-                        require_client_cert,
-                        config.rpc_timeout,
-                    );
+                    let api = HttpApi::new(introspector.clone(), client_cert, config.rpc_timeout)
+                        .with_challenge(config.challenge())
+                        .with_oauth2(
+                            config
+                                .introspection_clients
+                                .as_deref()
+                                .map(IntrospectionClients::load)
+                                .transpose()
+                                .map_err(ServeError::IntrospectionClients)?
+                                .map(Arc::new),
+                            config.issuer.clone(),
+                        );
                     match &config.github_secret_scanning_keys {
                         None => api,
                         Some(path) => api.with_github(
@@ -309,6 +322,12 @@ impl App {
             },
         };
         let mut background = Background::new();
+        if let Some(clients) = http
+            .as_ref()
+            .and_then(|(h, _)| h.api.introspection_clients())
+        {
+            background.spawn(move |stop| clients.watch(stop));
+        }
         let reload_issued = Arc::new(tokio::sync::Notify::new());
         if let Some(jwks) = jwks {
             let interval = config.admin_jwks_refresh_interval;

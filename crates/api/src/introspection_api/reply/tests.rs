@@ -54,6 +54,7 @@ fn record(display_name: &str, app_access: AppAccess, scopes: &[&str]) -> TokenRe
         token_id: TokenId::generate(),
         token_hash: TokenSecret::generate().hash(),
         scopes: Scopes::parse(scopes.iter().copied()).unwrap(),
+        create_time: chrono::Utc::now(),
         expire_time: None,
         revoke_time: None,
         allowed_cidrs: AllowedCidrs::none(),
