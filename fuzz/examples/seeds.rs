@@ -373,4 +373,27 @@ fn main() {
             client_ip: "not an address".into(),
         },
     );
+
+    // oauth2_form: mode byte (0 form body, 1 Basic credentials, 2 clients file), then the input
+    let token = TokenSecret::generate();
+    let form = format!(
+        "token={}&token_type_hint=access_token&org_id=acme&app_id=checkout-ios\
+         &required_scopes=mcp%3Aread+mcp%3Awrite&client_ip=10.1.2.3",
+        token.expose()
+    );
+    write("oauth2_form", "form", &[&[0u8][..], form.as_bytes()].concat());
+    write(
+        "oauth2_form",
+        "form-credentials",
+        b"\0token=x&client_id=mcp-gateway&client_secret=s%25%2B+",
+    );
+    write("oauth2_form", "basic", b"\x01mcp%3Agateway:se%25cret+x");
+    let (_, line) =
+        service_accounts_api::introspection_clients::new_client("mcp-gateway").unwrap();
+    write(
+        "oauth2_form",
+        "clients-file",
+        format!("\x02# resource servers\n\n{line}\nempty:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n")
+            .as_bytes(),
+    );
 }

@@ -416,3 +416,80 @@ async fn challenges_name_the_configured_realm_and_resource_metadata() {
         )
     );
 }
+
+/// SIGHUP reloads the clients file at once, even a change the file's size and time do not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_clients_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (client("first"), client("second"));
+    let file = dir.path().join("clients");
+    std::fs::write(&file, format!("{}\n", first.line)).unwrap();
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let http_port = free_port();
+    let mut server = ServerProcess::start(|command| {
+        command
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .arg("--introspection-clients")
+            .arg(&file)
+            .args(["--shutdown-grace", "2s", "--data-dir"])
+            .arg(dir.path());
+    });
+    server.connect_when_serving().await;
+    let url = format!("http://127.0.0.1:{http_port}/oauth2/introspect");
+    let status = async |who: &Client| {
+        http_client()
+            .post(&url)
+            .header("content-type", CONTENT_TYPE)
+            .header("authorization", basic(who))
+            .body("token=emb_sa_unknown")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(&first).await, 200);
+    assert_eq!(status(&second).await, 401);
+
+    // The second client in place of the first: same length, same modification time, same file.
+    assert_eq!(
+        first.line.len() - first.id.len(),
+        second.line.len() - second.id.len()
+    );
+    let swapped = format!("{}\n", second.line.replacen(second.id, "first", 1));
+    let second_as_first = Client {
+        id: "first",
+        secret: second.secret.clone(),
+        line: String::new(),
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, swapped.as_bytes()))
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(modified))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status(&first).await, 200, "reloaded without a signal");
+
+    let pid = server.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    Wait::new("the new secret is accepted after SIGHUP")
+        .within(Duration::from_secs(5))
+        .every(Duration::from_millis(50))
+        .until(async || (status(&second_as_first).await == 200).then_some(()))
+        .await;
+    assert_eq!(status(&first).await, 401);
+    let logs = server.terminate().await.stderr;
+    assert!(logs.contains("introspection clients reloaded"), "{logs}");
+    assert!(!logs.contains(&first.secret) && !logs.contains(&second.secret));
+}

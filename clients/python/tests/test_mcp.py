@@ -11,21 +11,17 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import socket
-import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple
 
 import grpc
 import httpx2
-from google.protobuf.timestamp_pb2 import Timestamp
 import pytest
 import uvicorn
 from mcp import Client
@@ -34,22 +30,14 @@ from mcp.server.auth.provider import AccessToken
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
+from control_plane import APP, ORG, OTHER_APP, ControlPlane, checksummed, free_port, malformed
 from embrace.serviceaccounts.mcp import (
     ControlPlaneUnavailable,
     ServiceAccountAccessToken,
     ServiceAccountTokenVerifier,
 )
-from embrace.serviceaccounts.v1 import resources_pb2
-from embrace.serviceaccounts.v1 import service_account_admin_pb2 as admin_pb2
-from embrace.serviceaccounts.v1 import service_account_admin_pb2_grpc as admin_grpc
 
-BIN = os.environ.get(
-    "SERVICE_ACCOUNTS_BIN", "/root/.cache/service-accounts-ci/target/release/service-accounts"
-)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mcp_server.py"
-ORG = "acme"
-APP = "checkout-ios"
-OTHER_APP = "checkout-android"
 OAUTH_TOKEN = "oauth-user-token"
 OAUTH_TOKEN_NO_SCOPE = "oauth-user-token-without-scopes"
 
@@ -93,115 +81,11 @@ def capture_logs() -> Iterator[_Capture]:
 # --- the control plane ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ControlPlane:
-    addr: str
-    proc: "subprocess.Popen[bytes]"
-    admin: admin_grpc.ServiceAccountAdminStub
-    auth: Tuple[Tuple[str, str], ...]
-    channel: grpc.Channel
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def issue(
-        self,
-        scopes: Sequence[str],
-        app_ids: Sequence[str] = (APP,),
-        all_apps: bool = False,
-        expire_time: Optional[int] = None,
-    ) -> "Issued":
-        access = (
-            resources_pb2.AppAccess(all_apps=True)
-            if all_apps
-            else resources_pb2.AppAccess(app_ids=list(app_ids))
-        )
-        account = self.admin.CreateServiceAccount(
-            admin_pb2.CreateServiceAccountRequest(
-                display_name=f"MCP test {uuid.uuid4().hex[:12]}", app_access=access
-            ),
-            metadata=self.auth,
-            timeout=10,
-        ).service_account
-        created = self.admin.CreateToken(
-            admin_pb2.CreateTokenRequest(
-                service_account_id=account.service_account_id,
-                display_name="pytest",
-                scopes=list(scopes),
-                expire_time=None if expire_time is None else Timestamp(seconds=expire_time),
-            ),
-            metadata=self.auth,
-            timeout=10,
-        )
-        SECRETS.append(created.secret)
-        return Issued(
-            secret=created.secret,
-            service_account_id=account.service_account_id,
-            display_name=account.display_name,
-            token_id=created.token.token_id,
-        )
-
-    def revoke(self, issued: "Issued") -> None:
-        self.admin.RevokeToken(
-            admin_pb2.RevokeTokenRequest(
-                service_account_id=issued.service_account_id, token_id=issued.token_id
-            ),
-            metadata=self.auth,
-            timeout=10,
-        )
-
-
-@dataclass
-class Issued:
-    secret: str
-    service_account_id: str
-    display_name: str
-    token_id: str
-
-
 def start_control_plane(data_dir: str) -> ControlPlane:
-    assert os.access(BIN, os.X_OK), f"no control-plane binary at {BIN} (set SERVICE_ACCOUNTS_BIN)"
-    port = _free_port()
-    log = open(os.path.join(data_dir, "server.log"), "wb")
-    proc = subprocess.Popen(
-        [BIN, "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, f"control plane exited: {Path(data_dir, 'server.log').read_text()}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            if Path(data_dir, "admin-dev-key.pem").exists():
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "control plane did not start serving"
-        time.sleep(0.05)
-    # Minted once the server is serving: the server creates the development key.
-    jwt = subprocess.run(
-        [BIN, "admin-token", "--data-dir", data_dir, "--org-id", ORG, "--user-id", "alice"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return ControlPlane(
-        addr=f"127.0.0.1:{port}",
-        proc=proc,
-        admin=admin_grpc.ServiceAccountAdminStub(channel),
-        auth=(("authorization", f"Bearer {jwt}"),),
-        channel=channel,
-    )
+    cp = ControlPlane(data_dir, secrets=SECRETS, label="MCP test")
+    cp.wait_listening()
+    cp.connect_admin()
+    return cp
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +95,7 @@ def control_plane() -> Iterator[ControlPlane]:
         try:
             yield cp
         finally:
-            cp.channel.close()
-            cp.stop()
+            cp.stop(kill=True)
 
 
 # --- the example MCP server, on a uvicorn thread ------------------------------------------------
@@ -258,7 +141,7 @@ class McpServer:
 
 
 def start_mcp_server(control_plane_addr: str) -> McpServer:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     oauth = OAuthUsers()
     mcp_server = _load_example().build_server(control_plane_addr, resource_url=url, fallback=oauth)
@@ -278,7 +161,7 @@ def start_mcp_server(control_plane_addr: str) -> McpServer:
 
 @pytest.fixture(scope="module")
 def mcp_server(control_plane: ControlPlane) -> Iterator[McpServer]:
-    server = start_mcp_server(control_plane.addr)
+    server = start_mcp_server(control_plane.grpc_addr)
     try:
         yield server
     finally:
@@ -392,7 +275,7 @@ def test_verifier_reports_identity_and_expiry(control_plane: ControlPlane) -> No
     never = control_plane.issue(["mcp:tools:call", "mcp:read"], app_ids=[APP, OTHER_APP])
     expiry = int(time.time()) + 3600
     expiring = control_plane.issue(["mcp:tools:call"], all_apps=True, expire_time=expiry)
-    verifier = ServiceAccountTokenVerifier(control_plane.addr)
+    verifier = ServiceAccountTokenVerifier(control_plane.grpc_addr)
 
     async def scenario() -> List[Optional[AccessToken]]:
         try:
@@ -477,8 +360,8 @@ def test_malformed_and_unknown_tokens_are_401(
     control_plane: ControlPlane, mcp_server: McpServer
 ) -> None:
     issued = control_plane.issue(["mcp:tools:call", "mcp:read"])
-    typo = issued.secret[:-1] + ("A" if issued.secret[-1] != "A" else "B")  # checksum broken
-    unknown = _checksummed("emb_sa_" + "b" * 37)  # well-formed: the control plane says UNKNOWN
+    typo = malformed(issued.secret)  # checksum broken
+    unknown = checksummed("emb_sa_" + "b" * 37)  # well-formed: the control plane says UNKNOWN
     for token in ["emb_sa_nope", typo, "emb_sa_" + "x" * 300, unknown]:
         seen = Seen()
 
@@ -515,7 +398,7 @@ def test_revoked_token_is_401_on_the_very_next_request(
 def test_control_plane_down_is_a_server_error_never_401_never_allowed() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         cp = start_control_plane(data_dir)
-        server = start_mcp_server(cp.addr)
+        server = start_mcp_server(cp.grpc_addr)
         try:
             issued = cp.issue(["mcp:tools:call", "mcp:read"])
             seen = Seen()
@@ -525,7 +408,7 @@ def test_control_plane_down_is_a_server_error_never_401_never_allowed() -> None:
                     ok = await client.call_tool("get_crash_summary", {"app_id": APP})
                     assert not ok.is_error, text_of(ok)
                     before = len(seen.responses)
-                    cp.stop()  # killed: connection refused from now on
+                    cp.stop(kill=True)  # killed: connection refused from now on
                     with pytest.raises(MCPError):
                         await client.call_tool("get_crash_summary", {"app_id": APP})
                     after = seen.statuses[before:]
@@ -546,8 +429,7 @@ def test_control_plane_down_is_a_server_error_never_401_never_allowed() -> None:
             assert any("ControlPlaneUnavailable" in line for line in LOGS.lines)
         finally:
             server.stop()
-            cp.channel.close()
-            cp.stop()
+            cp.stop(kill=True)
 
 
 def test_control_plane_not_answering_is_deadline_exceeded_not_invalid() -> None:
@@ -557,7 +439,7 @@ def test_control_plane_not_answering_is_deadline_exceeded_not_invalid() -> None:
         silent.listen()
         port = silent.getsockname()[1]
         verifier = ServiceAccountTokenVerifier(f"127.0.0.1:{port}", timeout=0.5)
-        issued_like = _checksummed("emb_sa_" + "a" * 37)
+        issued_like = checksummed("emb_sa_" + "a" * 37)
 
         async def scenario() -> None:
             try:
@@ -569,14 +451,6 @@ def test_control_plane_not_answering_is_deadline_exceeded_not_invalid() -> None:
             run(scenario())
         assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert issued_like not in str(raised.value)
-
-
-def _checksummed(body: str) -> str:
-    import base64
-    import zlib
-
-    crc = zlib.crc32(body.encode()).to_bytes(4, "big")
-    return body + base64.urlsafe_b64encode(crc).decode().rstrip("=")
 
 
 def test_other_tokens_go_to_the_fallback_verifier(

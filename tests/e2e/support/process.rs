@@ -89,6 +89,11 @@ impl ServerProcess {
         connect_when_serving(self.port).await
     }
 
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(mut self) -> Exited {
         let pid = self.child.as_ref().unwrap().id().to_string();

@@ -12,7 +12,7 @@
 
 mod forward_auth;
 mod github;
-mod oauth2_introspect;
+pub mod oauth2_introspect;
 
 use std::convert::Infallible;
 use std::sync::Arc;

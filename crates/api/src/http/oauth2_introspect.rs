@@ -63,9 +63,6 @@ pub async fn handle<S: AdminStore + TokenStore>(
     if let Err(error) = api.client_cert.check(peer.client_cert) {
         return api_error(error);
     }
-    if !api.is_ready() {
-        return temporarily_unavailable();
-    }
     let form_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -89,11 +86,15 @@ pub async fn handle<S: AdminStore + TokenStore>(
         Err(description) => return invalid_request(&description),
     };
     if let Some(clients) = &api.introspection_clients {
-        match authenticate(headers, &params) {
+        match client_credentials(headers, &params) {
             Err(description) => return invalid_request(description),
             Ok(Some((id, secret))) if clients.current().verify(&id, &secret) => {}
             Ok(_) => return invalid_client(),
         }
+    }
+    // After the caller is known: storage's state is nobody else's business.
+    if !api.is_ready() {
+        return temporarily_unavailable();
     }
     let Some(token) = params.token.as_deref().filter(|t| !t.is_empty()) else {
         return invalid_request("the token parameter is required");
@@ -278,7 +279,7 @@ fn decode(raw: &[u8]) -> Result<String, String> {
 
 /// The caller's client credentials (RFC 6749 §2.3.1): HTTP Basic, whose id and secret are
 /// form-encoded, or the `client_id` and `client_secret` parameters, but not both.
-fn authenticate(
+pub fn client_credentials(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Option<(String, String)>, &'static str> {
@@ -420,20 +421,26 @@ mod tests {
         let mut headers = HeaderMap::new();
         let params = Params::parse(b"client_id=gw&client_secret=s%3Ds").unwrap();
         assert_eq!(
-            authenticate(&headers, &params).unwrap(),
+            client_credentials(&headers, &params).unwrap(),
             Some(("gw".into(), "s=s".into()))
         );
         // Basic: id and secret are form-encoded before base64 (RFC 6749 §2.3.1).
         let basic = format!("Basic {}", STANDARD.encode("g%3Aw:s%25"));
         headers.insert(AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
         assert_eq!(
-            authenticate(&headers, &Params::default()).unwrap(),
+            client_credentials(&headers, &Params::default()).unwrap(),
             Some(("g:w".into(), "s%".into()))
         );
-        assert!(authenticate(&headers, &params).is_err());
+        assert!(client_credentials(&headers, &params).is_err());
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic not-base64!"));
-        assert_eq!(authenticate(&headers, &Params::default()).unwrap(), None);
+        assert_eq!(
+            client_credentials(&headers, &Params::default()).unwrap(),
+            None
+        );
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        assert_eq!(authenticate(&headers, &Params::default()).unwrap(), None);
+        assert_eq!(
+            client_credentials(&headers, &Params::default()).unwrap(),
+            None
+        );
     }
 }
