@@ -271,9 +271,15 @@ async fn other_bearer_tokens_go_to_the_fallback_verifier() {
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
     let base = serve(app.addr, move |layer| {
-        layer.fallback(fallback_fn(move |token, _request| {
+        layer.fallback(fallback_fn(move |token, requirement, _request| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
+                // The route's requirement, for the fallback to enforce in its own terms.
+                if !requirement.scopes().iter().any(|s| s == "mcp:tools:call") {
+                    return Err(FallbackRefusal::InsufficientScope(vec![
+                        "mcp:tools:call".into(),
+                    ]));
+                }
                 match token.as_str() {
                     "oauth-alice" => {
                         let mut verified = http::Extensions::new();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use service_accounts_api::introspection_clients::new_client;
+use service_accounts_api::pb;
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -172,6 +173,52 @@ async fn every_answer_shape_and_client_authentication(backend: Backend) {
     )
     .await;
     assert_eq!(body(&in_form)["app_access"], json!({"all_apps": true}));
+
+    // A token restricted to networks: active for a request from inside them only, and without a
+    // client_ip, inactive to a caller that reads `active` alone.
+    let restricted = app
+        .admin()
+        .await
+        .create_token(crate::support::authed(
+            pb::CreateTokenRequest {
+                service_account_id: id.clone(),
+                display_name: "office only".into(),
+                scopes: vec!["mcp:tools:call".into()],
+                allowed_cidrs: vec!["10.0.0.0/8".into()],
+                expire_time: None,
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let bare = post(&app, &authed, form(&[("token", &restricted)])).await;
+    assert_eq!(bare.body, r#"{"active":false}"#);
+    let inside = post(
+        &app,
+        &authed,
+        form(&[("token", &restricted), ("client_ip", "10.1.2.3")]),
+    )
+    .await;
+    assert_eq!(
+        (
+            body(&inside)["active"].clone(),
+            body(&inside)["allowed"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+    let outside = post(
+        &app,
+        &authed,
+        form(&[("token", &restricted), ("client_ip", "192.0.2.1")]),
+    )
+    .await;
+    assert_eq!(body(&outside)["allowed"], false);
+    assert_eq!(
+        body(&outside)["denial_reasons"],
+        json!(["DENIAL_REASON_CLIENT_IP_NOT_ALLOWED"])
+    );
 
     // Inactive, whatever the reason: exactly {"active":false}.
     revoke(&app, &jwt, &id, &token.token_id).await;

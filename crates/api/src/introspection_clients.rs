@@ -73,15 +73,19 @@ impl ClientList {
     }
 }
 
-/// A client id: 1–128 visible ASCII characters without `:` (the file's separator).
+/// A client id: 1–128 letters, digits, `-`, `.`, `_` or `~` (RFC 3986's unreserved
+/// characters), which read the same whether or not a client form-encodes them for HTTP Basic
+/// (RFC 6749 §2.3.1 asks it to; many do not).
 pub fn check_client_id(client_id: &str) -> Result<(), String> {
     let fits = (1..=MAX_CLIENT_ID_BYTES).contains(&client_id.len())
-        && client_id.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     if fits {
         Ok(())
     } else {
         Err(format!(
-            "a client_id is 1 to {MAX_CLIENT_ID_BYTES} visible ASCII characters without ':'"
+            "a client_id is 1 to {MAX_CLIENT_ID_BYTES} letters, digits, '-', '.', '_' or '~'"
         ))
     }
 }
@@ -169,7 +173,16 @@ impl IntrospectionClients {
     /// Reads the file again; on failure the clients in use stay, and the log says why.
     pub fn reload(&self) {
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = Stamp::of(&self.path);
-        match read(&self.path) {
+        // A file caught between an editor's truncation and its write reads as empty: refusing
+        // every caller for that is worse than keeping the clients in use.
+        let read = read(&self.path).and_then(|list| {
+            if list.is_empty() && !self.current().is_empty() {
+                Err(format!("{}: lists no clients", self.path.display()))
+            } else {
+                Ok(list)
+            }
+        });
+        match read {
             Ok(list) => {
                 tracing::info!(
                     path = %self.path.display(),
@@ -254,6 +267,10 @@ mod tests {
             ),
             ("a:ABCDEF", "line 1: the hash must be 64 lower-case hex"),
             (&format!("b c:{}", "0".repeat(64)), "line 1: a client_id is"),
+            (
+                &format!("b%2B:{}", "0".repeat(64)),
+                "line 1: a client_id is",
+            ),
             (&format!(":{}", "0".repeat(64)), "line 1: a client_id is"),
         ] {
             let error = ClientList::parse(text).unwrap_err();

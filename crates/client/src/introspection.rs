@@ -49,6 +49,16 @@ impl Requirement {
         &self.org_id
     }
 
+    /// The app the request acts on, if any.
+    pub fn app_id(&self) -> Option<&str> {
+        self.app_id.as_deref()
+    }
+
+    /// The scopes the request needs.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
     /// Names an org, and an app if any: an empty one would check nothing.
     pub fn is_complete(&self) -> bool {
         !self.org_id.is_empty() && self.app_id.as_ref().is_none_or(|app| !app.is_empty())

@@ -95,11 +95,14 @@ pub const TOKEN_PREFIX: &str = "emb_sa_";
 /// [`IntrospectLayer::fallback`]. It only decides: the layer turns its answer into the HTTP or
 /// gRPC response.
 pub trait Fallback: Send + Sync + 'static {
-    /// Decides `token` (without `Bearer `) for `request`. `Ok` lets the request through with
-    /// these extensions added to it (the verifier's own identity type, say).
+    /// Decides `token` (without `Bearer `) for `request`, which the route's `requirement`
+    /// (org, app, scopes) applies to: the fallback must enforce it in its own terms. `Ok` lets
+    /// the request through with these extensions added to it (the verifier's own identity
+    /// type, say).
     fn verify(
         &self,
         token: &str,
+        requirement: &Requirement,
         request: &Parts,
     ) -> Pin<Box<dyn Future<Output = Result<Extensions, FallbackRefusal>> + Send + 'static>>;
 }
@@ -115,25 +118,27 @@ pub enum FallbackRefusal {
     Unavailable,
 }
 
-/// A [`Fallback`] from an async function of the token and the request's parts.
+/// A [`Fallback`] from an async function of the token, the route's requirement and the
+/// request's parts.
 pub fn fallback_fn<F, Fut>(f: F) -> impl Fallback
 where
-    F: Fn(String, &Parts) -> Fut + Send + Sync + 'static,
+    F: Fn(String, Requirement, &Parts) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Extensions, FallbackRefusal>> + Send + 'static,
 {
     struct FnFallback<F>(F);
     impl<F, Fut> Fallback for FnFallback<F>
     where
-        F: Fn(String, &Parts) -> Fut + Send + Sync + 'static,
+        F: Fn(String, Requirement, &Parts) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Extensions, FallbackRefusal>> + Send + 'static,
     {
         fn verify(
             &self,
             token: &str,
+            requirement: &Requirement,
             request: &Parts,
         ) -> Pin<Box<dyn Future<Output = Result<Extensions, FallbackRefusal>> + Send + 'static>>
         {
-            Box::pin((self.0)(token.to_owned(), request))
+            Box::pin((self.0)(token.to_owned(), requirement.clone(), request))
         }
     }
     FnFallback(f)
@@ -309,7 +314,7 @@ async fn decide<P: Policy>(
         .as_ref()
         .filter(|_| !token.starts_with(TOKEN_PREFIX))
     {
-        return match fallback.verify(token, request).await {
+        return match fallback.verify(token, &requirement, request).await {
             Ok(extensions) => Ok(extensions),
             Err(FallbackRefusal::InvalidToken) => Err(Refusal::InvalidToken),
             Err(FallbackRefusal::InsufficientScope(missing_scopes)) => Err(Refusal::Denied {
@@ -675,7 +680,8 @@ mod tests {
             .unwrap()
             .with_deadline(std::time::Duration::from_millis(300));
         let layer = IntrospectLayer::new(nowhere, Requirement::org("acme")).fallback(fallback_fn(
-            |token, _| async move {
+            |token, requirement, _| async move {
+                assert_eq!(requirement.org_id(), "acme");
                 match token.as_str() {
                     "oauth-alice" => {
                         let mut verified = Extensions::new();

@@ -43,7 +43,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct IntrospectionClientArgs {
-    /// The client's id: 1 to 128 visible ASCII characters without ':'.
+    /// The client's id: 1 to 128 letters, digits, '-', '.', '_' or '~'.
     #[arg(long)]
     pub client_id: String,
 }

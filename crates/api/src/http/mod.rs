@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ApiError, ClientCertRule};
+use crate::error::{ApiError, ClientCertRule, ErrorCode};
 use crate::gateway::Challenge;
 use crate::introspection_clients::IntrospectionClients;
 use crate::secret_scanning::GithubKeys;
@@ -319,7 +319,16 @@ pub fn unavailable() -> Response {
 ///
 /// [`ErrorCode`]: crate::error::ErrorCode
 pub fn error_response(error: ApiError) -> Response {
-    let status = error.code().http_status_code();
+    let code = error.code();
+    // Routes here answer bad input, missing certificates and storage trouble; anything else is
+    // a bug worth an operator's attention.
+    if !matches!(
+        code,
+        ErrorCode::InvalidArgument | ErrorCode::NoClientCertificate | ErrorCode::Unavailable
+    ) {
+        tracing::error!(?code, "unexpected error answering an HTTP request");
+    }
+    let status = code.http_status_code();
     let body = match &error {
         ApiError::Domain(Error::InvalidArgument(violations)) => format!(
             "invalid request: {}\n",

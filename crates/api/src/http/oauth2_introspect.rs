@@ -6,7 +6,7 @@
 //! | case | status | body |
 //! |---|---|---|
 //! | active | 200 | `active`, `scope`, `client_id`, `sub`, `username`, `token_type`, `jti`, `iat`, `exp`, `iss`, `org_id`, `app_access`; `allowed` and `denial_reasons` when a check parameter was given |
-//! | not active, for any reason | 200 | `{"active":false}` |
+//! | not active, for any reason; or refused with no check parameter given (a token restricted to networks, without `client_ip`) | 200 | `{"active":false}` |
 //! | bad parameters | 400 | `{"error":"invalid_request",…}` |
 //! | caller not authenticated (`--introspection-clients`) | 401 | `{"error":"invalid_client"}`, `WWW-Authenticate: Basic` |
 //! | mTLS configured, no client certificate | 403 | `{"error":"invalid_client",…}` |
@@ -144,6 +144,12 @@ pub async fn handle<S: AdminStore + TokenStore>(
     let Introspection::Active { token, denials } = result else {
         return json(StatusCode::OK, &Inactive { active: false });
     };
+    // A token restricted to networks is refused without a client_ip. A caller that sent no check
+    // parameter reads `active` alone (RFC 7662 knows no `allowed`): for it the token is not
+    // active here, or it would be accepted from anywhere.
+    if !checked && !denials.allowed() {
+        return json(StatusCode::OK, &Inactive { active: false });
+    }
     let scope: Vec<&str> = token.scopes.names().collect();
     let account = &token.account;
     let (token_id, account_id) = (
