@@ -2,7 +2,6 @@
 //! brought about for real, on the binary writing to a pipe as it would to a file or a collector.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -51,38 +50,14 @@ async fn every_log_line_the_docs_say_to_alert_on_is_written_when_it_happens() {
     });
     let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
     let channel = server.connect_when_serving().await;
-    let jwt = Command::new(BINARY)
-        .args([
-            "admin-token",
-            "--org-id",
-            "acme",
-            "--user-id",
-            "alice",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(jwt.status.success(), "{jwt:?}");
-    let jwt = String::from_utf8(jwt.stdout).unwrap().trim().to_owned();
+    let jwt = admin_token(dir.path(), "acme", "alice");
     let mut admin =
         pb::service_account_admin_client::ServiceAccountAdminClient::new(channel.clone());
-    let mut introspection = pb::token_introspection_client::TokenIntrospectionClient::new(channel);
+    let mut introspection =
+        pb::token_introspection_client::TokenIntrospectionClient::new(channel.clone());
 
     // Admin changes (audited), and a revoked token presented again.
-    let account = admin
-        .create_service_account(authed(
-            pb::CreateServiceAccountRequest {
-                display_name: "Alerts".into(),
-                ..Default::default()
-            },
-            &jwt,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .service_account
-        .unwrap();
+    let account = create_account_over(channel.clone(), &jwt, "Alerts").await;
     let id = account.service_account_id;
     let mut tokens = Vec::new();
     for name in ["Old", "Live"] {

@@ -282,35 +282,10 @@ mod as_documented {
         let without_cert = channel(dir, port, false).await.unwrap();
 
         // An admin without a client certificate: TLS and the JWT are enough.
-        let jwt = Command::new(BINARY)
-            .args([
-                "admin-token",
-                "--org-id",
-                "acme",
-                "--user-id",
-                "alice",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(jwt.status.success(), "{jwt:?}");
-        let jwt = String::from_utf8(jwt.stdout).unwrap().trim().to_owned();
+        let jwt = admin_token(dir, "acme", "alice");
         let mut admin =
             pb::service_account_admin_client::ServiceAccountAdminClient::new(without_cert.clone());
-        let account = admin
-            .create_service_account(authed(
-                pb::CreateServiceAccountRequest {
-                    display_name: "MCP".into(),
-                    ..Default::default()
-                },
-                &jwt,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .service_account
-            .unwrap();
+        let account = create_account_over(without_cert.clone(), &jwt, "MCP").await;
         let token = admin
             .create_token(authed(
                 pb::CreateTokenRequest {

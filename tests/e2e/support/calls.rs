@@ -74,6 +74,27 @@ pub async fn create_account(
 }
 
 /// Issues a token with `scopes` and returns (metadata, secret).
+/// Creates an account named `name` (all apps) over `channel`: a server process's, say.
+pub async fn create_account_over(
+    channel: tonic::transport::Channel,
+    jwt: &str,
+    name: &str,
+) -> pb::ServiceAccount {
+    pb::service_account_admin_client::ServiceAccountAdminClient::new(channel)
+        .create_service_account(authed(
+            pb::CreateServiceAccountRequest {
+                display_name: name.into(),
+                ..Default::default()
+            },
+            jwt,
+        ))
+        .await
+        .expect("create account")
+        .into_inner()
+        .service_account
+        .expect("service account")
+}
+
 pub async fn create_token(
     app: &TestApp,
     jwt: &str,

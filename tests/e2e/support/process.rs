@@ -18,6 +18,25 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_service-accounts");
 /// How long a terminated server may take to exit (its shutdown grace plus slack).
 const EXIT_BOUND: Duration = Duration::from_secs(30);
 
+/// An admin JWT from the binary's `admin-token`, signed with the development key that a server
+/// started with `data_dir` created there (so: once that server serves).
+pub fn admin_token(data_dir: &std::path::Path, org_id: &str, user_id: &str) -> String {
+    let output = Command::new(BINARY)
+        .args([
+            "admin-token",
+            "--org-id",
+            org_id,
+            "--user-id",
+            user_id,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .expect("run admin-token");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
