@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createTcpServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -119,6 +119,31 @@ async function stopControlPlane(): Promise<void> {
     const gone = new Promise((resolve) => child.once("exit", resolve));
     child.kill("SIGKILL");
     await gone;
+  }
+}
+
+/**
+ * Stops the control plane and returns once every one of its threads is stopped. kill(2) only
+ * starts a group stop: a busy machine may let a worker thread answer one more request first.
+ */
+async function pauseControlPlane(): Promise<void> {
+  const pid = controlPlane!.pid!;
+  controlPlane!.kill("SIGSTOP");
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const tasks = await readdir(`/proc/${pid}/task`);
+    const states = await Promise.all(
+      // The state follows the command name, which is in parentheses.
+      tasks.map(async (t) => {
+        const stat = await readFile(`/proc/${pid}/task/${t}/stat`, "utf8");
+        return stat[stat.lastIndexOf(") ") + 2];
+      }),
+    );
+    if (states.every((state) => state === "T")) {
+      return;
+    }
+    assert.ok(Date.now() < deadline, `control plane not stopped: thread states ${states.join("")}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
 
@@ -371,8 +396,8 @@ describe("MCP server protected by serviceAccountTokenVerifier", { timeout: 120_0
     ok(await callTool(client, "get_crash_summary", { app_id: "checkout-ios" }));
 
     // Hanging (SIGSTOP): the verifier's deadline passes.
-    controlPlane!.kill("SIGSTOP");
     try {
+      await pauseControlPlane();
       const hung = callTool(client, "get_crash_summary", { app_id: "checkout-ios" });
       await assert.rejects(hung, /"error":"server_error".*DeadlineExceeded/);
       assert.equal(await httpFailure(hung), 500);
