@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::changes::{Change, Subscriber};
 use crate::token::TokenHash;
 
 #[derive(Debug, Default)]
@@ -74,6 +75,19 @@ impl IssuedTokens {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// New tokens are announced on the bus; while announcements may be missed, every token counts
+/// as issued (the owner reloads the set from storage on [`Change::Subscribed`]).
+impl Subscriber for IssuedTokens {
+    fn changed(&self, change: &Change) {
+        match change {
+            Change::TokenIssued(prefix) => self.add(*prefix),
+            // Subscribed too: announcements made before the subscription was live were missed.
+            Change::Lost | Change::Subscribed => self.mark_incomplete(),
+            Change::Account { .. } | Change::Everything => {}
+        }
     }
 }
 

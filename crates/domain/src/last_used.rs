@@ -15,39 +15,7 @@ use crate::ids::TokenId;
 use crate::service_account::AppId;
 use crate::store::TokenStore;
 use crate::time::Timestamp;
-
-/// A token's latest use. `app_id` and `client_ip` come from the latest use that carried them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Usage {
-    pub at: Timestamp,
-    pub app_id: Option<AppId>,
-    pub client_ip: Option<IpAddr>,
-}
-
-impl Usage {
-    fn merge(&mut self, other: &Usage) {
-        self.merge_parts(other.at, other.app_id.as_ref(), other.client_ip);
-    }
-
-    /// Copies the app id only when it differs, so a token used for the same app request after
-    /// request allocates nothing.
-    fn merge_parts(&mut self, at: Timestamp, app_id: Option<&AppId>, client_ip: Option<IpAddr>) {
-        let later = at >= self.at;
-        if later {
-            self.at = at;
-        }
-        // An older use only fills what the newer ones never carried.
-        if let Some(app) = app_id
-            && (later || self.app_id.is_none())
-            && self.app_id.as_ref() != Some(app)
-        {
-            self.app_id = Some(app.clone());
-        }
-        if client_ip.is_some() && (later || self.client_ip.is_none()) {
-            self.client_ip = client_ip;
-        }
-    }
-}
+use crate::token::Usage;
 
 /// One token's pending use.
 #[derive(Debug)]
@@ -306,6 +274,7 @@ mod tests {
                 1 << 20,
                 std::time::Duration::from_secs(60),
             )),
+            Arc::default(),
             4,
         ))
     }

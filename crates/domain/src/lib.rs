@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod cache;
+pub mod changes;
 pub mod error;
 #[cfg(test)]
 mod fixtures;

@@ -1,18 +1,17 @@
 //! The ports storage implements. Every mutating method takes the audit event that records it:
 //! an implementation commits both in one transaction or neither, and, when the event's action
 //! changes introspection answers, also tells other replicas (in that transaction) and this
-//! replica's [`AccountChanges`] (after the commit).
+//! replica's [`ChangeBus`](crate::changes::ChangeBus) (after the commit).
 
 use std::future::Future;
 
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::StoreError;
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
-use crate::last_used::Usage;
 use crate::policy::{StoredPolicy, TokenPolicy};
 use crate::service_account::ServiceAccount;
 use crate::time::Timestamp;
-use crate::token::{Revocation, Token, TokenHash, TokenRecord};
+use crate::token::{Revocation, Token, TokenHash, TokenRecord, Usage};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -24,15 +23,6 @@ pub enum Created {
     NoParent,
     /// The quota was already used up; nothing was written.
     OverQuota,
-}
-
-/// Told after a committed change that can alter introspection answers for an account (the
-/// introspection cache listens), and when another replica reports one.
-pub trait AccountChanges: Send + Sync + 'static {
-    fn account_changed(&self, account: ServiceAccountId);
-
-    /// A token was issued (its hash's first 8 bytes, see [`crate::issued`]).
-    fn token_issued(&self, _prefix: u64) {}
 }
 
 /// What the admin use cases need from storage. Every read is scoped to an org.
@@ -83,7 +73,8 @@ pub trait AdminStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Forgets accounts deleted before `before`, with their grants and tokens (not their audit
-    /// events). Returns how many accounts were purged.
+    /// events), and publishes the change like a commit does (their tokens become unknown rather
+    /// than revoked). Returns how many accounts were purged.
     fn purge_deleted(&self, before: Timestamp) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// `NoParent` if the account does not exist (checked in the same transaction, so a token

@@ -349,3 +349,41 @@ mod tests {
         assert_eq!(format!("{:?}", token.hash()), "TokenHash(<redacted>)");
     }
 }
+
+/// A token's latest use. `app_id` and `client_ip` come from the latest use that carried them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub at: Timestamp,
+    pub app_id: Option<AppId>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Usage {
+    pub(crate) fn merge(&mut self, other: &Usage) {
+        self.merge_parts(other.at, other.app_id.as_ref(), other.client_ip);
+    }
+
+    /// Copies the app id only when it differs, so a token used for the same app request after
+    /// request allocates nothing.
+    pub(crate) fn merge_parts(
+        &mut self,
+        at: Timestamp,
+        app_id: Option<&AppId>,
+        client_ip: Option<IpAddr>,
+    ) {
+        let later = at >= self.at;
+        if later {
+            self.at = at;
+        }
+        // An older use only fills what the newer ones never carried.
+        if let Some(app) = app_id
+            && (later || self.app_id.is_none())
+            && self.app_id.as_ref() != Some(app)
+        {
+            self.app_id = Some(app.clone());
+        }
+        if client_ip.is_some() && (later || self.client_ip.is_none()) {
+            self.client_ip = client_ip;
+        }
+    }
+}

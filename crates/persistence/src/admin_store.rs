@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::{AuditEvent, AuditRecord};
+use service_accounts_domain::changes::Change;
 use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId};
 use service_accounts_domain::policy::{StoredPolicy, TokenPolicy};
 use service_accounts_domain::service_account::{AppAccess, ServiceAccount};
@@ -20,6 +21,7 @@ use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{Revocation, Token, TokenHash};
 
 use crate::Database;
+use crate::commit::PublishOnDrop;
 use crate::entity::{
     audit_event, service_account, service_account_app as app, token, token_policy,
 };
@@ -203,13 +205,15 @@ impl AdminStore for Database {
     async fn purge_deleted(&self, before: Timestamp) -> StoreResult<u64> {
         run(async {
             let txn = self.write_transaction().await?;
-            let ids: Vec<String> = service_account::Entity::find()
+            let purged: Vec<(String, String)> = service_account::Entity::find()
                 .select_only()
                 .column(service_account::Column::Id)
+                .column(service_account::Column::OrgId)
                 .filter(service_account::Column::DeletedAt.lt(before))
                 .into_tuple()
                 .all(&txn)
                 .await?;
+            let ids: Vec<String> = purged.iter().map(|(id, _)| id.clone()).collect();
             for chunk in ids.chunks(500) {
                 token::Entity::delete_many()
                     .filter(token::Column::ServiceAccountId.is_in(chunk.iter().cloned()))
@@ -224,6 +228,20 @@ impl AdminStore for Database {
                     .exec(&txn)
                     .await?;
             }
+            // Their tokens now introspect as unknown rather than revoked.
+            let changes = purge_changes(&purged);
+            for change in &changes {
+                if let Some(payload) = crate::changes::payload(change) {
+                    crate::changes::notify(&txn, &payload).await?;
+                }
+            }
+            let _publish: Vec<_> = changes
+                .into_iter()
+                .map(|change| PublishOnDrop {
+                    bus: &self.changes,
+                    change,
+                })
+                .collect();
             txn.commit().await?;
             Ok(ids.len() as u64)
         })
@@ -693,4 +711,24 @@ async fn last_used_times(
         .into_iter()
         .filter_map(|(account, at)| at.map(|at| (account, at)))
         .collect())
+}
+
+/// What a purge of these accounts (id, org) publishes: an invalidation each, or, past a few
+/// dozen accounts, one "everything" instead of a notification per account.
+fn purge_changes(purged: &[(String, String)]) -> Vec<Change> {
+    const MOST_ONE_BY_ONE: usize = 64;
+    if purged.len() > MOST_ONE_BY_ONE {
+        return vec![Change::Everything];
+    }
+    let accounts: Option<Vec<Change>> = purged
+        .iter()
+        .map(|(id, org)| {
+            Some(Change::Account {
+                org: OrgId::parse(org).ok()?,
+                account: ServiceAccountId::parse(id).ok()?,
+                token: None,
+            })
+        })
+        .collect();
+    accounts.unwrap_or_else(|| vec![Change::Everything])
 }

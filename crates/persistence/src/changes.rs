@@ -1,14 +1,19 @@
 //! Cross-replica change notifications over PostgreSQL LISTEN/NOTIFY.
 //!
 //! Every transaction that changes what introspection would answer for an account also runs
-//! `pg_notify(CHANNEL, account_id)`; PostgreSQL delivers it to every listener when, and only if,
-//! the transaction commits. SQLite is single-node and has no such channel.
+//! `pg_notify(CHANNEL, payload)` with the [`Change`]; PostgreSQL delivers it to every listener
+//! when, and only if, the transaction commits. SQLite is single-node and has no such channel.
+//!
+//! Payloads: `account <account id> <token id or -> <org id>`, `issued:<hex prefix>`,
+//! `everything`, and heartbeats. A bare account id (what older replicas send) is read as
+//! `everything`: it names no org, and dropping everything is always correct.
 
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement};
-use service_accounts_domain::ids::ServiceAccountId;
+use service_accounts_domain::changes::{Change, ChangeBus};
+use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId};
 use tokio::task::JoinHandle;
 
 use crate::Database;
@@ -17,27 +22,50 @@ pub const CHANNEL: &str = "service_accounts_changes";
 /// The listener's `application_name`, so operators (and tests) can find its backend.
 pub const LISTENER_APPLICATION_NAME: &str = "service-accounts-listener";
 
-/// What a listener reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The listener is (again) subscribed: notifications from now on will arrive.
-    Subscribed,
-    /// Something about this account changed.
-    Account(ServiceAccountId),
-    /// A token was issued (the first 8 bytes of its hash).
-    TokenIssued(u64),
-    /// The subscription is gone: notifications may be missed until the next `Subscribed`.
-    Lost,
-}
-
 const ISSUED_PREFIX: &str = "issued:";
+const ACCOUNT_PREFIX: &str = "account ";
+const EVERYTHING: &str = "everything";
 
-pub(crate) fn issued_payload(prefix: u64) -> String {
-    format!("{ISSUED_PREFIX}{prefix:016x}")
+/// The notification for a change other replicas must hear of (`None`: a local-only change).
+pub(crate) fn payload(change: &Change) -> Option<String> {
+    match change {
+        Change::Account {
+            org,
+            account,
+            token,
+        } => {
+            let token = token.map_or_else(|| "-".to_owned(), |t| t.to_string());
+            Some(format!("{ACCOUNT_PREFIX}{account} {token} {org}"))
+        }
+        Change::TokenIssued(prefix) => Some(format!("{ISSUED_PREFIX}{prefix:016x}")),
+        Change::Everything => Some(EVERYTHING.to_owned()),
+        Change::Subscribed | Change::Lost => None,
+    }
 }
 
-/// Queues a change notification in `db`'s transaction (a no-op on SQLite): an account id, or an
-/// [`issued_payload`].
+/// The change a notification announces; `None` for a malformed one.
+pub(crate) fn parse(payload: &str) -> Option<Change> {
+    if payload == EVERYTHING || ServiceAccountId::parse(payload).is_ok() {
+        return Some(Change::Everything);
+    }
+    if let Some(hex) = payload.strip_prefix(ISSUED_PREFIX) {
+        return u64::from_str_radix(hex, 16).ok().map(Change::TokenIssued);
+    }
+    let mut parts = payload.strip_prefix(ACCOUNT_PREFIX)?.splitn(3, ' ');
+    let account = ServiceAccountId::parse(parts.next()?).ok()?;
+    let token = match parts.next()? {
+        "-" => None,
+        id => Some(TokenId::parse(id).ok()?),
+    };
+    let org = OrgId::parse(parts.next()?).ok()?;
+    Some(Change::Account {
+        org,
+        account,
+        token,
+    })
+}
+
+/// Queues a change notification in `db`'s transaction (a no-op on SQLite): a [`payload`].
 pub(crate) async fn notify(db: &impl ConnectionTrait, payload: &str) -> Result<(), DbErr> {
     if db.get_database_backend() != DatabaseBackend::Postgres {
         return Ok(());
@@ -58,16 +86,13 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 const HEARTBEAT_PREFIX: &str = "heartbeat:";
 
-/// Listens on `database_url` (PostgreSQL) and calls `on_change` for every change, reconnecting
-/// forever with backoff. Liveness is proven end to end: every [`HEARTBEAT_INTERVAL`] the
+/// Listens on `database_url` (PostgreSQL) and publishes every change on `bus`, reconnecting
+/// forever with backoff: [`Change::Subscribed`] when the subscription is live, [`Change::Lost`]
+/// when it is not. Liveness is proven end to end: every [`HEARTBEAT_INTERVAL`] the
 /// replica notifies itself through `db` (its ordinary pool), and a subscription that has not
-/// delivered that heartbeat within [`HEARTBEAT_TIMEOUT`] is reported [`Change::Lost`].
+/// delivered that heartbeat within [`HEARTBEAT_TIMEOUT`] is lost.
 /// Runs until the task is aborted.
-pub fn watch(
-    database_url: &str,
-    db: Database,
-    on_change: impl Fn(Change) + Send + Sync + 'static,
-) -> JoinHandle<()> {
+pub fn watch(database_url: &str, db: Database, bus: ChangeBus) -> JoinHandle<()> {
     let url = with_application_name(database_url);
     let me = format!("{HEARTBEAT_PREFIX}{}", uuid::Uuid::now_v7());
     tokio::spawn(async move {
@@ -76,9 +101,15 @@ pub fn watch(
             match subscribe(&url).await {
                 Ok(listener) => {
                     backoff = Duration::from_millis(50);
-                    on_change(Change::Subscribed);
-                    follow(listener, &db, &me, &on_change).await;
-                    on_change(Change::Lost);
+                    tracing::info!(
+                        "subscribed to change notifications; introspection cache enabled"
+                    );
+                    bus.publish(&Change::Subscribed);
+                    follow(listener, &db, &me, &bus).await;
+                    tracing::warn!(
+                        "change notifications lost; introspection cache disabled until resubscribed"
+                    );
+                    bus.publish(&Change::Lost);
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "cannot subscribe to change notifications");
@@ -91,12 +122,7 @@ pub fn watch(
 }
 
 /// Delivers notifications until the subscription fails or its heartbeat stops coming back.
-async fn follow(
-    listener: PgListener,
-    db: &Database,
-    me: &str,
-    on_change: &(impl Fn(Change) + Sync),
-) {
+async fn follow(listener: PgListener, db: &Database, me: &str, bus: &ChangeBus) {
     // The listener lives in its own task, so that waiting on it is never cancelled half-way;
     // the guard ends that task however this function ends (including when it is aborted).
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -122,13 +148,8 @@ async fn follow(
                         last_heard = Instant::now();
                     } else if payload.starts_with(HEARTBEAT_PREFIX) {
                         // Another replica's heartbeat.
-                    } else if let Some(prefix) = payload
-                        .strip_prefix(ISSUED_PREFIX)
-                        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                    {
-                        on_change(Change::TokenIssued(prefix));
-                    } else if let Ok(account) = ServiceAccountId::parse(payload) {
-                        on_change(Change::Account(account));
+                    } else if let Some(change) = parse(payload) {
+                        bus.publish(&change);
                     } else {
                         tracing::warn!("ignoring a malformed change notification");
                     }
@@ -173,4 +194,41 @@ async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
 fn with_application_name(url: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}application_name={LISTENER_APPLICATION_NAME}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_other_replicas_hear_of_reads_back_as_itself() {
+        let changes = [
+            Change::Account {
+                org: OrgId::parse("acme:eu/1").unwrap(),
+                account: ServiceAccountId::generate(),
+                token: Some(TokenId::generate()),
+            },
+            Change::Account {
+                org: OrgId::parse("acme").unwrap(),
+                account: ServiceAccountId::generate(),
+                token: None,
+            },
+            Change::TokenIssued(0x0123_4567_89ab_cdef),
+            Change::Everything,
+        ];
+        for change in changes {
+            assert_eq!(parse(&payload(&change).unwrap()), Some(change));
+        }
+        assert_eq!(payload(&Change::Lost), None);
+        assert_eq!(payload(&Change::Subscribed), None);
+    }
+
+    #[test]
+    fn an_older_replicas_bare_account_id_drops_everything_and_garbage_is_ignored() {
+        let account = ServiceAccountId::generate().to_string();
+        assert_eq!(parse(&account), Some(Change::Everything));
+        for garbage in ["", "account x - acme", "account", "issued:zz", "heartbeat"] {
+            assert_eq!(parse(garbage), None, "{garbage:?}");
+        }
+    }
 }

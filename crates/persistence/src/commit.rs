@@ -7,13 +7,12 @@
 
 use sea_orm::{DatabaseTransaction, EntityTrait};
 use service_accounts_domain::audit::AuditEvent;
-use service_accounts_domain::ids::ServiceAccountId;
+use service_accounts_domain::changes::{Change, ChangeBus};
 use service_accounts_domain::issued::prefix;
-use service_accounts_domain::store::AccountChanges;
 use service_accounts_domain::token::TokenHash;
 
 use crate::Database;
-use crate::changes::{issued_payload, notify};
+use crate::changes::{notify, payload};
 use crate::entity::audit_event;
 use crate::error::Failure;
 use crate::rows::audit_row;
@@ -38,24 +37,23 @@ impl Database {
         audit_event::Entity::insert(audit_row(event))
             .exec_without_returning(&txn)
             .await?;
-        let stale = event.stale_account();
-        if let Some(account) = stale {
-            notify(&txn, &account.to_string()).await?;
+        let stale = Change::of_event(event);
+        let issued = issued.map(|hash| Change::TokenIssued(prefix(hash)));
+        for change in stale.iter().chain(&issued) {
+            if let Some(payload) = payload(change) {
+                notify(&txn, &payload).await?;
+            }
         }
-        let issued = issued.map(prefix);
-        if let Some(prefix) = issued {
-            notify(&txn, &issued_payload(prefix)).await?;
-        }
-        // Armed before the commit: this replica forgets the account's entries once the commit
-        // is done, and also if the caller stops waiting during it (an extra invalidation costs
-        // one cache miss; a missed one would serve a revoked token).
-        let _publish = stale.map(|account| PublishOnDrop {
-            changes: &*self.changes,
-            account,
+        // Armed before the commit: this replica publishes the change once the commit is done,
+        // and also if the caller stops waiting during it (an extra invalidation costs one cache
+        // miss; a missed one would serve a revoked token).
+        let _publish = stale.map(|change| PublishOnDrop {
+            bus: &self.changes,
+            change,
         });
         txn.commit().await?;
-        if let Some(prefix) = issued {
-            self.changes.token_issued(prefix);
+        if let Some(issued) = issued {
+            self.changes.publish(&issued);
         }
         tracing::info!(
             target: "audit",
@@ -72,14 +70,15 @@ impl Database {
     }
 }
 
-struct PublishOnDrop<'a> {
-    changes: &'a dyn AccountChanges,
-    account: ServiceAccountId,
+/// Publishes `change` when dropped: arm it before a commit.
+pub(crate) struct PublishOnDrop<'a> {
+    pub(crate) bus: &'a ChangeBus,
+    pub(crate) change: Change,
 }
 
 impl Drop for PublishOnDrop<'_> {
     fn drop(&mut self) {
-        self.changes.account_changed(self.account);
+        self.bus.publish(&self.change);
     }
 }
 
@@ -97,12 +96,18 @@ mod tests {
 
     use super::*;
 
+    use service_accounts_domain::changes::Subscriber;
+    use service_accounts_domain::ids::ServiceAccountId;
+
+    /// The accounts of the changes published, in order.
     #[derive(Default)]
     struct Recorder(Mutex<Vec<ServiceAccountId>>);
 
-    impl AccountChanges for Recorder {
-        fn account_changed(&self, account: ServiceAccountId) {
-            self.0.lock().unwrap().push(account);
+    impl Subscriber for Recorder {
+        fn changed(&self, change: &Change) {
+            if let Change::Account { account, .. } = change {
+                self.0.lock().unwrap().push(*account);
+            }
         }
     }
 
@@ -127,7 +132,7 @@ mod tests {
         let db = crate::connect(&url, 2)
             .await
             .unwrap()
-            .publishing_to(recorder.clone());
+            .publishing_to(ChangeBus::new(vec![recorder.clone()]));
         db.migrate().await.unwrap();
         let now = time::now();
         let mut account = ServiceAccount {
@@ -179,11 +184,15 @@ mod tests {
 
     #[test]
     fn an_armed_publication_fires_even_when_the_commit_is_abandoned() {
-        let recorder = Recorder::default();
+        let recorder = Arc::new(Recorder::default());
         let account = ServiceAccountId::generate();
         drop(PublishOnDrop {
-            changes: &recorder,
-            account,
+            bus: &ChangeBus::new(vec![recorder.clone()]),
+            change: Change::Account {
+                org: OrgId::parse("org").unwrap(),
+                account,
+                token: None,
+            },
         });
         assert_eq!(*recorder.0.lock().unwrap(), [account]);
     }

@@ -12,8 +12,7 @@ use sea_orm::{
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use service_accounts_domain::StoreError;
-use service_accounts_domain::ids::ServiceAccountId;
-use service_accounts_domain::store::AccountChanges;
+use service_accounts_domain::changes::ChangeBus;
 use service_accounts_migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Failure, run, store_error};
@@ -30,8 +29,8 @@ pub struct Database {
     /// handler, which retries after growing sleeps, a writer could wait through many batches of
     /// a large last-used flush. Elsewhere, the same pool as `db`.
     writer: DatabaseConnection,
-    /// This replica's listener for committed changes (its introspection cache).
-    pub(crate) changes: Arc<dyn AccountChanges>,
+    /// Where this replica's committed changes are published (its cache, its change feed).
+    pub(crate) changes: ChangeBus,
     /// Held while any clone lives: see [`lock_sqlite_file`].
     _file_lock: Option<Arc<File>>,
 }
@@ -42,13 +41,6 @@ impl std::fmt::Debug for Database {
             .field("backend", &self.db.get_database_backend())
             .finish_non_exhaustive()
     }
-}
-
-/// Nobody listens: for commands that change nothing introspection serves (`migrate`).
-struct NoListener;
-
-impl AccountChanges for NoListener {
-    fn account_changed(&self, _: ServiceAccountId) {}
 }
 
 /// Opens a pool to `url` (`sqlite://…` or `postgres://…`) and checks that it answers.
@@ -78,7 +70,8 @@ pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, S
     Ok(Database {
         db,
         writer,
-        changes: Arc::new(NoListener),
+        // Nobody listens until told: commands such as `migrate` serve no introspection.
+        changes: ChangeBus::default(),
         _file_lock: file_lock,
     })
 }
@@ -160,8 +153,8 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
 }
 
 impl Database {
-    /// Every committed change that alters introspection answers is told to `changes`.
-    pub fn publishing_to(self, changes: Arc<dyn AccountChanges>) -> Self {
+    /// Every committed change that alters introspection answers is published on `changes`.
+    pub fn publishing_to(self, changes: ChangeBus) -> Self {
         Self { changes, ..self }
     }
 

@@ -11,11 +11,11 @@ use service_accounts_domain::StoreError;
 use service_accounts_domain::ids::TokenId;
 use service_accounts_domain::introspection::MAX_BATCH;
 use service_accounts_domain::issued::prefix;
-use service_accounts_domain::last_used::Usage;
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::AccountState;
 use service_accounts_domain::store::{StoreResult, TokenStore};
 use service_accounts_domain::time::Timestamp;
+use service_accounts_domain::token::Usage;
 use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
 
 use crate::Database;

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use service_accounts_domain::cache::IntrospectionCache;
+use service_accounts_domain::changes::{Change, ChangeBus};
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_domain::store::AdminStore;
 use service_accounts_domain::time;
 use service_accounts_persistence::Database;
-use service_accounts_persistence::changes::{self, Change};
+use service_accounts_persistence::changes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -147,39 +147,22 @@ pub(super) async fn follow_storage(
     }
 }
 
-/// Keeps the cache coherent with other replicas: PostgreSQL change notifications invalidate it,
-/// and while the subscription is down the cache is not trusted at all.
+/// Keeps this replica coherent with the others: their changes arrive as PostgreSQL
+/// notifications and are published on `changes`, and so is the subscription going down (the
+/// cache is then not trusted at all) and coming back.
 pub(super) async fn follow_changes(
     database_url: DatabaseUrl,
     db: Database,
-    cache: Arc<IntrospectionCache>,
-    reload_issued: Arc<tokio::sync::Notify>,
+    changes: ChangeBus,
     stop: CancellationToken,
 ) {
-    let on_change = cache.clone();
-    let watcher = changes::watch(database_url.expose(), db, move |change| match change {
-        Change::Subscribed => {
-            tracing::info!("subscribed to change notifications; introspection cache enabled");
-            on_change.trust();
-            // Tokens issued while unsubscribed were not announced: read them again.
-            on_change.issued().mark_incomplete();
-            reload_issued.notify_one();
-        }
-        Change::Account(account) => on_change.invalidate_account(account),
-        Change::TokenIssued(prefix) => on_change.issued().add(prefix),
-        Change::Lost => {
-            tracing::warn!(
-                "change notifications lost; introspection cache disabled until resubscribed"
-            );
-            on_change.distrust();
-        }
-    });
+    let watcher = changes::watch(database_url.expose(), db, changes.clone());
     stop.cancelled().await;
     watcher.abort();
-    // Wait until no callback can run any more (one could otherwise trust the cache again),
-    // then: RPCs still draining must not trust entries nobody keeps coherent.
+    // Wait until it can publish nothing more (it could otherwise trust the cache again), then:
+    // RPCs still draining must not trust entries nobody keeps coherent.
     let _ = watcher.await;
-    cache.distrust();
+    changes.publish(&Change::Lost);
 }
 
 /// Reads which tokens storage holds once storage answers, and again whenever `reload` is

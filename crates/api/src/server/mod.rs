@@ -16,7 +16,9 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
 use service_accounts_domain::cache::IntrospectionCache;
+use service_accounts_domain::changes::{Change, ChangeBus};
 use service_accounts_domain::introspection::Introspector;
+use service_accounts_domain::issued::IssuedTokens;
 use service_accounts_persistence::Database;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -126,6 +128,10 @@ pub struct App {
     database_url: DatabaseUrl,
     db: Database,
     cache: Arc<IntrospectionCache>,
+    /// Local commits and other replicas' changes, to the cache and the issued-token filter.
+    changes: ChangeBus,
+    /// Told when storage must be read again for the issued-token filter.
+    reload_issued: Arc<tokio::sync::Notify>,
     introspector: Arc<Introspector<Database>>,
     metrics: ServiceMetrics,
     health: HealthReporter,
@@ -164,15 +170,28 @@ impl App {
                 .saturating_mul(1024 * 1024),
             config.introspection_cache_max_age,
         ));
+        let issued = Arc::new(IssuedTokens::default());
+        let reload_issued = Arc::new(tokio::sync::Notify::new());
+        let reload = reload_issued.clone();
+        // The cache first: whatever follows it sees a change only once the cache has dropped
+        // what the change made stale.
+        let changes = ChangeBus::new(vec![
+            cache.clone(),
+            issued.clone(),
+            Arc::new(move |change: &Change| {
+                if *change == Change::Subscribed {
+                    reload.notify_one();
+                }
+            }),
+        ]);
         let database_url = config.storage.database_url();
-        // Every committed change that alters introspection answers reaches this replica's cache.
         let db = service_accounts_persistence::connect_lazy(
             database_url.expose(),
             config.storage.db_max_connections,
         )
         .await
         .map_err(ServeError::Database)?
-        .publishing_to(cache.clone());
+        .publishing_to(changes.clone());
         let lanes =
             config.introspection_max_lookups + (config.introspection_max_lookups / 4).max(1);
         if lanes >= config.storage.db_max_connections {
@@ -186,6 +205,7 @@ impl App {
         let introspector = Arc::new(Introspector::new(
             db.clone(),
             cache.clone(),
+            issued,
             config.introspection_max_lookups as usize,
         ));
         let admin = AdminApi::new(
@@ -280,6 +300,8 @@ impl App {
             database_url,
             db,
             cache,
+            changes,
+            reload_issued,
             introspector,
             metrics,
             health,
@@ -301,6 +323,8 @@ impl App {
             database_url,
             db,
             cache,
+            changes,
+            reload_issued,
             introspector,
             metrics,
             health,
@@ -328,17 +352,15 @@ impl App {
         {
             background.spawn(move |stop| clients.watch(stop));
         }
-        let reload_issued = Arc::new(tokio::sync::Notify::new());
         if let Some(jwks) = jwks {
             let interval = config.admin_jwks_refresh_interval;
             background.spawn(move |stop| jwks.keep_fresh(interval, stop));
         }
         if database_url.is_postgres() {
             // Not trusted until the subscription is live, from before the first RPC.
-            cache.distrust();
-            let (url, db, cache) = (database_url, db.clone(), cache.clone());
-            let reload = reload_issued.clone();
-            background.spawn(|stop| background::follow_changes(url, db, cache, reload, stop));
+            changes.publish(&Change::Lost);
+            let (url, db) = (database_url, db.clone());
+            background.spawn(|stop| background::follow_changes(url, db, changes, stop));
         }
         let (flush_introspector, flush_metrics) = (introspector.clone(), metrics.clone());
         let interval = config.last_used_flush_interval;

@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
+use crate::changes::{Change, Subscriber};
 use crate::ids::ServiceAccountId;
-use crate::issued::IssuedTokens;
 use crate::last_used::UsageCell;
-use crate::store::AccountChanges;
 use crate::token::{AccountRecord, TokenHash, TokenRecord};
 
 /// Roughly what one entry costs besides its account's shared part: the key, the entry, the
@@ -96,8 +95,6 @@ impl quick_cache::Weighter<TokenHash, Entry> for EntryWeight {
 }
 
 pub struct IntrospectionCache {
-    /// Which tokens were issued (kept even when caching is off): orders storage lookups.
-    issued: IssuedTokens,
     entries: quick_cache::sync::Cache<TokenHash, Entry, EntryWeight, EntryHasher>,
     /// Each account's data, once, shared by its entries.
     accounts: Cache<ServiceAccountId, Arc<AccountRecord>>,
@@ -131,7 +128,6 @@ impl IntrospectionCache {
         // Weighing each entry at least max_bytes / capacity bounds the count as well.
         let least = max_bytes.checked_div(capacity).unwrap_or(0);
         Self {
-            issued: IssuedTokens::default(),
             // Lean per entry (a slot in a slab and an index in a table), no background work,
             // and a hit takes a shared lock on one shard; CLOCK-PRO keeps hot tokens in.
             entries: quick_cache::sync::Cache::with(
@@ -284,10 +280,6 @@ impl IntrospectionCache {
         self.trusted.load(Ordering::Acquire)
     }
 
-    pub fn issued(&self) -> &IssuedTokens {
-        &self.issued
-    }
-
     pub fn entry_count(&self) -> u64 {
         self.entries.len() as u64
     }
@@ -300,13 +292,16 @@ fn slot(account: ServiceAccountId) -> usize {
     (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 16)) as usize
 }
 
-impl AccountChanges for IntrospectionCache {
-    fn account_changed(&self, account: ServiceAccountId) {
-        self.invalidate_account(account);
-    }
-
-    fn token_issued(&self, prefix: u64) {
-        self.issued.add(prefix);
+/// Follows every change; must be the bus's first subscriber (see [`crate::changes`]).
+impl Subscriber for IntrospectionCache {
+    fn changed(&self, change: &Change) {
+        match change {
+            Change::Account { account, .. } => self.invalidate_account(*account),
+            Change::TokenIssued(_) => {}
+            Change::Everything => self.invalidate_all(),
+            Change::Subscribed => self.trust(),
+            Change::Lost => self.distrust(),
+        }
     }
 }
 

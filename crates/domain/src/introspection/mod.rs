@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::cache::{IntrospectionCache, Lookup};
 use crate::error::{Error, Violations};
 use crate::ids::OrgId;
+use crate::issued::IssuedTokens;
 use crate::last_used::{LastUsed, UsageCell};
 use crate::network::parse_client_ip;
 use crate::scope::Scope;
@@ -196,6 +197,8 @@ pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Int
 pub struct Introspector<S> {
     store: S,
     cache: Arc<IntrospectionCache>,
+    /// Which tokens were issued (kept even when caching is off): orders storage lookups.
+    issued: Arc<IssuedTokens>,
     last_used: LastUsed,
     /// Storage lookups, in two lanes. Anyone can make up well-formed tokens: lookups of issued
     /// tokens never queue behind made-up ones, and both lanes' queries together stay below the
@@ -208,10 +211,16 @@ impl<S: TokenStore> Introspector<S> {
     /// Up to `max_lookups` (at least 1) queries for issued tokens run at once, and a quarter as
     /// many (at least 1) for tokens not known to be issued; other misses queue in their lane
     /// and are looked up in batches (see [`lookups`]).
-    pub fn new(store: S, cache: Arc<IntrospectionCache>, max_lookups: usize) -> Self {
+    pub fn new(
+        store: S,
+        cache: Arc<IntrospectionCache>,
+        issued: Arc<IssuedTokens>,
+        max_lookups: usize,
+    ) -> Self {
         Self {
             store,
             cache,
+            issued,
             last_used: LastUsed::default(),
             issued_lane: Lookups::new(max_lookups),
             other_lane: Lookups::new(max_lookups / 4),
@@ -221,7 +230,7 @@ impl<S: TokenStore> Introspector<S> {
     /// Reads which tokens storage holds, so that lookups can be ordered; see [`crate::issued`].
     pub async fn load_issued(&self) -> Result<usize, crate::StoreError> {
         let prefixes = self.store.issued_prefixes().await?;
-        Ok(self.cache.issued().load(prefixes))
+        Ok(self.issued.load(prefixes))
     }
 
     /// Malformed tokens are answered without touching the cache or storage. A storage failure
@@ -264,7 +273,7 @@ impl<S: TokenStore> Introspector<S> {
     }
 
     async fn fill(&self, hash: crate::token::TokenHash) -> Result<Option<Arc<TokenRecord>>, Error> {
-        let lane = if self.cache.issued().contains(&hash) {
+        let lane = if self.issued.contains(&hash) {
             &self.issued_lane
         } else {
             &self.other_lane
@@ -273,7 +282,7 @@ impl<S: TokenStore> Introspector<S> {
         let fill = self.cache.begin_fill();
         let record = lane.find(&self.store, hash).await?;
         if record.is_some() {
-            self.cache.issued().add(crate::issued::prefix(&hash));
+            self.issued.add(crate::issued::prefix(&hash));
         }
         Ok(match fill {
             Some(fill) => self.cache.insert(hash, record, fill),

@@ -212,7 +212,7 @@ impl TokenStore for Arc<SlowStore> {
         Ok(Vec::new())
     }
 
-    async fn record_last_used(&self, _: &[(TokenId, crate::last_used::Usage)]) -> StoreResult<()> {
+    async fn record_last_used(&self, _: &[(TokenId, crate::token::Usage)]) -> StoreResult<()> {
         Ok(())
     }
 }
@@ -227,6 +227,7 @@ async fn a_flood_of_made_up_tokens_holds_at_most_the_lookup_bound_of_storage() {
             1 << 20,
             std::time::Duration::from_secs(60),
         )),
+        Arc::default(),
         3,
     ));
     let tasks: Vec<_> = (0..40)

@@ -6,8 +6,8 @@ use super::{Answer, Lookups, MAX_BATCH};
 use crate::StoreError;
 use crate::fixtures::issued;
 use crate::ids::{ServiceAccountId, TokenId};
-use crate::last_used::Usage;
 use crate::store::{StoreResult, TokenStore};
+use crate::token::Usage;
 use crate::token::{TokenHash, TokenRecord, TokenSecret};
 
 /// A store whose queries take 10 ms, and which logs the hashes of each query.
