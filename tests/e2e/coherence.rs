@@ -236,7 +236,7 @@ async fn listening(admin: &sea_orm::DatabaseConnection, database: &str) -> Vec<i
         .collect()
 }
 
-fn database_name(url: &str) -> String {
+pub(crate) fn database_name(url: &str) -> String {
     let path = url.rsplit('/').next().unwrap();
     path.split('?').next().unwrap().to_owned()
 }

@@ -32,3 +32,4 @@ mod tls;
 mod token_policy;
 mod tokens;
 mod upgrade;
+mod watch_changes;

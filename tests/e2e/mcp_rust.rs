@@ -44,6 +44,9 @@ async fn serve(
 type Client = RunningService<RoleClient, ()>;
 
 async fn connect(base: &str, secret: Option<&str>) -> Result<Client, ClientInitializeError> {
+    // rmcp's reqwest client needs the process-wide rustls provider (ring, as the server uses),
+    // which nothing else may have installed yet in this process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config =
         StreamableHttpClientTransportConfig::with_uri(format!("{base}{}", mcp_server::MCP_PATH));
     if let Some(secret) = secret {

@@ -94,6 +94,11 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         .check(CheckRequest::default())
         .await;
     assert_code(refused, Code::Unauthenticated);
+    // The change feed tells who changed what and when: the same callers only.
+    let refused = pb::token_introspection_client::TokenIntrospectionClient::new(plain_tls.clone())
+        .watch_changes(pb::WatchChangesRequest::default())
+        .await;
+    assert_code(refused.map(|_| ()), Code::Unauthenticated);
     // So is leak reporting: possession of a token is its authority, but on a network restricted
     // to certified callers it is no way around the restriction.
     let refused = pb::leak_reporting_client::LeakReportingClient::new(plain_tls)
@@ -111,6 +116,16 @@ async fn tls_serves_admins_and_mtls_guards_introspection() {
         .unwrap()
         .into_inner();
     assert!(answer.active);
+    let mut feed = pb::token_introspection_client::TokenIntrospectionClient::new(mtls.clone())
+        .watch_changes(pb::WatchChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = feed.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::watch_changes_response::Event::Reset(_))
+    ));
     let unknown = pb::leak_reporting_client::LeakReportingClient::new(mtls.clone())
         .report_leaked_tokens(pb::ReportLeakedTokensRequest {
             tokens: vec!["not-a-token".into()],

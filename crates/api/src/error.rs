@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use http::StatusCode;
+use service_accounts_domain::feed::FeedDown;
 use service_accounts_domain::{Error, StoreError};
 use tonic::{Code, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, QuotaViolation, StatusExt};
@@ -18,6 +19,8 @@ pub enum ApiError {
     Unauthenticated(AuthError),
     /// mTLS is configured and the caller presented no client certificate.
     NoClientCertificate,
+    /// This replica does not hear other replicas' changes now, so it has no change feed.
+    FeedDown(FeedDown),
 }
 
 /// What kind of failure an error is, independent of the transport that reports it.
@@ -76,6 +79,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ApiError::NoClientCertificate => ErrorCode::NoClientCertificate,
+            ApiError::FeedDown(_) => ErrorCode::Unavailable,
             ApiError::Domain(error) => match error {
                 Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
                 Error::NotFound { .. } => ErrorCode::NotFound,
@@ -96,6 +100,9 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(error) => error.to_string(),
             ApiError::NoClientCertificate => NO_CLIENT_CERTIFICATE.to_owned(),
+            ApiError::FeedDown(down) => {
+                format!("{down}; watch another replica or retry shortly")
+            }
             ApiError::Domain(error) => match error {
                 Error::InvalidArgument(violations) => {
                     format!("invalid argument: {}", summary(violations))
@@ -147,6 +154,12 @@ impl ClientCertRule {
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         ApiError::Domain(error)
+    }
+}
+
+impl From<FeedDown> for ApiError {
+    fn from(down: FeedDown) -> Self {
+        ApiError::FeedDown(down)
     }
 }
 

@@ -18,9 +18,11 @@ use crate::requests::Parse;
 use crate::telemetry::ServiceMetrics;
 
 mod reply;
+mod watch;
 
 pub use reply::IntrospectReply;
 pub use server::token_introspection_server::{TokenIntrospection, TokenIntrospectionServer};
+pub use watch::{WatchStream, Watches};
 
 /// The `TokenIntrospection` server, generated here rather than in `service-accounts-client`
 /// so that it answers with [`IntrospectReply`] (see `build.rs`).
@@ -36,6 +38,7 @@ pub struct IntrospectionApi<S> {
     client_cert: ClientCertRule,
     /// Tokens whose use after revocation or expiry was logged in the last minute.
     warned: moka::sync::Cache<TokenId, ()>,
+    watches: Watches,
 }
 
 impl<S: TokenStore> IntrospectionApi<S> {
@@ -43,11 +46,13 @@ impl<S: TokenStore> IntrospectionApi<S> {
         introspector: Arc<Introspector<S>>,
         metrics: ServiceMetrics,
         client_cert: ClientCertRule,
+        watches: Watches,
     ) -> Self {
         Self {
             introspector,
             metrics,
             client_cert,
+            watches,
             warned: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(60))
@@ -93,6 +98,20 @@ impl<S: TokenStore> TokenIntrospection for IntrospectionApi<S> {
                 self.record(&reply);
             }
             Ok(reply)
+        })
+        .await
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        handle(async {
+            self.client_cert.check_grpc(&request)?;
+            let req = request.get_ref();
+            self.watches.start(&req.resume_token, &req.org_id)
         })
         .await
     }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cache;
 pub mod changes;
 pub mod error;
+pub mod feed;
 #[cfg(test)]
 mod fixtures;
 pub mod ids;

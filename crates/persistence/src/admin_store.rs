@@ -231,7 +231,7 @@ impl AdminStore for Database {
             // Their tokens now introspect as unknown rather than revoked.
             let changes = purge_changes(&purged);
             for change in &changes {
-                if let Some(payload) = crate::changes::payload(change) {
+                if let Some(payload) = crate::changes::payload(change, &self.origin) {
                     crate::changes::notify(&txn, &payload).await?;
                 }
             }

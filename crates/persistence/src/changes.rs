@@ -4,9 +4,11 @@
 //! `pg_notify(CHANNEL, payload)` with the [`Change`]; PostgreSQL delivers it to every listener
 //! when, and only if, the transaction commits. SQLite is single-node and has no such channel.
 //!
-//! Payloads: `account <account id> <token id or -> <org id>`, `issued:<hex prefix>`,
-//! `everything`, and heartbeats. A bare account id (what older replicas send) is read as
-//! `everything`: it names no org, and dropping everything is always correct.
+//! Payloads: the sending process's origin, a space, then `account <account id> <token id or ->
+//! <org id>`, `issued:<hex prefix>` or `everything`; and heartbeats. A replica skips its own
+//! (it published them itself when it committed). What older replicas send, a bare account id or
+//! `issued:` prefix without an origin, is still read; a bare account id as `everything`: it
+//! names no org, and dropping everything is always correct.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,11 @@ const ACCOUNT_PREFIX: &str = "account ";
 const EVERYTHING: &str = "everything";
 
 /// The notification for a change other replicas must hear of (`None`: a local-only change).
-pub(crate) fn payload(change: &Change) -> Option<String> {
+pub(crate) fn payload(change: &Change, origin: &str) -> Option<String> {
+    body(change).map(|body| format!("{origin} {body}"))
+}
+
+fn body(change: &Change) -> Option<String> {
     match change {
         Change::Account {
             org,
@@ -43,8 +49,25 @@ pub(crate) fn payload(change: &Change) -> Option<String> {
     }
 }
 
-/// The change a notification announces; `None` for a malformed one.
-pub(crate) fn parse(payload: &str) -> Option<Change> {
+/// A new origin: 32 hex digits.
+pub(crate) fn new_origin() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The origin (when the sender named one) and the change a notification announces; `None` for
+/// a malformed one.
+pub(crate) fn parse(payload: &str) -> Option<(Option<&str>, Change)> {
+    match payload.split_once(' ') {
+        Some((origin, body))
+            if origin.len() == 32 && origin.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            parse_body(body).map(|change| (Some(origin), change))
+        }
+        _ => parse_body(payload).map(|change| (None, change)),
+    }
+}
+
+fn parse_body(payload: &str) -> Option<Change> {
     if payload == EVERYTHING || ServiceAccountId::parse(payload).is_ok() {
         return Some(Change::Everything);
     }
@@ -148,8 +171,10 @@ async fn follow(listener: PgListener, db: &Database, me: &str, bus: &ChangeBus) 
                         last_heard = Instant::now();
                     } else if payload.starts_with(HEARTBEAT_PREFIX) {
                         // Another replica's heartbeat.
-                    } else if let Some(change) = parse(payload) {
-                        bus.publish(&change);
+                    } else if let Some((origin, change)) = parse(payload) {
+                        if origin != Some(db.origin.as_ref()) {
+                            bus.publish(&change);
+                        }
                     } else {
                         tracing::warn!("ignoring a malformed change notification");
                     }
@@ -216,18 +241,33 @@ mod tests {
             Change::TokenIssued(0x0123_4567_89ab_cdef),
             Change::Everything,
         ];
+        let origin = new_origin();
         for change in changes {
-            assert_eq!(parse(&payload(&change).unwrap()), Some(change));
+            let payload = payload(&change, &origin).unwrap();
+            assert_eq!(parse(&payload), Some((Some(origin.as_str()), change)));
         }
-        assert_eq!(payload(&Change::Lost), None);
-        assert_eq!(payload(&Change::Subscribed), None);
+        assert_eq!(payload(&Change::Lost, &origin), None);
+        assert_eq!(payload(&Change::Subscribed, &origin), None);
     }
 
     #[test]
     fn an_older_replicas_bare_account_id_drops_everything_and_garbage_is_ignored() {
         let account = ServiceAccountId::generate().to_string();
-        assert_eq!(parse(&account), Some(Change::Everything));
-        for garbage in ["", "account x - acme", "account", "issued:zz", "heartbeat"] {
+        assert_eq!(parse(&account), Some((None, Change::Everything)));
+        assert_eq!(
+            parse("issued:00000000000000ff"),
+            Some((None, Change::TokenIssued(255)))
+        );
+        let origin = new_origin();
+        for garbage in [
+            "",
+            "account x - acme",
+            "account",
+            "issued:zz",
+            "heartbeat",
+            &format!("{origin} "),
+            &format!("{origin} nonsense"),
+        ] {
             assert_eq!(parse(garbage), None, "{garbage:?}");
         }
     }

@@ -40,7 +40,7 @@ impl Database {
         let stale = Change::of_event(event);
         let issued = issued.map(|hash| Change::TokenIssued(prefix(hash)));
         for change in stale.iter().chain(&issued) {
-            if let Some(payload) = payload(change) {
+            if let Some(payload) = payload(change, &self.origin) {
                 notify(&txn, &payload).await?;
             }
         }

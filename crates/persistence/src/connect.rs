@@ -31,6 +31,8 @@ pub struct Database {
     writer: DatabaseConnection,
     /// Where this replica's committed changes are published (its cache, its change feed).
     pub(crate) changes: ChangeBus,
+    /// Names this process in the change notifications it sends, so that it skips its own.
+    pub(crate) origin: Arc<str>,
     /// Held while any clone lives: see [`lock_sqlite_file`].
     _file_lock: Option<Arc<File>>,
 }
@@ -72,6 +74,7 @@ pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, S
         writer,
         // Nobody listens until told: commands such as `migrate` serve no introspection.
         changes: ChangeBus::default(),
+        origin: crate::changes::new_origin().into(),
         _file_lock: file_lock,
     })
 }

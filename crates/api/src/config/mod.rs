@@ -294,6 +294,26 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_RPC_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub rpc_timeout: Duration,
 
+    /// The longest a `WatchChanges` stream goes without a message: a heartbeat is sent when
+    /// nothing else was. Callers stop trusting their caches after their own staleness bound.
+    #[arg(long, env = "SERVICE_ACCOUNTS_WATCH_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub watch_heartbeat_interval: Duration,
+
+    /// Changes each replica keeps so that a `WatchChanges` caller can resume where it left off
+    /// and a slow one can catch up; a caller further behind is sent `reset`.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNTS_WATCH_HISTORY",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub watch_history: u32,
+
+    /// `WatchChanges` streams a replica serves at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SERVICE_ACCOUNTS_MAX_WATCHERS", default_value_t = 1000)]
+    pub max_watchers: u32,
+
     /// How often storage is checked; health is NOT_SERVING while it does not answer.
     #[arg(long, env = "SERVICE_ACCOUNTS_READINESS_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub readiness_interval: Duration,
@@ -337,9 +357,9 @@ pub struct ServeConfig {
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// PEM CA bundle (mTLS): callers of TokenIntrospection, LeakReporting, Envoy's
-    /// Authorization/Check and the HTTP listener's /v1/forward-auth must present a client
-    /// certificate issued by it. Admin callers may connect without one; they authenticate with
+    /// PEM CA bundle (mTLS): callers of TokenIntrospection (Introspect, WatchChanges),
+    /// LeakReporting, Envoy's Authorization/Check and the HTTP listener's /v1/forward-auth and
+    /// /oauth2/introspect must present a client certificate issued by it. Admin callers may connect without one; they authenticate with
     /// their JWT.
     #[arg(long, env = "SERVICE_ACCOUNTS_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,

@@ -99,6 +99,7 @@ fn the_client_ca_help_names_every_caller_that_needs_a_certificate() {
         .expect("a flags table row");
     for caller in [
         "TokenIntrospection",
+        "WatchChanges",
         "LeakReporting",
         "Check",
         "/v1/forward-auth",

@@ -26,9 +26,10 @@ pub(super) struct Background {
 }
 
 impl Background {
-    pub fn new() -> Self {
+    /// Tasks stop when `stop` is cancelled (by [`Self::stop`] or by anyone holding it).
+    pub fn new(stop: CancellationToken) -> Self {
         Self {
-            stop: CancellationToken::new(),
+            stop,
             tasks: Vec::new(),
         }
     }

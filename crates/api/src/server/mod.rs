@@ -17,11 +17,14 @@ use service_accounts_domain::StoreError;
 use service_accounts_domain::admin::AdminService;
 use service_accounts_domain::cache::IntrospectionCache;
 use service_accounts_domain::changes::{Change, ChangeBus};
+use service_accounts_domain::feed::ChangeFeed;
 use service_accounts_domain::introspection::Introspector;
 use service_accounts_domain::issued::IssuedTokens;
 use service_accounts_persistence::Database;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -35,7 +38,7 @@ use crate::dev_key::DevKeyError;
 use crate::envoy_api::{self, EnvoyAuthApi};
 use crate::error::ClientCertRule;
 use crate::http::HttpApi;
-use crate::introspection_api::{IntrospectionApi, TokenIntrospectionServer};
+use crate::introspection_api::{IntrospectionApi, TokenIntrospectionServer, Watches};
 use crate::introspection_clients::IntrospectionClients;
 use crate::leak_api::LeakApi;
 use crate::pb;
@@ -132,6 +135,8 @@ pub struct App {
     changes: ChangeBus,
     /// Told when storage must be read again for the issued-token filter.
     reload_issued: Arc<tokio::sync::Notify>,
+    /// Cancelled when the server stops: background tasks and change streams end.
+    stopping: CancellationToken,
     introspector: Arc<Introspector<Database>>,
     metrics: ServiceMetrics,
     health: HealthReporter,
@@ -170,7 +175,13 @@ impl App {
                 .saturating_mul(1024 * 1024),
             config.introspection_cache_max_age,
         ));
+        let database_url = config.storage.database_url();
         let issued = Arc::new(IssuedTokens::default());
+        // On PostgreSQL, down until this replica hears the others.
+        let feed = Arc::new(ChangeFeed::new(
+            config.watch_history as usize,
+            !database_url.is_postgres(),
+        ));
         let reload_issued = Arc::new(tokio::sync::Notify::new());
         let reload = reload_issued.clone();
         // The cache first: whatever follows it sees a change only once the cache has dropped
@@ -178,13 +189,13 @@ impl App {
         let changes = ChangeBus::new(vec![
             cache.clone(),
             issued.clone(),
+            feed.clone(),
             Arc::new(move |change: &Change| {
                 if *change == Change::Subscribed {
                     reload.notify_one();
                 }
             }),
         ]);
-        let database_url = config.storage.database_url();
         let db = service_accounts_persistence::connect_lazy(
             database_url.expose(),
             config.storage.db_max_connections,
@@ -218,8 +229,16 @@ impl App {
         let client_cert = ClientCertRule {
             required: tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         };
+        let stopping = CancellationToken::new();
+        let watches = Watches {
+            feed,
+            heartbeat: config.watch_heartbeat_interval,
+            slots: Arc::new(Semaphore::new(config.max_watchers as usize)),
+            max: config.max_watchers as usize,
+            stopping: stopping.clone(),
+        };
         let introspection =
-            IntrospectionApi::new(introspector.clone(), metrics.clone(), client_cert);
+            IntrospectionApi::new(introspector.clone(), metrics.clone(), client_cert, watches);
         let leaks = LeakApi::new(
             db.clone(),
             config.leak_report_tokens_per_minute,
@@ -302,6 +321,7 @@ impl App {
             cache,
             changes,
             reload_issued,
+            stopping,
             introspector,
             metrics,
             health,
@@ -325,6 +345,7 @@ impl App {
             cache,
             changes,
             reload_issued,
+            stopping,
             introspector,
             metrics,
             health,
@@ -345,7 +366,7 @@ impl App {
                 }
             },
         };
-        let mut background = Background::new();
+        let mut background = Background::new(stopping);
         if let Some(clients) = http
             .as_ref()
             .and_then(|(h, _)| h.api.introspection_clients())

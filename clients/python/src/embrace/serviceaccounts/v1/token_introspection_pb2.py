@@ -26,7 +26,7 @@ from embrace.serviceaccounts.v1 import resources_pb2 as embrace_dot_serviceaccou
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n4embrace/serviceaccounts/v1/token_introspection.proto\x12\x1a\x65mbrace.serviceaccounts.v1\x1a*embrace/serviceaccounts/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x01\n\x11IntrospectRequest\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x15\n\x06\x61pp_id\x18\x02 \x01(\tR\x05\x61ppId\x12\'\n\x0frequired_scopes\x18\x03 \x03(\tR\x0erequiredScopes\x12\x15\n\x06org_id\x18\x04 \x01(\tR\x05orgId\x12\x1b\n\tclient_ip\x18\x05 \x01(\tR\x08\x63lientIp\"\x9e\x05\n\x12IntrospectResponse\x12\x16\n\x06\x61\x63tive\x18\x01 \x01(\x08R\x06\x61\x63tive\x12S\n\x0finactive_reason\x18\x02 \x01(\x0e\x32*.embrace.serviceaccounts.v1.InactiveReasonR\x0einactiveReason\x12\x15\n\x06org_id\x18\x03 \x01(\tR\x05orgId\x12,\n\x12service_account_id\x18\x04 \x01(\tR\x10serviceAccountId\x12?\n\x1cservice_account_display_name\x18\x05 \x01(\tR\x19serviceAccountDisplayName\x12\x19\n\x08token_id\x18\x06 \x01(\tR\x07tokenId\x12\x16\n\x06scopes\x18\x07 \x03(\tR\x06scopes\x12\x44\n\napp_access\x18\x08 \x01(\x0b\x32%.embrace.serviceaccounts.v1.AppAccessR\tappAccess\x12;\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x18\n\x07\x61llowed\x18\n \x01(\x08R\x07\x61llowed\x12M\n\rdenial_reason\x18\x0b \x01(\x0e\x32(.embrace.serviceaccounts.v1.DenialReasonR\x0c\x64\x65nialReason\x12%\n\x0emissing_scopes\x18\x0c \x03(\tR\rmissingScopes\x12O\n\x0e\x64\x65nial_reasons\x18\r \x03(\x0e\x32(.embrace.serviceaccounts.v1.DenialReasonR\rdenialReasons*\xcd\x01\n\x0eInactiveReason\x12\x1f\n\x1bINACTIVE_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19INACTIVE_REASON_MALFORMED\x10\x01\x12\x1b\n\x17INACTIVE_REASON_UNKNOWN\x10\x02\x12\x1b\n\x17INACTIVE_REASON_REVOKED\x10\x03\x12\x1b\n\x17INACTIVE_REASON_EXPIRED\x10\x04\x12$\n INACTIVE_REASON_ACCOUNT_DISABLED\x10\x05*\xdc\x01\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x44\x45NIAL_REASON_TOKEN_INACTIVE\x10\x01\x12!\n\x1d\x44\x45NIAL_REASON_APP_NOT_GRANTED\x10\x02\x12\x1f\n\x1b\x44\x45NIAL_REASON_SCOPE_MISSING\x10\x03\x12\x1e\n\x1a\x44\x45NIAL_REASON_ORG_MISMATCH\x10\x04\x12\'\n#DENIAL_REASON_CLIENT_IP_NOT_ALLOWED\x10\x05\x32\x81\x01\n\x12TokenIntrospection\x12k\n\nIntrospect\x12-.embrace.serviceaccounts.v1.IntrospectRequest\x1a..embrace.serviceaccounts.v1.IntrospectResponseB\xdc\x01\n\x1dio.embrace.serviceaccounts.v1B\x17TokenIntrospectionProtoP\x01ZGembrace.io/go/serviceaccounts/apiv1/serviceaccountspb;serviceaccountspb\xaa\x02\x1a\x45mbrace.ServiceAccounts.V1\xca\x02\x1a\x45mbrace\\ServiceAccounts\\V1\xea\x02\x1c\x45mbrace::ServiceAccounts::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n4embrace/serviceaccounts/v1/token_introspection.proto\x12\x1a\x65mbrace.serviceaccounts.v1\x1a*embrace/serviceaccounts/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x13WatchChangesRequest\x12!\n\x0cresume_token\x18\x01 \x01(\tR\x0bresumeToken\x12\x15\n\x06org_id\x18\x02 \x01(\tR\x05orgId\"\xc4\x02\n\x14WatchChangesResponse\x12\x39\n\x05reset\x18\x01 \x01(\x0b\x32!.embrace.serviceaccounts.v1.ResetH\x00R\x05reset\x12N\n\x0cinvalidation\x18\x02 \x01(\x0b\x32(.embrace.serviceaccounts.v1.InvalidationH\x00R\x0cinvalidation\x12\x45\n\theartbeat\x18\x03 \x01(\x0b\x32%.embrace.serviceaccounts.v1.HeartbeatH\x00R\theartbeat\x12!\n\x0cresume_token\x18\x04 \x01(\tR\x0bresumeToken\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04timeB\x07\n\x05\x65vent\"\x07\n\x05Reset\"\x0b\n\tHeartbeat\"n\n\x0cInvalidation\x12\x15\n\x06org_id\x18\x01 \x01(\tR\x05orgId\x12,\n\x12service_account_id\x18\x02 \x01(\tR\x10serviceAccountId\x12\x19\n\x08token_id\x18\x03 \x01(\tR\x07tokenId\"\x9d\x01\n\x11IntrospectRequest\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x15\n\x06\x61pp_id\x18\x02 \x01(\tR\x05\x61ppId\x12\'\n\x0frequired_scopes\x18\x03 \x03(\tR\x0erequiredScopes\x12\x15\n\x06org_id\x18\x04 \x01(\tR\x05orgId\x12\x1b\n\tclient_ip\x18\x05 \x01(\tR\x08\x63lientIp\"\x9e\x05\n\x12IntrospectResponse\x12\x16\n\x06\x61\x63tive\x18\x01 \x01(\x08R\x06\x61\x63tive\x12S\n\x0finactive_reason\x18\x02 \x01(\x0e\x32*.embrace.serviceaccounts.v1.InactiveReasonR\x0einactiveReason\x12\x15\n\x06org_id\x18\x03 \x01(\tR\x05orgId\x12,\n\x12service_account_id\x18\x04 \x01(\tR\x10serviceAccountId\x12?\n\x1cservice_account_display_name\x18\x05 \x01(\tR\x19serviceAccountDisplayName\x12\x19\n\x08token_id\x18\x06 \x01(\tR\x07tokenId\x12\x16\n\x06scopes\x18\x07 \x03(\tR\x06scopes\x12\x44\n\napp_access\x18\x08 \x01(\x0b\x32%.embrace.serviceaccounts.v1.AppAccessR\tappAccess\x12;\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x18\n\x07\x61llowed\x18\n \x01(\x08R\x07\x61llowed\x12M\n\rdenial_reason\x18\x0b \x01(\x0e\x32(.embrace.serviceaccounts.v1.DenialReasonR\x0c\x64\x65nialReason\x12%\n\x0emissing_scopes\x18\x0c \x03(\tR\rmissingScopes\x12O\n\x0e\x64\x65nial_reasons\x18\r \x03(\x0e\x32(.embrace.serviceaccounts.v1.DenialReasonR\rdenialReasons*\xcd\x01\n\x0eInactiveReason\x12\x1f\n\x1bINACTIVE_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19INACTIVE_REASON_MALFORMED\x10\x01\x12\x1b\n\x17INACTIVE_REASON_UNKNOWN\x10\x02\x12\x1b\n\x17INACTIVE_REASON_REVOKED\x10\x03\x12\x1b\n\x17INACTIVE_REASON_EXPIRED\x10\x04\x12$\n INACTIVE_REASON_ACCOUNT_DISABLED\x10\x05*\xdc\x01\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x44\x45NIAL_REASON_TOKEN_INACTIVE\x10\x01\x12!\n\x1d\x44\x45NIAL_REASON_APP_NOT_GRANTED\x10\x02\x12\x1f\n\x1b\x44\x45NIAL_REASON_SCOPE_MISSING\x10\x03\x12\x1e\n\x1a\x44\x45NIAL_REASON_ORG_MISMATCH\x10\x04\x12\'\n#DENIAL_REASON_CLIENT_IP_NOT_ALLOWED\x10\x05\x32\xf6\x01\n\x12TokenIntrospection\x12k\n\nIntrospect\x12-.embrace.serviceaccounts.v1.IntrospectRequest\x1a..embrace.serviceaccounts.v1.IntrospectResponse\x12s\n\x0cWatchChanges\x12/.embrace.serviceaccounts.v1.WatchChangesRequest\x1a\x30.embrace.serviceaccounts.v1.WatchChangesResponse0\x01\x42\xdc\x01\n\x1dio.embrace.serviceaccounts.v1B\x17TokenIntrospectionProtoP\x01ZGembrace.io/go/serviceaccounts/apiv1/serviceaccountspb;serviceaccountspb\xaa\x02\x1a\x45mbrace.ServiceAccounts.V1\xca\x02\x1a\x45mbrace\\ServiceAccounts\\V1\xea\x02\x1c\x45mbrace::ServiceAccounts::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embrace.serviceaccounts.v1.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\035io.embrace.serviceaccounts.v1B\027TokenIntrospectionProtoP\001ZGembrace.io/go/serviceaccounts/apiv1/serviceaccountspb;serviceaccountspb\252\002\032Embrace.ServiceAccounts.V1\312\002\032Embrace\\ServiceAccounts\\V1\352\002\034Embrace::ServiceAccounts::V1'
-  _globals['_INACTIVEREASON']._serialized_start=995
-  _globals['_INACTIVEREASON']._serialized_end=1200
-  _globals['_DENIALREASON']._serialized_start=1203
-  _globals['_DENIALREASON']._serialized_end=1423
-  _globals['_INTROSPECTREQUEST']._serialized_start=162
-  _globals['_INTROSPECTREQUEST']._serialized_end=319
-  _globals['_INTROSPECTRESPONSE']._serialized_start=322
-  _globals['_INTROSPECTRESPONSE']._serialized_end=992
-  _globals['_TOKENINTROSPECTION']._serialized_start=1426
-  _globals['_TOKENINTROSPECTION']._serialized_end=1555
+  _globals['_INACTIVEREASON']._serialized_start=1537
+  _globals['_INACTIVEREASON']._serialized_end=1742
+  _globals['_DENIALREASON']._serialized_start=1745
+  _globals['_DENIALREASON']._serialized_end=1965
+  _globals['_WATCHCHANGESREQUEST']._serialized_start=161
+  _globals['_WATCHCHANGESREQUEST']._serialized_end=240
+  _globals['_WATCHCHANGESRESPONSE']._serialized_start=243
+  _globals['_WATCHCHANGESRESPONSE']._serialized_end=567
+  _globals['_RESET']._serialized_start=569
+  _globals['_RESET']._serialized_end=576
+  _globals['_HEARTBEAT']._serialized_start=578
+  _globals['_HEARTBEAT']._serialized_end=589
+  _globals['_INVALIDATION']._serialized_start=591
+  _globals['_INVALIDATION']._serialized_end=701
+  _globals['_INTROSPECTREQUEST']._serialized_start=704
+  _globals['_INTROSPECTREQUEST']._serialized_end=861
+  _globals['_INTROSPECTRESPONSE']._serialized_start=864
+  _globals['_INTROSPECTRESPONSE']._serialized_end=1534
+  _globals['_TOKENINTROSPECTION']._serialized_start=1968
+  _globals['_TOKENINTROSPECTION']._serialized_end=2214
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class TokenIntrospectionStub(object):
                 request_serializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectRequest.SerializeToString,
                 response_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/embrace.serviceaccounts.v1.TokenIntrospection/WatchChanges',
+                request_serializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class TokenIntrospectionServicer(object):
@@ -63,6 +68,22 @@ class TokenIntrospectionServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Streams every change that can alter an `Introspect` answer of an existing token, so that a
+        caller may cache answers. The first message is `reset` (drop every cached answer), or
+        `heartbeat` when `resume_token` was resumed with nothing missed; then invalidations as
+        changes commit, each sent only after this replica's own cache has dropped what it made
+        stale, and a heartbeat at least every `--watch-heartbeat-interval`. A caller caches only
+        while its stream is up, on the same connection as its `Introspect` calls. A caller that
+        does not keep up is sent `reset`. RESOURCE_EXHAUSTED past `--max-watchers` streams;
+        UNAVAILABLE (and streams end) while this replica cannot hear other replicas' changes.
+        Streams end with OK when the server shuts down. Same client-certificate rule as
+        `Introspect`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenIntrospectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -70,6 +91,11 @@ def add_TokenIntrospectionServicer_to_server(servicer, server):
                     servicer.Introspect,
                     request_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectRequest.FromString,
                     response_serializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesRequest.FromString,
+                    response_serializer=embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -105,6 +131,33 @@ class TokenIntrospection(object):
             '/embrace.serviceaccounts.v1.TokenIntrospection/Introspect',
             embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectRequest.SerializeToString,
             embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.IntrospectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/embrace.serviceaccounts.v1.TokenIntrospection/WatchChanges',
+            embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesRequest.SerializeToString,
+            embrace_dot_serviceaccounts_dot_v1_dot_token__introspection__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

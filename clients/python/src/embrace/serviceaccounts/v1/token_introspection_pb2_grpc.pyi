@@ -41,6 +41,18 @@ class TokenIntrospectionStub:
     def __new__(cls, channel: _aio.Channel) -> TokenIntrospectionAsyncStub: ...
     Introspect: _grpc.UnaryUnaryMultiCallable[_token_introspection_pb2.IntrospectRequest, _token_introspection_pb2.IntrospectResponse]
     """Introspects one bearer token, optionally checking app access and scopes."""
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_token_introspection_pb2.WatchChangesRequest, _token_introspection_pb2.WatchChangesResponse]
+    """Streams every change that can alter an `Introspect` answer of an existing token, so that a
+    caller may cache answers. The first message is `reset` (drop every cached answer), or
+    `heartbeat` when `resume_token` was resumed with nothing missed; then invalidations as
+    changes commit, each sent only after this replica's own cache has dropped what it made
+    stale, and a heartbeat at least every `--watch-heartbeat-interval`. A caller caches only
+    while its stream is up, on the same connection as its `Introspect` calls. A caller that
+    does not keep up is sent `reset`. RESOURCE_EXHAUSTED past `--max-watchers` streams;
+    UNAVAILABLE (and streams end) while this replica cannot hear other replicas' changes.
+    Streams end with OK when the server shuts down. Same client-certificate rule as
+    `Introspect`.
+    """
 
 @_typing.type_check_only
 class TokenIntrospectionAsyncStub(TokenIntrospectionStub):
@@ -55,6 +67,18 @@ class TokenIntrospectionAsyncStub(TokenIntrospectionStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Introspect: _aio.UnaryUnaryMultiCallable[_token_introspection_pb2.IntrospectRequest, _token_introspection_pb2.IntrospectResponse]  # type: ignore[assignment]
     """Introspects one bearer token, optionally checking app access and scopes."""
+    WatchChanges: _aio.UnaryStreamMultiCallable[_token_introspection_pb2.WatchChangesRequest, _token_introspection_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """Streams every change that can alter an `Introspect` answer of an existing token, so that a
+    caller may cache answers. The first message is `reset` (drop every cached answer), or
+    `heartbeat` when `resume_token` was resumed with nothing missed; then invalidations as
+    changes commit, each sent only after this replica's own cache has dropped what it made
+    stale, and a heartbeat at least every `--watch-heartbeat-interval`. A caller caches only
+    while its stream is up, on the same connection as its `Introspect` calls. A caller that
+    does not keep up is sent `reset`. RESOURCE_EXHAUSTED past `--max-watchers` streams;
+    UNAVAILABLE (and streams end) while this replica cannot hear other replicas' changes.
+    Streams end with OK when the server shuts down. Same client-certificate rule as
+    `Introspect`.
+    """
 
 class TokenIntrospectionServicer(metaclass=_abc_1.ABCMeta):
     """Turns a bearer token into an identity, scopes and app access.
@@ -72,5 +96,23 @@ class TokenIntrospectionServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_introspection_pb2.IntrospectResponse, _abc.Awaitable[_token_introspection_pb2.IntrospectResponse]]:
         """Introspects one bearer token, optionally checking app access and scopes."""
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _token_introspection_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_token_introspection_pb2.WatchChangesResponse], _abc.AsyncIterator[_token_introspection_pb2.WatchChangesResponse]]:
+        """Streams every change that can alter an `Introspect` answer of an existing token, so that a
+        caller may cache answers. The first message is `reset` (drop every cached answer), or
+        `heartbeat` when `resume_token` was resumed with nothing missed; then invalidations as
+        changes commit, each sent only after this replica's own cache has dropped what it made
+        stale, and a heartbeat at least every `--watch-heartbeat-interval`. A caller caches only
+        while its stream is up, on the same connection as its `Introspect` calls. A caller that
+        does not keep up is sent `reset`. RESOURCE_EXHAUSTED past `--max-watchers` streams;
+        UNAVAILABLE (and streams end) while this replica cannot hear other replicas' changes.
+        Streams end with OK when the server shuts down. Same client-certificate rule as
+        `Introspect`.
+        """
 
 def add_TokenIntrospectionServicer_to_server(servicer: TokenIntrospectionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

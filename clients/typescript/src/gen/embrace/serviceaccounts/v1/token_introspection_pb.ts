@@ -14,7 +14,158 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embrace/serviceaccounts/v1/token_introspection.proto.
  */
 export const file_embrace_serviceaccounts_v1_token_introspection: GenFile = /*@__PURE__*/
-  fileDesc("CjRlbWJyYWNlL3NlcnZpY2VhY2NvdW50cy92MS90b2tlbl9pbnRyb3NwZWN0aW9uLnByb3RvEhplbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MSJuChFJbnRyb3NwZWN0UmVxdWVzdBINCgV0b2tlbhgBIAEoCRIOCgZhcHBfaWQYAiABKAkSFwoPcmVxdWlyZWRfc2NvcGVzGAMgAygJEg4KBm9yZ19pZBgEIAEoCRIRCgljbGllbnRfaXAYBSABKAki9QMKEkludHJvc3BlY3RSZXNwb25zZRIOCgZhY3RpdmUYASABKAgSQwoPaW5hY3RpdmVfcmVhc29uGAIgASgOMiouZW1icmFjZS5zZXJ2aWNlYWNjb3VudHMudjEuSW5hY3RpdmVSZWFzb24SDgoGb3JnX2lkGAMgASgJEhoKEnNlcnZpY2VfYWNjb3VudF9pZBgEIAEoCRIkChxzZXJ2aWNlX2FjY291bnRfZGlzcGxheV9uYW1lGAUgASgJEhAKCHRva2VuX2lkGAYgASgJEg4KBnNjb3BlcxgHIAMoCRI5CgphcHBfYWNjZXNzGAggASgLMiUuZW1icmFjZS5zZXJ2aWNlYWNjb3VudHMudjEuQXBwQWNjZXNzEi8KC2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhbGxvd2VkGAogASgIEj8KDWRlbmlhbF9yZWFzb24YCyABKA4yKC5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5EZW5pYWxSZWFzb24SFgoObWlzc2luZ19zY29wZXMYDCADKAkSQAoOZGVuaWFsX3JlYXNvbnMYDSADKA4yKC5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5EZW5pYWxSZWFzb24qzQEKDkluYWN0aXZlUmVhc29uEh8KG0lOQUNUSVZFX1JFQVNPTl9VTlNQRUNJRklFRBAAEh0KGUlOQUNUSVZFX1JFQVNPTl9NQUxGT1JNRUQQARIbChdJTkFDVElWRV9SRUFTT05fVU5LTk9XThACEhsKF0lOQUNUSVZFX1JFQVNPTl9SRVZPS0VEEAMSGwoXSU5BQ1RJVkVfUkVBU09OX0VYUElSRUQQBBIkCiBJTkFDVElWRV9SRUFTT05fQUNDT1VOVF9ESVNBQkxFRBAFKtwBCgxEZW5pYWxSZWFzb24SHQoZREVOSUFMX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHERFTklBTF9SRUFTT05fVE9LRU5fSU5BQ1RJVkUQARIhCh1ERU5JQUxfUkVBU09OX0FQUF9OT1RfR1JBTlRFRBACEh8KG0RFTklBTF9SRUFTT05fU0NPUEVfTUlTU0lORxADEh4KGkRFTklBTF9SRUFTT05fT1JHX01JU01BVENIEAQSJwojREVOSUFMX1JFQVNPTl9DTElFTlRfSVBfTk9UX0FMTE9XRUQQBTKBAQoSVG9rZW5JbnRyb3NwZWN0aW9uEmsKCkludHJvc3BlY3QSLS5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5JbnRyb3NwZWN0UmVxdWVzdBouLmVtYnJhY2Uuc2VydmljZWFjY291bnRzLnYxLkludHJvc3BlY3RSZXNwb25zZULcAQodaW8uZW1icmFjZS5zZXJ2aWNlYWNjb3VudHMudjFCF1Rva2VuSW50cm9zcGVjdGlvblByb3RvUAFaR2VtYnJhY2UuaW8vZ28vc2VydmljZWFjY291bnRzL2FwaXYxL3NlcnZpY2VhY2NvdW50c3BiO3NlcnZpY2VhY2NvdW50c3BiqgIaRW1icmFjZS5TZXJ2aWNlQWNjb3VudHMuVjHKAhpFbWJyYWNlXFNlcnZpY2VBY2NvdW50c1xWMeoCHEVtYnJhY2U6OlNlcnZpY2VBY2NvdW50czo6VjFiBnByb3RvMw", [file_embrace_serviceaccounts_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("CjRlbWJyYWNlL3NlcnZpY2VhY2NvdW50cy92MS90b2tlbl9pbnRyb3NwZWN0aW9uLnByb3RvEhplbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MSI7ChNXYXRjaENoYW5nZXNSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIOCgZvcmdfaWQYAiABKAkikQIKFFdhdGNoQ2hhbmdlc1Jlc3BvbnNlEjIKBXJlc2V0GAEgASgLMiEuZW1icmFjZS5zZXJ2aWNlYWNjb3VudHMudjEuUmVzZXRIABJACgxpbnZhbGlkYXRpb24YAiABKAsyKC5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5JbnZhbGlkYXRpb25IABI6CgloZWFydGJlYXQYAyABKAsyJS5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5IZWFydGJlYXRIABIUCgxyZXN1bWVfdG9rZW4YBCABKAkSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBwoFZXZlbnQiBwoFUmVzZXQiCwoJSGVhcnRiZWF0IkwKDEludmFsaWRhdGlvbhIOCgZvcmdfaWQYASABKAkSGgoSc2VydmljZV9hY2NvdW50X2lkGAIgASgJEhAKCHRva2VuX2lkGAMgASgJIm4KEUludHJvc3BlY3RSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEg4KBmFwcF9pZBgCIAEoCRIXCg9yZXF1aXJlZF9zY29wZXMYAyADKAkSDgoGb3JnX2lkGAQgASgJEhEKCWNsaWVudF9pcBgFIAEoCSL1AwoSSW50cm9zcGVjdFJlc3BvbnNlEg4KBmFjdGl2ZRgBIAEoCBJDCg9pbmFjdGl2ZV9yZWFzb24YAiABKA4yKi5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5JbmFjdGl2ZVJlYXNvbhIOCgZvcmdfaWQYAyABKAkSGgoSc2VydmljZV9hY2NvdW50X2lkGAQgASgJEiQKHHNlcnZpY2VfYWNjb3VudF9kaXNwbGF5X25hbWUYBSABKAkSEAoIdG9rZW5faWQYBiABKAkSDgoGc2NvcGVzGAcgAygJEjkKCmFwcF9hY2Nlc3MYCCABKAsyJS5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5BcHBBY2Nlc3MSLwoLZXhwaXJlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FsbG93ZWQYCiABKAgSPwoNZGVuaWFsX3JlYXNvbhgLIAEoDjIoLmVtYnJhY2Uuc2VydmljZWFjY291bnRzLnYxLkRlbmlhbFJlYXNvbhIWCg5taXNzaW5nX3Njb3BlcxgMIAMoCRJACg5kZW5pYWxfcmVhc29ucxgNIAMoDjIoLmVtYnJhY2Uuc2VydmljZWFjY291bnRzLnYxLkRlbmlhbFJlYXNvbirNAQoOSW5hY3RpdmVSZWFzb24SHwobSU5BQ1RJVkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASHQoZSU5BQ1RJVkVfUkVBU09OX01BTEZPUk1FRBABEhsKF0lOQUNUSVZFX1JFQVNPTl9VTktOT1dOEAISGwoXSU5BQ1RJVkVfUkVBU09OX1JFVk9LRUQQAxIbChdJTkFDVElWRV9SRUFTT05fRVhQSVJFRBAEEiQKIElOQUNUSVZFX1JFQVNPTl9BQ0NPVU5UX0RJU0FCTEVEEAUq3AEKDERlbmlhbFJlYXNvbhIdChlERU5JQUxfUkVBU09OX1VOU1BFQ0lGSUVEEAASIAocREVOSUFMX1JFQVNPTl9UT0tFTl9JTkFDVElWRRABEiEKHURFTklBTF9SRUFTT05fQVBQX05PVF9HUkFOVEVEEAISHwobREVOSUFMX1JFQVNPTl9TQ09QRV9NSVNTSU5HEAMSHgoaREVOSUFMX1JFQVNPTl9PUkdfTUlTTUFUQ0gQBBInCiNERU5JQUxfUkVBU09OX0NMSUVOVF9JUF9OT1RfQUxMT1dFRBAFMvYBChJUb2tlbkludHJvc3BlY3Rpb24SawoKSW50cm9zcGVjdBItLmVtYnJhY2Uuc2VydmljZWFjY291bnRzLnYxLkludHJvc3BlY3RSZXF1ZXN0Gi4uZW1icmFjZS5zZXJ2aWNlYWNjb3VudHMudjEuSW50cm9zcGVjdFJlc3BvbnNlEnMKDFdhdGNoQ2hhbmdlcxIvLmVtYnJhY2Uuc2VydmljZWFjY291bnRzLnYxLldhdGNoQ2hhbmdlc1JlcXVlc3QaMC5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MS5XYXRjaENoYW5nZXNSZXNwb25zZTABQtwBCh1pby5lbWJyYWNlLnNlcnZpY2VhY2NvdW50cy52MUIXVG9rZW5JbnRyb3NwZWN0aW9uUHJvdG9QAVpHZW1icmFjZS5pby9nby9zZXJ2aWNlYWNjb3VudHMvYXBpdjEvc2VydmljZWFjY291bnRzcGI7c2VydmljZWFjY291bnRzcGKqAhpFbWJyYWNlLlNlcnZpY2VBY2NvdW50cy5WMcoCGkVtYnJhY2VcU2VydmljZUFjY291bnRzXFYx6gIcRW1icmFjZTo6U2VydmljZUFjY291bnRzOjpWMWIGcHJvdG8z", [file_embrace_serviceaccounts_v1_resources, file_google_protobuf_timestamp]);
+
+/**
+ * Request of `WatchChanges`.
+ *
+ * @generated from message embrace.serviceaccounts.v1.WatchChangesRequest
+ */
+export type WatchChangesRequest = Message<"embrace.serviceaccounts.v1.WatchChangesRequest"> & {
+  /**
+   * Empty: start now (the first message is `reset`). Otherwise the `resume_token` of the last
+   * message received: what was missed since is sent, when this replica still holds it.
+   *
+   * @generated from field: string resume_token = 1;
+   */
+  resumeToken: string;
+
+  /**
+   * Optional: only this org's invalidations (resets and heartbeats are always sent).
+   *
+   * @generated from field: string org_id = 2;
+   */
+  orgId: string;
+};
+
+/**
+ * Describes the message embrace.serviceaccounts.v1.WatchChangesRequest.
+ * Use `create(WatchChangesRequestSchema)` to create a new message.
+ */
+export const WatchChangesRequestSchema: GenMessage<WatchChangesRequest> = /*@__PURE__*/
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 0);
+
+/**
+ * One message of `WatchChanges`.
+ *
+ * @generated from message embrace.serviceaccounts.v1.WatchChangesResponse
+ */
+export type WatchChangesResponse = Message<"embrace.serviceaccounts.v1.WatchChangesResponse"> & {
+  /**
+   * @generated from oneof embrace.serviceaccounts.v1.WatchChangesResponse.event
+   */
+  event: {
+    /**
+     * Drop every cached answer.
+     *
+     * @generated from field: embrace.serviceaccounts.v1.Reset reset = 1;
+     */
+    value: Reset;
+    case: "reset";
+  } | {
+    /**
+     * Drop the cached answers of one token or of every token of an account.
+     *
+     * @generated from field: embrace.serviceaccounts.v1.Invalidation invalidation = 2;
+     */
+    value: Invalidation;
+    case: "invalidation";
+  } | {
+    /**
+     * Nothing changed; the stream is alive.
+     *
+     * @generated from field: embrace.serviceaccounts.v1.Heartbeat heartbeat = 3;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Opaque: pass it as `WatchChangesRequest.resume_token` to continue after this message.
+   *
+   * @generated from field: string resume_token = 4;
+   */
+  resumeToken: string;
+
+  /**
+   * When the server sent the message.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 5;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message embrace.serviceaccounts.v1.WatchChangesResponse.
+ * Use `create(WatchChangesResponseSchema)` to create a new message.
+ */
+export const WatchChangesResponseSchema: GenMessage<WatchChangesResponse> = /*@__PURE__*/
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 1);
+
+/**
+ * Every cached answer may be stale.
+ *
+ * @generated from message embrace.serviceaccounts.v1.Reset
+ */
+export type Reset = Message<"embrace.serviceaccounts.v1.Reset"> & {
+};
+
+/**
+ * Describes the message embrace.serviceaccounts.v1.Reset.
+ * Use `create(ResetSchema)` to create a new message.
+ */
+export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 2);
+
+/**
+ * The stream is alive and nothing changed.
+ *
+ * @generated from message embrace.serviceaccounts.v1.Heartbeat
+ */
+export type Heartbeat = Message<"embrace.serviceaccounts.v1.Heartbeat"> & {
+};
+
+/**
+ * Describes the message embrace.serviceaccounts.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 3);
+
+/**
+ * Answers for these tokens may have changed.
+ *
+ * @generated from message embrace.serviceaccounts.v1.Invalidation
+ */
+export type Invalidation = Message<"embrace.serviceaccounts.v1.Invalidation"> & {
+  /**
+   * The org of the account.
+   *
+   * @generated from field: string org_id = 1;
+   */
+  orgId: string;
+
+  /**
+   * The account whose tokens' answers may have changed.
+   *
+   * @generated from field: string service_account_id = 2;
+   */
+  serviceAccountId: string;
+
+  /**
+   * Empty: every token of the account. Otherwise only this token.
+   *
+   * @generated from field: string token_id = 3;
+   */
+  tokenId: string;
+};
+
+/**
+ * Describes the message embrace.serviceaccounts.v1.Invalidation.
+ * Use `create(InvalidationSchema)` to create a new message.
+ */
+export const InvalidationSchema: GenMessage<Invalidation> = /*@__PURE__*/
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 4);
 
 /**
  * Request of `Introspect`.
@@ -66,7 +217,7 @@ export type IntrospectRequest = Message<"embrace.serviceaccounts.v1.IntrospectRe
  * Use `create(IntrospectRequestSchema)` to create a new message.
  */
 export const IntrospectRequestSchema: GenMessage<IntrospectRequest> = /*@__PURE__*/
-  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 0);
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 5);
 
 /**
  * Response of `Introspect`. When `active` is false, only `inactive_reason`, `allowed` (false) and
@@ -177,7 +328,7 @@ export type IntrospectResponse = Message<"embrace.serviceaccounts.v1.IntrospectR
  * Use `create(IntrospectResponseSchema)` to create a new message.
  */
 export const IntrospectResponseSchema: GenMessage<IntrospectResponse> = /*@__PURE__*/
-  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 1);
+  messageDesc(file_embrace_serviceaccounts_v1_token_introspection, 6);
 
 /**
  * Why a token is not active.
@@ -310,6 +461,25 @@ export const TokenIntrospection: GenService<{
     methodKind: "unary";
     input: typeof IntrospectRequestSchema;
     output: typeof IntrospectResponseSchema;
+  },
+  /**
+   * Streams every change that can alter an `Introspect` answer of an existing token, so that a
+   * caller may cache answers. The first message is `reset` (drop every cached answer), or
+   * `heartbeat` when `resume_token` was resumed with nothing missed; then invalidations as
+   * changes commit, each sent only after this replica's own cache has dropped what it made
+   * stale, and a heartbeat at least every `--watch-heartbeat-interval`. A caller caches only
+   * while its stream is up, on the same connection as its `Introspect` calls. A caller that
+   * does not keep up is sent `reset`. RESOURCE_EXHAUSTED past `--max-watchers` streams;
+   * UNAVAILABLE (and streams end) while this replica cannot hear other replicas' changes.
+   * Streams end with OK when the server shuts down. Same client-certificate rule as
+   * `Introspect`.
+   *
+   * @generated from rpc embrace.serviceaccounts.v1.TokenIntrospection.WatchChanges
+   */
+  watchChanges: {
+    methodKind: "server_streaming";
+    input: typeof WatchChangesRequestSchema;
+    output: typeof WatchChangesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_embrace_serviceaccounts_v1_token_introspection, 0);
