@@ -7,6 +7,7 @@ mod account_state;
 mod accounts;
 mod app_access;
 mod auth;
+mod caller_cache;
 mod client_layer;
 mod coherence;
 mod deployment;

@@ -1,11 +1,16 @@
 //! `Introspect` as one typed call.
 
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use service_accounts_domain::introspection::{self as rules, Checks, Denial, Ended, Introspection};
+use service_accounts_domain::service_account::AppAccess as Apps;
+use service_accounts_domain::token::{TokenRecord, TokenSecret};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::cache::{Answer, CacheOptions, CallerCache};
 use crate::pb::token_introspection_client::TokenIntrospectionClient;
 use crate::pb::{DenialReason, InactiveReason, IntrospectRequest, IntrospectResponse};
 
@@ -16,12 +21,22 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// What a route needs of a token: the org it acts in, and optionally the app it acts on and the
 /// scopes it needs. An org is always required: an app id means nothing outside its org.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Requirement {
     org_id: String,
     app_id: Option<String>,
     scopes: Vec<String>,
+    /// The same, as the control plane's rules read it, made at the first cached decision.
+    checks: Arc<OnceLock<Option<Checks>>>,
 }
+
+impl PartialEq for Requirement {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.org_id, &self.app_id, &self.scopes) == (&other.org_id, &other.app_id, &other.scopes)
+    }
+}
+
+impl Eq for Requirement {}
 
 impl Requirement {
     /// A token of an account of `org_id`, with no app and no scope required.
@@ -30,19 +45,37 @@ impl Requirement {
             org_id: org_id.into(),
             app_id: None,
             scopes: Vec::new(),
+            checks: Arc::default(),
         }
     }
 
     /// The account must have access to this app of the org.
     pub fn app(mut self, app_id: impl Into<String>) -> Self {
         self.app_id = Some(app_id.into());
+        self.checks = Arc::default();
         self
     }
 
     /// The token must carry this scope (as well as any required before).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scopes.push(scope.into());
+        self.checks = Arc::default();
         self
+    }
+
+    /// `None` when the control plane would refuse it (it is then asked, and says why).
+    fn checks(&self) -> Option<&Checks> {
+        self.checks
+            .get_or_init(|| {
+                Checks::parse(
+                    &self.org_id,
+                    self.app_id.as_deref().unwrap_or_default(),
+                    &self.scopes,
+                    "",
+                )
+                .ok()
+            })
+            .as_ref()
     }
 
     pub fn org_id(&self) -> &str {
@@ -132,6 +165,26 @@ impl Identity {
     }
 }
 
+impl Identity {
+    fn of_record(token: &TokenRecord) -> Self {
+        let account = &token.account;
+        Self {
+            org_id: account.org_id.as_str().to_owned(),
+            service_account_id: account.service_account_id.to_string(),
+            service_account_display_name: account.display_name.clone(),
+            token_id: token.token_id.to_string(),
+            scopes: token.scopes.names().map(str::to_owned).collect(),
+            app_access: match &account.app_access {
+                Apps::AllApps => AppAccess::AllApps,
+                Apps::Apps(apps) => {
+                    AppAccess::AppIds(apps.iter().map(|a| a.as_str().to_owned()).collect())
+                }
+            },
+            expire_time: token.expire_time.map(SystemTime::from),
+        }
+    }
+}
+
 /// The control plane's answer for one token and one requirement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -165,10 +218,21 @@ pub enum Error {
 
 /// A client of `TokenIntrospection` for services. Cheap to clone: clones share one HTTP/2
 /// connection, which carries concurrent calls and is re-established when it drops.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IntrospectionClient {
+    channel: Channel,
     inner: TokenIntrospectionClient<Channel>,
     deadline: Duration,
+    cache: Option<Arc<CallerCache>>,
+}
+
+impl std::fmt::Debug for IntrospectionClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionClient")
+            .field("deadline", &self.deadline)
+            .field("cached", &self.cache.as_ref().map(|c| c.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl IntrospectionClient {
@@ -184,9 +248,31 @@ impl IntrospectionClient {
     /// A client over a channel built elsewhere, for example with TLS.
     pub fn new(channel: Channel) -> Self {
         Self {
-            inner: TokenIntrospectionClient::new(channel),
+            inner: TokenIntrospectionClient::new(channel.clone()),
+            channel,
             deadline: DEFAULT_DEADLINE,
+            cache: None,
         }
+    }
+
+    /// Caches answers, kept coherent by `WatchChanges` on this client's channel (so the channel
+    /// must lead to one replica at a time, as one from [`Self::connect_lazy`] does). Clones
+    /// share the cache. Must be called within a Tokio runtime: the feed runs as a task, until
+    /// the last clone is dropped. See `docs/caching.md`.
+    pub fn with_cache(mut self, options: CacheOptions) -> Self {
+        let cache = Arc::new(CallerCache::new(options));
+        tokio::spawn(crate::cache::follow(
+            Arc::downgrade(&cache),
+            self.channel.clone(),
+            options.max_staleness_bound(),
+        ));
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Tokens held by the cache (0 without one).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len())
     }
 
     /// Sets how long each call may take; see [`DEFAULT_DEADLINE`].
@@ -203,6 +289,33 @@ impl IntrospectionClient {
         requirement: &Requirement,
         client_ip: Option<IpAddr>,
     ) -> Result<Verdict, Error> {
+        let Some(cache) = &self.cache else {
+            return Ok(verdict(self.call(token, requirement, client_ip).await?));
+        };
+        // Decided here as the control plane does: by prefix, length and checksum.
+        let Ok(hash) = TokenSecret::parse_hash(token) else {
+            return Ok(Verdict::Inactive(InactiveReason::Malformed));
+        };
+        if let Some(verdict) = cache
+            .get(&hash)
+            .and_then(|answer| decide(&answer, requirement, client_ip))
+        {
+            return Ok(verdict);
+        }
+        let ticket = cache.begin();
+        let response = self.call(token, requirement, client_ip).await?;
+        if let Some(ticket) = ticket {
+            cache.insert(hash, &response, ticket);
+        }
+        Ok(verdict(response))
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        requirement: &Requirement,
+        client_ip: Option<IpAddr>,
+    ) -> Result<IntrospectResponse, Error> {
         let mut request = tonic::Request::new(requirement.request(token, client_ip));
         // Sent as `grpc-timeout`, and enforced here as well, so that neither side waits longer.
         request.set_timeout(self.deadline);
@@ -220,8 +333,62 @@ impl IntrospectionClient {
                 ))));
             }
         };
-        Ok(verdict(response))
+        Ok(response)
     }
+}
+
+/// A cached answer applied to `requirement`, by the control plane's own rules; `None` when the
+/// requirement is one the control plane must judge (it refuses it, and says why).
+fn decide(
+    answer: &Answer,
+    requirement: &Requirement,
+    client_ip: Option<IpAddr>,
+) -> Option<Verdict> {
+    let record = match answer {
+        Answer::Final(reason) | Answer::Brief(reason) => return Some(Verdict::Inactive(*reason)),
+        Answer::Active(record) => record,
+    };
+    let checks = requirement.checks()?;
+    let now = service_accounts_domain::time::now();
+    let result = match client_ip {
+        None => rules::evaluate(record.clone(), checks, now),
+        Some(ip) => {
+            let checks = Checks {
+                client_ip: Some(ip),
+                ..checks.clone()
+            };
+            rules::evaluate(record.clone(), &checks, now)
+        }
+    };
+    Some(match result {
+        Introspection::Unrecognised(_) => return None,
+        Introspection::Ended { reason, .. } => Verdict::Inactive(match reason {
+            Ended::Revoked => InactiveReason::Revoked,
+            Ended::Expired => InactiveReason::Expired,
+            Ended::AccountDisabled => InactiveReason::AccountDisabled,
+        }),
+        Introspection::Active { token, denials } if denials.allowed() => {
+            Verdict::Allowed(Identity::of_record(&token))
+        }
+        Introspection::Active { token, denials } => Verdict::Denied {
+            identity: Identity::of_record(&token),
+            reasons: denials
+                .reasons
+                .iter()
+                .map(|denial| match denial {
+                    Denial::OrgMismatch => DenialReason::OrgMismatch,
+                    Denial::ClientIpNotAllowed => DenialReason::ClientIpNotAllowed,
+                    Denial::AppNotGranted => DenialReason::AppNotGranted,
+                    Denial::ScopeMissing => DenialReason::ScopeMissing,
+                })
+                .collect(),
+            missing_scopes: denials
+                .missing_scopes
+                .iter()
+                .map(|scope| scope.as_str().to_owned())
+                .collect(),
+        },
+    })
 }
 
 fn verdict(mut response: IntrospectResponse) -> Verdict {

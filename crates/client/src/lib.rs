@@ -12,16 +12,19 @@
 //! - `mcp` (cargo feature `rmcp`): the identity and `require_scopes` / `require_app` for the tool
 //!   handlers of an `rmcp` server behind the layer.
 //!
-//! Nothing here caches an answer: every request is decided by the control plane, whose own cache
-//! is invalidated when a token is revoked, so a revoked token is refused as soon as `Introspect`
-//! refuses it.
+//! Unless asked to, nothing here caches an answer: every request is decided by the control plane.
+//! With [`IntrospectionClient::with_cache`], answers are cached and kept coherent by the
+//! control plane's `WatchChanges` feed, and a cached token is decided here by the control
+//! plane's own rules (see [`CacheOptions`] and the repository's `docs/caching.md`).
 
+mod cache;
 mod introspection;
 mod layer;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
 pub mod pb;
 
+pub use cache::CacheOptions;
 pub use introspection::{
     AppAccess, DEFAULT_DEADLINE, Error, Identity, IntrospectionClient, Requirement, Verdict,
 };

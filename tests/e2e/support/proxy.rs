@@ -102,6 +102,11 @@ impl Proxy {
         self.frozen.send_replace(true);
     }
 
+    /// Moves bytes again after [`Self::freeze`].
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);

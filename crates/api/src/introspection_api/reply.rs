@@ -35,6 +35,7 @@ mod tag {
     pub const DENIAL_REASON: u32 = 11;
     pub const MISSING_SCOPES: u32 = 12;
     pub const DENIAL_REASONS: u32 = 13;
+    pub const ALLOWED_CIDRS: u32 = 14;
     pub const ALL_APPS: u32 = 1;
     pub const APP_IDS: u32 = 2;
     pub const SECONDS: u32 = 1;
@@ -129,6 +130,12 @@ impl Message for IntrospectReply {
                 encode_varint(reason as i32 as u64, buf);
             }
         }
+        // Restricted tokens only, which are few: the text is made here rather than kept.
+        if let Introspection::Active { token, .. } = &self.0 {
+            for cidr in token.allowed_cidrs.iter() {
+                put_str(tag::ALLOWED_CIDRS, &cidr.to_string(), buf);
+            }
+        }
     }
 
     fn encoded_len(&self) -> usize {
@@ -150,6 +157,13 @@ impl Message for IntrospectReply {
         let packed: usize = self.denial_reasons().map(|r| enum_len(r as i32)).sum();
         if packed > 0 {
             len += key_len(tag::DENIAL_REASONS) + encoded_len_varint(packed as u64) + packed;
+        }
+        if let Introspection::Active { token, .. } = &self.0 {
+            len += token
+                .allowed_cidrs
+                .iter()
+                .map(|cidr| str_len(tag::ALLOWED_CIDRS, &cidr.to_string()))
+                .sum::<usize>();
         }
         len
     }

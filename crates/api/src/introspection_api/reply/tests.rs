@@ -45,6 +45,7 @@ fn generated(result: &Introspection) -> pb::IntrospectResponse {
                 .iter()
                 .map(|d| denial_reason(*d) as i32)
                 .collect(),
+            allowed_cidrs: token.allowed_cidrs.iter().map(|c| c.to_string()).collect(),
         },
     }
 }
@@ -95,6 +96,9 @@ fn every_kind_of_answer() -> Vec<(&'static str, Introspection)> {
     let mut before_1970 = record("", AppAccess::AllApps, &["mcp:tools:call"]);
     before_1970.expire_time = Some(Utc.timestamp_opt(-5, 500).unwrap());
     let long_name = record(&"x".repeat(300), apps(&["a"]), &["mcp:tools:call"]);
+    let mut restricted = record("office", apps(&["a"]), &["mcp:tools:call"]);
+    restricted.allowed_cidrs =
+        AllowedCidrs::parse(["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"].into_iter()).unwrap();
     let ended = Arc::new(record("old", AppAccess::AllApps, &["mcp:tools:call"]));
     vec![
         (
@@ -116,6 +120,10 @@ fn every_kind_of_answer() -> Vec<(&'static str, Introspection)> {
         (
             "allowed, a name longer than a one-byte length",
             active(long_name, vec![], &[]),
+        ),
+        (
+            "allowed, restricted to networks",
+            active(restricted, vec![], &[]),
         ),
         (
             "org mismatch",

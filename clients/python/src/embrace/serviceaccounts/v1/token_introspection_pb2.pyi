@@ -304,6 +304,7 @@ class IntrospectResponse(_message.Message):
     DENIAL_REASON_FIELD_NUMBER: _builtins.int
     MISSING_SCOPES_FIELD_NUMBER: _builtins.int
     DENIAL_REASONS_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
     active: _builtins.bool
     """True only for a well-formed, known, unrevoked, unexpired token of an existing, enabled
     account.
@@ -350,6 +351,13 @@ class IntrospectResponse(_message.Message):
         for an inactive token); empty when `allowed` is true.
         """
 
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When active: the networks the token may be used from (`Token.allowed_cidrs`), empty when it
+        may be used from anywhere. A caller that caches answers (see `WatchChanges`) decides the
+        `client_ip` check of later requests with it.
+        """
+
     def __init__(
         self,
         *,
@@ -366,10 +374,11 @@ class IntrospectResponse(_message.Message):
         denial_reason: Global___DenialReason.ValueType = ...,
         missing_scopes: _abc.Iterable[_builtins.str] | None = ...,
         denial_reasons: _abc.Iterable[Global___DenialReason.ValueType] | None = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "allowed", b"allowed", "app_access", b"app_access", "denial_reason", b"denial_reason", "denial_reasons", b"denial_reasons", "expire_time", b"expire_time", "inactive_reason", b"inactive_reason", "missing_scopes", b"missing_scopes", "org_id", b"org_id", "scopes", b"scopes", "service_account_display_name", b"service_account_display_name", "service_account_id", b"service_account_id", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "allowed", b"allowed", "allowed_cidrs", b"allowed_cidrs", "app_access", b"app_access", "denial_reason", b"denial_reason", "denial_reasons", b"denial_reasons", "expire_time", b"expire_time", "inactive_reason", b"inactive_reason", "missing_scopes", b"missing_scopes", "org_id", b"org_id", "scopes", b"scopes", "service_account_display_name", b"service_account_display_name", "service_account_id", b"service_account_id", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
