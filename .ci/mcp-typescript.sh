@@ -2,7 +2,12 @@
 # The TypeScript MCP verifier end to end: builds clients/typescript and runs test/mcp.test.ts,
 # which starts the release server binary itself, serves examples/mcp-server.ts in-process and
 # drives it with the MCP SDK's own client (allowed read, missing scope, app not granted, no token,
-# malformed and revoked tokens, control plane stopped, fallback verifier, expiry).
+# malformed and revoked tokens, control plane stopped, fallback verifier, expiry); and
+# test/cache.test.ts, the caller-side cache (src/cache.ts): its rules against a fake control plane
+# (in-flight answers across an invalidation or a reset, feed down, staleness, brief and final
+# answers, capacity, heap per cached token), then against the binary: every kind of change reaching
+# the cache, local decisions equal to the server's, expiry on time, a frozen, cut or GOAWAY'd link
+# (through a TCP proxy in the test), and the MCP verifier with the cache on.
 #
 # SERVICE_ACCOUNTS_BIN is the server binary (default: the release build in CARGO_TARGET_DIR, as
 # .ci/run builds it). Runnable from any directory; needs Node.js and npm (the registry only when
@@ -27,7 +32,7 @@ if [[ ! -x node_modules/.bin/tsc || package-lock.json -nt node_modules/.package-
 fi
 npm run --silent build
 
-tests=(dist/test/mcp.test.js)
+tests=(dist/test/mcp.test.js dist/test/cache.test.js)
 for t in "${tests[@]}"; do
   [ -f "$t" ] || fail "$t was not built"
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Python client's tests, clients/python/tests, against the real control plane:
 # test_mcp.py (the MCP verifier, embrace.serviceaccounts.mcp, with the real `mcp` SDK and its
-# client) and test_rfc7662.py (`POST /oauth2/introspect` with Authlib, on SQLite and PostgreSQL,
+# client), test_cache.py (the caller cache, embrace.serviceaccounts.cache, kept by WatchChanges)
+# and test_rfc7662.py (`POST /oauth2/introspect` with Authlib, on SQLite and PostgreSQL,
 # over HTTP and HTTPS); control_plane.py starts the binary for both. A fresh virtualenv gets
 # `pip install -e "clients/python[mcp]"` with the versions pinned in
 # clients/python/tools/requirements-tests.txt, mypy --strict checks the module and the tests, and
@@ -38,7 +39,8 @@ trap 'rm -rf "$tmp"' EXIT
 MYPYPATH=clients/python/src:clients/python/tests "$tmp/venv/bin/mypy" --strict \
   --explicit-package-bases --untyped-calls-exclude=authlib \
   --config-file clients/python/pyproject.toml --cache-dir "$tmp/mypy-cache" \
-  clients/python/src/embrace/serviceaccounts/mcp.py clients/python/tests/*.py
+  clients/python/src/embrace/serviceaccounts/mcp.py clients/python/src/embrace/serviceaccounts/cache.py \
+  clients/python/tests/*.py
 
 status=0
 RFC7662_TESTS=1 PYTHONDONTWRITEBYTECODE=1 "$tmp/venv/bin/python" -m pytest -p no:cacheprovider -q \

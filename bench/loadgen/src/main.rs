@@ -40,6 +40,9 @@ enum Command {
     GenTokens(GenTokensArgs),
     /// Measure how long a revoke on one replica takes to show on another.
     Propagation(PropagationArgs),
+    /// Measure how long a revoke on one replica takes to reach the last of many `WatchChanges`
+    /// streams on another.
+    WatchPropagation(WatchPropagationArgs),
     /// Print a length-prefixed gRPC request body (for h2load's -d).
     GrpcBody(GrpcBodyArgs),
     /// Create a service account and tokens through the admin API; print the account id.
@@ -174,6 +177,27 @@ struct PropagationArgs {
 }
 
 #[derive(clap::Args)]
+struct WatchPropagationArgs {
+    /// The replica that revokes.
+    #[arg(long)]
+    writer: String,
+    /// The replica the watchers watch.
+    #[arg(long)]
+    watched: String,
+    #[arg(long, env = "ADMIN_JWT", hide_env_values = true)]
+    jwt: String,
+    #[arg(long)]
+    service_account_id: String,
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Connections the watchers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 200)]
+    trials: usize,
+}
+
+#[derive(clap::Args)]
 struct AdminWritesArgs {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
@@ -228,6 +252,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Load(args) => load(args).await,
         Command::GenTokens(args) => gen_tokens(args),
         Command::Propagation(args) => propagation(args).await,
+        Command::WatchPropagation(args) => watch_propagation(args).await,
         Command::GrpcBody(args) => grpc_body(args),
         Command::Seed(args) => seed(args).await,
         Command::AdminWrites(args) => admin_writes(args).await,
@@ -800,6 +825,106 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
         histogram.value_at_quantile(0.9),
         histogram.value_at_quantile(0.99),
         histogram.max()
+    );
+    Ok(())
+}
+
+/// Each watcher stream reports (its index, the token id of an invalidation, when it arrived).
+async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut admin =
+        ServiceAccountAdminClient::new(Channel::from_shared(args.writer)?.connect().await?);
+    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Channel::from_shared(args.watched.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let mut ready = Vec::new();
+    for watcher in 0..args.watchers {
+        let mut client = TokenIntrospectionClient::new(channels[watcher % channels.len()].clone());
+        let mut stream = client
+            .watch_changes(pb::WatchChangesRequest::default())
+            .await?
+            .into_inner();
+        let first = stream.message().await?.ok_or("a stream ended at once")?;
+        if !matches!(
+            first.event,
+            Some(pb::watch_changes_response::Event::Reset(_))
+        ) {
+            return Err("a new stream did not start with a reset".into());
+        }
+        let arrivals = arrivals.clone();
+        ready.push(tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(pb::watch_changes_response::Event::Invalidation(i)) = message.event {
+                    let _ = arrivals.send((watcher, i.token_id, Instant::now()));
+                }
+            }
+        }));
+    }
+    let jwt = args.jwt.clone();
+    let mut from_send = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut from_return = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..args.trials {
+        let token_id = admin
+            .create_token(authed(
+                &jwt,
+                pb::CreateTokenRequest {
+                    allowed_cidrs: Vec::new(),
+                    service_account_id: args.service_account_id.clone(),
+                    display_name: "watch propagation".into(),
+                    scopes: vec!["mcp:tools:call".into()],
+                    expire_time: None,
+                },
+            ))
+            .await?
+            .into_inner()
+            .token
+            .ok_or("no token")?
+            .token_id;
+        let sent = Instant::now();
+        admin
+            .revoke_token(authed(
+                &jwt,
+                pb::RevokeTokenRequest {
+                    service_account_id: args.service_account_id.clone(),
+                    token_id: token_id.clone(),
+                },
+            ))
+            .await?;
+        let returned = Instant::now();
+        let mut seen = vec![false; args.watchers];
+        let mut missing = args.watchers;
+        let mut last = sent;
+        while missing > 0 {
+            let (watcher, token, at) =
+                tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+                    .await?
+                    .ok_or("the watchers stopped")?;
+            if token == token_id && !seen[watcher] {
+                seen[watcher] = true;
+                missing -= 1;
+                last = last.max(at);
+            }
+        }
+        from_send.saturating_record(last.duration_since(sent).as_micros() as u64);
+        from_return.saturating_record(last.saturating_duration_since(returned).as_micros() as u64);
+    }
+    for task in ready {
+        task.abort();
+    }
+    println!(
+        "{{\"watchers\":{},\"trials\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"after_return_p50_us\":{},\"after_return_p99_us\":{}}}",
+        args.watchers,
+        from_send.len(),
+        from_send.value_at_quantile(0.5),
+        from_send.value_at_quantile(0.99),
+        from_send.max(),
+        from_return.value_at_quantile(0.5),
+        from_return.value_at_quantile(0.99),
     );
     Ok(())
 }

@@ -27,14 +27,18 @@ import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
+from pydantic import AnyHttpUrl
 
 from control_plane import APP, ORG, OTHER_APP, ControlPlane, checksummed, free_port, malformed
 from embrace.serviceaccounts.mcp import (
     ControlPlaneUnavailable,
     ServiceAccountAccessToken,
     ServiceAccountTokenVerifier,
+    current_identity,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mcp_server.py"
@@ -140,11 +144,40 @@ class McpServer:
         self.thread.join(timeout=15)
 
 
-def start_mcp_server(control_plane_addr: str) -> McpServer:
+def cached_server(verifier: ServiceAccountTokenVerifier, resource_url: str) -> MCPServer[Any]:
+    """A server with one tool, `whoami`, behind `verifier` (one with a cache)."""
+    server: MCPServer[Any] = MCPServer(
+        "cached",
+        token_verifier=verifier,
+        auth=AuthSettings(
+            issuer_url=AnyHttpUrl("http://127.0.0.1"),
+            resource_server_url=AnyHttpUrl(resource_url),
+            required_scopes=["mcp:tools:call"],
+            validate_token_resource=False,
+        ),
+    )
+
+    @server.tool()
+    async def whoami() -> str:
+        identity = current_identity()
+        return "anonymous" if identity is None else identity.service_account_id
+
+    return server
+
+
+def start_mcp_server(
+    control_plane_addr: str, verifier: Optional[ServiceAccountTokenVerifier] = None
+) -> McpServer:
+    """The example server, or with `verifier`, `cached_server`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
     oauth = OAuthUsers()
-    mcp_server = _load_example().build_server(control_plane_addr, resource_url=url, fallback=oauth)
+    if verifier is None:
+        mcp_server = _load_example().build_server(
+            control_plane_addr, resource_url=url, fallback=oauth
+        )
+    else:
+        mcp_server = cached_server(verifier, url)
     app = mcp_server.streamable_http_app(host="127.0.0.1")
     # log_config=None: uvicorn's loggers propagate to the root logger, where the test reads them.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="debug")
@@ -496,6 +529,81 @@ def test_other_tokens_go_to_the_fallback_verifier(
     assert 'error="insufficient_scope"' in unscoped.responses[0][1]
     assert OAUTH_TOKEN in mcp_server.oauth.seen and "some-other-token" in mcp_server.oauth.seen
     assert not any(t.startswith("emb_sa_") for t in mcp_server.oauth.seen)
+
+
+def test_cached_verifier_refuses_a_revoked_token_within_2_s(control_plane: ControlPlane) -> None:
+    verifier = ServiceAccountTokenVerifier(
+        control_plane.grpc_addr, cache_capacity=100, max_staleness=5.0
+    )
+    server = start_mcp_server(control_plane.grpc_addr, verifier)
+    try:
+        issued = control_plane.issue(["mcp:tools:call", "mcp:read"])
+        seen = Seen()
+
+        async def scenario() -> None:
+            async with connect(server.url, issued.secret, seen) as client:
+                # Allowed; once the feed is up (after the first requests), from the cache.
+                deadline = time.monotonic() + 10
+                while verifier.cache is None or verifier.cache.hits < 3:
+                    result = await client.call_tool("whoami", {})
+                    assert not result.is_error and text_of(result) == issued.service_account_id
+                    assert time.monotonic() < deadline, "no request was answered from the cache"
+                cache = verifier.cache
+                calls, hits = cache.calls, cache.hits
+                assert text_of(await client.call_tool("whoami", {})) == issued.service_account_id
+                assert cache.calls == calls and cache.hits > hits, "not from the cache"
+
+                before = len(seen.responses)
+                await asyncio.to_thread(control_plane.revoke, issued)
+                revoked_at = time.monotonic()
+                while True:
+                    try:
+                        await client.call_tool("whoami", {})
+                    except MCPError:
+                        break
+                    assert time.monotonic() - revoked_at < 2.0, "still allowed 2 s after revoke"
+                assert time.monotonic() - revoked_at < 2.0
+                refused = [r for r in seen.responses[before:] if r[0] != 200]
+                assert refused and refused[0][0] == 401, seen.responses[before:]
+                assert 'error="invalid_token"' in refused[0][1]
+
+        run(scenario())
+    finally:
+        server.stop()
+
+
+def test_cached_verifier_reports_no_horizon_past_its_staleness_bound(
+    control_plane: ControlPlane,
+) -> None:
+    never = control_plane.issue(["mcp:tools:call"])
+    verifier = ServiceAccountTokenVerifier(
+        control_plane.grpc_addr, cache_capacity=10, max_staleness=3.0
+    )
+
+    async def scenario() -> List[Optional[AccessToken]]:
+        try:
+            first = await verifier.verify_token(never.secret)
+            cache = verifier.cache
+            assert cache is not None
+            deadline = time.monotonic() + 5
+            while not cache.feed_usable:
+                assert time.monotonic() < deadline, "the feed did not come up"
+                await asyncio.sleep(0.01)
+            await verifier.verify_token(never.secret)  # cached now
+            hits = cache.hits
+            last = await verifier.verify_token(never.secret)
+            assert cache.hits == hits + 1
+            return [first, last]
+        finally:
+            await verifier.close()
+
+    before = time.time()
+    for access in run(scenario()):
+        assert isinstance(access, ServiceAccountAccessToken)
+        assert access.token_expires_at is None
+        assert access.expires_at is not None
+        assert int(before) <= access.expires_at <= time.time() + 3.0
+        assert access.service_account_id == never.service_account_id
 
 
 def test_no_secret_in_the_mcp_servers_logs() -> None:

@@ -20,6 +20,16 @@ export * from "./gen/embrace/serviceaccounts/v1/leak_reporting_pb.js";
 export * from "./gen/google/rpc/error_details_pb.js";
 // Service-account tokens in MCP servers built with @modelcontextprotocol/sdk (optional peer).
 export * from "./mcp.js";
+// Decisions at the caller: Introspect answers cached while the WatchChanges feed is up.
+export {
+  createCachingIntrospector,
+  isWellFormedServiceAccountToken,
+  type CachingIntrospectRequest,
+  type CachingIntrospector,
+  type CachingIntrospectorOptions,
+  type CachingIntrospectorStats,
+  type ServiceAccountTlsOptions,
+} from "./cache.js";
 
 /** One invalid request field, as reported in a `google.rpc.BadRequest` error detail. */
 export interface FieldViolation {

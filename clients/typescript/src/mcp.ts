@@ -22,7 +22,16 @@
 // wherever the SDK's are.
 
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { TokenIntrospection } from "./gen/embrace/serviceaccounts/v1/token_introspection_pb.js";
+import {
+  createCachingIntrospector,
+  nodeTls,
+  type CachingIntrospector,
+  type ServiceAccountTlsOptions,
+} from "./cache.js";
+import {
+  TokenIntrospection,
+  type IntrospectResponse,
+} from "./gen/embrace/serviceaccounts/v1/token_introspection_pb.js";
 
 /** The prefix of every service-account token. */
 export const SERVICE_ACCOUNT_TOKEN_PREFIX = "emb_sa_";
@@ -68,18 +77,6 @@ export interface ServiceAccountIdentity {
   expireTime?: Date;
 }
 
-/** TLS for the connection to the control plane (Node's `tls.connect` options of the same names). */
-export interface ServiceAccountTlsOptions {
-  /** PEM CA certificates to trust instead of Node's default roots. */
-  ca?: string | Uint8Array | Array<string | Uint8Array>;
-  /** PEM client certificate chain, for mTLS (`--tls-client-ca` on the server). */
-  cert?: string | Uint8Array;
-  /** PEM private key of `cert`. */
-  key?: string | Uint8Array;
-  /** The server name to verify the certificate against, when it differs from `baseUrl`'s host. */
-  servername?: string;
-}
-
 export interface ServiceAccountTokenVerifierOptions {
   /**
    * The control plane's gRPC address, `http://host:port` or `https://host:port`. Used with
@@ -90,7 +87,9 @@ export interface ServiceAccountTokenVerifierOptions {
   tls?: ServiceAccountTlsOptions;
   /**
    * A Connect transport to the control plane to use instead of `baseUrl`, e.g. a
-   * `createGrpcTransport(...)` with interceptors or a shared `Http2SessionManager`.
+   * `createGrpcTransport(...)` with interceptors or a shared `Http2SessionManager`. With `cache`,
+   * the change feed runs on it too, so it must reach one replica over one connection at a time
+   * (as `createGrpcTransport` does).
    */
   transport?: Transport;
   /** Deadline of each `Introspect` call, in milliseconds. Default 2000. */
@@ -101,11 +100,26 @@ export interface ServiceAccountTokenVerifierOptions {
    */
   fallback?: McpTokenVerifier;
   /**
-   * `AuthInfo.expiresAt` of a token that never expires: this many seconds from now. Default 60.
-   * The SDK's `requireBearerAuth` refuses an `AuthInfo` without `expiresAt`; every request is
-   * introspected again, so the horizon never keeps a revoked token alive.
+   * `AuthInfo.expiresAt` of a token that never expires: this many seconds from now. Default 60,
+   * and never more than the cache's bound (`cache.maxStalenessMs`, in whole seconds) when the
+   * cache is on. The SDK's `requireBearerAuth` refuses an `AuthInfo` without `expiresAt`; every
+   * request is verified again, so the horizon never keeps a revoked token alive.
    */
   expiryHorizonSeconds?: number;
+  /**
+   * Opt-in: decide tokens from a cache kept coherent by the control plane's change feed
+   * (`createCachingIntrospector`, on the same connection) instead of calling `Introspect` for
+   * every request. A revocation or any other change reaches the cache as soon as the feed
+   * delivers it; past `maxStalenessMs` without a word from the feed, every request is
+   * introspected again (and fails with a server error if the control plane does not answer).
+   * Off by default.
+   */
+  cache?: {
+    /** Tokens kept. Default 10,000. */
+    capacity?: number;
+    /** Default 5000; at least 1000 (`expiresAt` is in whole seconds). */
+    maxStalenessMs?: number;
+  };
   /**
    * Reported as `AuthInfo.resource` for service-account tokens. Set it to the same URL as
    * `requireBearerAuth`'s `expectedResource` when that is set for the server's own OAuth tokens:
@@ -116,7 +130,10 @@ export interface ServiceAccountTokenVerifierOptions {
 
 /** `serviceAccountTokenVerifier`'s result: an `OAuthTokenVerifier` that can be closed. */
 export interface ServiceAccountTokenVerifier extends McpTokenVerifier {
-  /** Closes the connection to the control plane that the verifier opened (not a given `transport`). */
+  /**
+   * Stops the cache's change feed, if any, and closes the connection to the control plane that
+   * the verifier opened (not a given `transport`).
+   */
   close(): void;
 }
 
@@ -211,17 +228,6 @@ export function requireApp(authInfo: McpAuthInfo | undefined, appId: string): Se
   return identity;
 }
 
-function nodeTls(tls: ServiceAccountTlsOptions) {
-  const pem = (v: string | Uint8Array) => (typeof v === "string" ? v : Buffer.from(v));
-  const { ca, cert, key, servername } = tls;
-  return {
-    ...(ca !== undefined ? { ca: Array.isArray(ca) ? ca.map(pem) : pem(ca) } : {}),
-    ...(cert !== undefined ? { cert: pem(cert) } : {}),
-    ...(key !== undefined ? { key: pem(key) } : {}),
-    ...(servername !== undefined ? { servername } : {}),
-  };
-}
-
 type SdkErrors = typeof import("@modelcontextprotocol/sdk/server/auth/errors.js");
 
 /**
@@ -230,7 +236,7 @@ type SdkErrors = typeof import("@modelcontextprotocol/sdk/server/auth/errors.js"
  *
  * - active token → `AuthInfo` with `clientId` the service account id, the token's `scopes`,
  *   `expiresAt` (the token's expiry, or now + `expiryHorizonSeconds` for a token that never
- *   expires) and the identity in `extra`;
+ *   expires, at most the cache's staleness bound with `cache`) and the identity in `extra`;
  * - malformed, unknown, revoked, expired or disabled token → the SDK's `InvalidTokenError`
  *   (401 `invalid_token`);
  * - control plane unreachable or failing (UNAVAILABLE, DEADLINE_EXCEEDED, ...) → the SDK's
@@ -242,31 +248,53 @@ export function serviceAccountTokenVerifier(
 ): ServiceAccountTokenVerifier {
   const { baseUrl, tls, transport, fallback, resource } = options;
   const timeoutMs = options.timeoutMs ?? 2000;
-  const horizon = options.expiryHorizonSeconds ?? 60;
+  let horizon = options.expiryHorizonSeconds ?? 60;
   if (!transport && !baseUrl) {
     throw new TypeError("serviceAccountTokenVerifier: baseUrl or transport is required");
   }
   if (!(timeoutMs > 0) || !(horizon > 0)) {
     throw new RangeError("serviceAccountTokenVerifier: timeoutMs and expiryHorizonSeconds must be > 0");
   }
+  let cached: CachingIntrospector | undefined;
+  if (options.cache) {
+    const maxStalenessMs = options.cache.maxStalenessMs ?? 5000;
+    if (!(maxStalenessMs >= 1000)) {
+      throw new RangeError("serviceAccountTokenVerifier: cache.maxStalenessMs must be >= 1000");
+    }
+    // A cached allow outlives a change by at most the staleness bound: so may the horizon.
+    horizon = Math.min(horizon, Math.floor(maxStalenessMs / 1000));
+    cached = createCachingIntrospector({
+      ...(transport ? { transport } : { baseUrl: baseUrl!, ...(tls ? { tls } : {}) }),
+      ...(options.cache.capacity !== undefined ? { capacity: options.cache.capacity } : {}),
+      maxStalenessMs,
+      timeoutMs,
+    });
+  }
 
   // Loaded now, awaited at the first token: the application that verifies tokens has the SDK.
   const sdk: Promise<SdkErrors> = import("@modelcontextprotocol/sdk/server/auth/errors.js");
   sdk.catch(() => {});
   let closeSession: (() => void) | undefined;
-  const client: Promise<Client<typeof TokenIntrospection>> = (async () => {
-    if (transport) {
-      return createClient(TokenIntrospection, transport);
-    }
-    const node = await import("@connectrpc/connect-node");
-    const session = new node.Http2SessionManager(baseUrl!, undefined, tls && nodeTls(tls));
-    closeSession = () => session.abort();
-    return createClient(
-      TokenIntrospection,
-      node.createGrpcTransport({ baseUrl: baseUrl!, sessionManager: session }),
-    );
-  })();
-  client.catch(() => {});
+  let introspect: (token: string) => Promise<IntrospectResponse>;
+  if (cached) {
+    const introspector = cached;
+    introspect = (token) => introspector.introspect({ token });
+  } else {
+    const client: Promise<Client<typeof TokenIntrospection>> = (async () => {
+      if (transport) {
+        return createClient(TokenIntrospection, transport);
+      }
+      const node = await import("@connectrpc/connect-node");
+      const session = new node.Http2SessionManager(baseUrl!, undefined, tls && nodeTls(tls));
+      closeSession = () => session.abort();
+      return createClient(
+        TokenIntrospection,
+        node.createGrpcTransport({ baseUrl: baseUrl!, sessionManager: session }),
+      );
+    })();
+    client.catch(() => {});
+    introspect = async (token) => (await client).introspect({ token }, { timeoutMs });
+  }
 
   return {
     async verifyAccessToken(token: string): Promise<McpAuthInfo> {
@@ -280,7 +308,7 @@ export function serviceAccountTokenVerifier(
       const { InvalidTokenError, ServerError } = await sdk;
       let res;
       try {
-        res = await (await client).introspect({ token }, { timeoutMs });
+        res = await introspect(token);
       } catch (err) {
         const connectErr = ConnectError.from(err);
         // A request the control plane refuses to read (e.g. an absurdly long token) is a bad
@@ -331,6 +359,7 @@ export function serviceAccountTokenVerifier(
       };
     },
     close(): void {
+      cached?.close();
       closeSession?.();
     },
   };

@@ -95,6 +95,9 @@ pub(crate) struct Ticket {
 
 pub(crate) struct CallerCache {
     entries: quick_cache::sync::Cache<TokenHash, Entry>,
+    /// Each account's data once, shared by its tokens' entries (its app list is most of an
+    /// entry's memory).
+    accounts: quick_cache::sync::Cache<ServiceAccountId, Arc<AccountRecord>>,
     /// Bumped by every message that drops answers.
     epoch: AtomicU64,
     /// The epoch of the last reset: older entries are misses.
@@ -113,6 +116,7 @@ impl CallerCache {
     pub(crate) fn new(options: CacheOptions) -> Self {
         Self {
             entries: quick_cache::sync::Cache::new(options.capacity),
+            accounts: quick_cache::sync::Cache::new(options.capacity / 4 + 1),
             epoch: AtomicU64::new(1),
             reset_at: AtomicU64::new(0),
             invalidated: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -173,7 +177,10 @@ impl CallerCache {
         response: &IntrospectResponse,
         ticket: Ticket,
     ) -> Option<Answer> {
-        let answer = answer_of(hash, response)?;
+        let answer = match answer_of(hash, response)? {
+            Answer::Active(record) => Answer::Active(self.share_account(record)),
+            answer => answer,
+        };
         if self.generation.load(Ordering::SeqCst) != ticket.generation
             || !self.up.load(Ordering::Acquire)
         {
@@ -195,6 +202,20 @@ impl CallerCache {
         Some(answer)
     }
 
+    /// The record, with its account's data replaced by the copy already held when equal.
+    fn share_account(&self, mut record: Arc<TokenRecord>) -> Arc<TokenRecord> {
+        let id = record.account.service_account_id;
+        match self.accounts.get(&id) {
+            Some(held) if *held == *record.account => {
+                if let Some(owned) = Arc::get_mut(&mut record) {
+                    owned.account = held;
+                }
+            }
+            _ => self.accounts.insert(id, record.account.clone()),
+        }
+        record
+    }
+
     fn heard(&self) {
         self.last_heard_ms.store(self.now_ms(), Ordering::Release);
     }
@@ -203,6 +224,7 @@ impl CallerCache {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.reset_at.store(epoch, Ordering::Release);
         self.entries.clear();
+        self.accounts.clear();
     }
 
     fn invalidate(&self, account: ServiceAccountId) {

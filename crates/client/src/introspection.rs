@@ -289,8 +289,12 @@ impl IntrospectionClient {
         requirement: &Requirement,
         client_ip: Option<IpAddr>,
     ) -> Result<Verdict, Error> {
+        // Boxed: the call's future is kilobytes, which every cached decision would otherwise
+        // carry and move.
         let Some(cache) = &self.cache else {
-            return Ok(verdict(self.call(token, requirement, client_ip).await?));
+            return Ok(verdict(
+                Box::pin(self.call(token, requirement, client_ip)).await?,
+            ));
         };
         // Decided here as the control plane does: by prefix, length and checksum.
         let Ok(hash) = TokenSecret::parse_hash(token) else {
@@ -303,7 +307,7 @@ impl IntrospectionClient {
             return Ok(verdict);
         }
         let ticket = cache.begin();
-        let response = self.call(token, requirement, client_ip).await?;
+        let response = Box::pin(self.call(token, requirement, client_ip)).await?;
         if let Some(ticket) = ticket {
             cache.insert(hash, &response, ticket);
         }
@@ -350,16 +354,7 @@ fn decide(
     };
     let checks = requirement.checks()?;
     let now = service_accounts_domain::time::now();
-    let result = match client_ip {
-        None => rules::evaluate(record.clone(), checks, now),
-        Some(ip) => {
-            let checks = Checks {
-                client_ip: Some(ip),
-                ..checks.clone()
-            };
-            rules::evaluate(record.clone(), &checks, now)
-        }
-    };
+    let result = rules::evaluate_from(record.clone(), checks, client_ip, now);
     Some(match result {
         Introspection::Unrecognised(_) => return None,
         Introspection::Ended { reason, .. } => Verdict::Inactive(match reason {

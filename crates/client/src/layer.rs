@@ -146,7 +146,8 @@ where
 
 /// Authenticates every request with `Introspect`; see the crate documentation.
 pub struct IntrospectLayer<P> {
-    client: IntrospectionClient,
+    /// Shared: a request clones the layer, and a client holds channels that are not free to clone.
+    client: Arc<IntrospectionClient>,
     policy: Arc<P>,
     client_ip: ClientIp,
     challenges: Arc<Challenges>,
@@ -168,7 +169,7 @@ impl<P> Clone for IntrospectLayer<P> {
 impl<P: Policy> IntrospectLayer<P> {
     pub fn new(client: IntrospectionClient, policy: P) -> Self {
         Self {
-            client,
+            client: Arc::new(client),
             policy: Arc::new(policy),
             client_ip: tonic_peer_ip,
             challenges: Arc::default(),

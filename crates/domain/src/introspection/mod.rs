@@ -146,6 +146,18 @@ pub enum Introspection {
 /// them. An app is granted only within the account's own org: "all apps" means all apps *of
 /// that org*, and an app id of another org never matches an explicit grant.
 pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Introspection {
+    evaluate_from(token, checks, checks.client_ip, now)
+}
+
+/// [`evaluate`] for a request from `client_ip` rather than `checks.client_ip`: a caller that
+/// decides many requests with one [`Checks`] (a route's requirement) need not copy it for each
+/// client address.
+pub fn evaluate_from(
+    token: Arc<TokenRecord>,
+    checks: &Checks,
+    client_ip: Option<IpAddr>,
+    now: Timestamp,
+) -> Introspection {
     if token.revoke_time.is_some() {
         return Introspection::Ended {
             reason: Ended::Revoked,
@@ -173,7 +185,7 @@ pub fn evaluate(token: Arc<TokenRecord>, checks: &Checks, now: Timestamp) -> Int
     if !org_matches {
         denials.reasons.push(Denial::OrgMismatch);
     }
-    if !token.allowed_cidrs.allows(checks.client_ip) {
+    if !token.allowed_cidrs.allows(client_ip) {
         denials.reasons.push(Denial::ClientIpNotAllowed);
     }
     if let Some(app) = &checks.app_id

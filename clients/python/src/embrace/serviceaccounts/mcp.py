@@ -17,16 +17,19 @@ Decisions, as an MCP client sees them:
 * a token that does not start with `emb_sa_` → the `fallback` verifier decides (the server's own
   OAuth verifier), or `None` without one.
 
+With `cache_capacity` set, answers are cached at the caller and kept coherent by the control
+plane's change feed (`embrace.serviceaccounts.cache.CachingIntrospector`): the same decisions, a
+revocation or any other change still reaching the server within moments, and nothing served from
+the cache once the feed has been silent for `max_staleness`.
+
 Needs the `mcp` extra: `pip install "embrace-service-accounts[mcp]"`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import time
-import zlib
 from typing import Optional, Sequence, Tuple
 
 import grpc
@@ -36,6 +39,7 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from embrace.serviceaccounts.cache import DEFAULT_MAX_STALENESS, CachingIntrospector, well_formed
 from embrace.serviceaccounts.v1 import token_introspection_pb2 as introspection_pb2
 from embrace.serviceaccounts.v1 import token_introspection_pb2_grpc as introspection_grpc
 
@@ -61,7 +65,6 @@ SCOPE_READ = "mcp:read"
 SCOPE_WRITE = "mcp:write"
 """For tools that write."""
 
-_TOKEN_RE = re.compile(r"emb_sa_[A-Za-z0-9_-]{43}")
 _APP_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DEFAULT_TIMEOUT_SECONDS = 2.0
 _DEFAULT_EXPIRY_HORIZON_SECONDS = 60
@@ -71,8 +74,9 @@ class ServiceAccountAccessToken(AccessToken):
     """The SDK's `AccessToken`, with the service account the token belongs to.
 
     `client_id` and `subject` are the service account id. `expires_at` is the token's expiry, or
-    for a token that never expires, a short horizon (`expiry_horizon`, 60 s by default): every
-    request is introspected again, so the horizon only satisfies code that wants an expiry.
+    for a token that never expires, a short horizon (`expiry_horizon`, 60 s by default, and with
+    the cache on no more than its `max_staleness`): every request is verified again, so the
+    horizon only satisfies code that wants an expiry.
     `token_expires_at` is the token's own expiry (`None`: it never expires).
     """
 
@@ -113,11 +117,7 @@ class AccessDenied(ToolError):
 
 def _well_formed(token: str) -> bool:
     """Prefix, length, alphabet and CRC32 checksum: a typo'd or made-up token costs no call."""
-    if _TOKEN_RE.fullmatch(token) is None:
-        return False
-    body, checksum = token[:-6], token[-6:]
-    crc = zlib.crc32(body.encode("ascii")).to_bytes(4, "big")
-    return base64.urlsafe_b64encode(crc).decode("ascii").rstrip("=") == checksum
+    return well_formed(token)
 
 
 class ServiceAccountTokenVerifier(TokenVerifier):
@@ -131,11 +131,17 @@ class ServiceAccountTokenVerifier(TokenVerifier):
         credentials: `grpc.ssl_channel_credentials(...)` for TLS, with a client key and
             certificate for mTLS. Without it the channel is plaintext.
         channel_options: extra gRPC channel arguments, as `(name, value)` pairs.
-        expiry_horizon: seconds reported as `expires_at` for a token that never expires.
+        expiry_horizon: seconds reported as `expires_at` for a token that never expires; with the
+            cache on, no more than `max_staleness` (the cache's bound).
         resource: reported as `AccessToken.resource`, so that the SDK's
             `AuthSettings.validate_token_resource=True` (kept on for the fallback's tokens)
             accepts service-account tokens, which carry no audience: set it to the server's
             `resource_server_url`.
+        cache_capacity: 0 (the default): every request is introspected. Otherwise up to this
+            many tokens' answers are cached, kept coherent by `WatchChanges` on the same channel
+            (`embrace.serviceaccounts.cache`).
+        max_staleness: with the cache on, seconds without a message from the change feed after
+            which the cache is not used (every request is introspected, and fails closed).
     """
 
     def __init__(
@@ -148,11 +154,17 @@ class ServiceAccountTokenVerifier(TokenVerifier):
         channel_options: Sequence[Tuple[str, object]] = (),
         expiry_horizon: int = _DEFAULT_EXPIRY_HORIZON_SECONDS,
         resource: Optional[str] = None,
+        cache_capacity: int = 0,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if expiry_horizon <= 0:
             raise ValueError("expiry_horizon must be positive")
+        if cache_capacity < 0:
+            raise ValueError("cache_capacity must be 0 (no cache) or positive")
+        if not max_staleness > 0:
+            raise ValueError("max_staleness must be positive")
         self._target = target
         self._fallback = fallback
         self._timeout = timeout
@@ -160,11 +172,14 @@ class ServiceAccountTokenVerifier(TokenVerifier):
         self._channel_options = tuple(channel_options)
         self._expiry_horizon = expiry_horizon
         self._resource = resource
+        self._cache_capacity = cache_capacity
+        self._max_staleness = max_staleness
         # grpc.aio channels belong to the event loop they were made in: made on first use, in the
         # server's loop (and again should the verifier be used from another loop).
         self._channel: Optional[aio.Channel] = None
         self._stub: Optional[introspection_grpc.TokenIntrospectionAsyncStub] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._cache: Optional[CachingIntrospector] = None
 
     def __repr__(self) -> str:
         return f"ServiceAccountTokenVerifier({self._target!r})"
@@ -181,11 +196,35 @@ class ServiceAccountTokenVerifier(TokenVerifier):
             self._channel = channel
             self._stub = introspection_grpc.TokenIntrospectionStub(channel)
             self._loop = loop
+            # A cache of another loop's channel is dropped with it (its feed task, holding no
+            # reference to it, ends).
+            self._cache = None
+            if self._cache_capacity:
+                self._cache = CachingIntrospector(
+                    channel,
+                    capacity=self._cache_capacity,
+                    max_staleness=self._max_staleness,
+                    timeout=self._timeout,
+                )
         return self._stub
 
+    @property
+    def cache(self) -> Optional[CachingIntrospector]:
+        """The cache in use (`None` without `cache_capacity`, or before the first request)."""
+        return self._cache
+
+    def _expiry_horizon_seconds(self) -> float:
+        if self._cache_capacity:
+            return min(self._expiry_horizon, self._max_staleness)
+        return self._expiry_horizon
+
     async def close(self) -> None:
-        """Closes the gRPC channel (a later `verify_token` opens a new one)."""
+        """Stops the cache's feed and closes the gRPC channel (a later `verify_token` opens a new
+        one)."""
         channel, self._channel, self._stub, self._loop = self._channel, None, None, None
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            await cache.close()
         if channel is not None:
             await channel.close()
 
@@ -194,10 +233,13 @@ class ServiceAccountTokenVerifier(TokenVerifier):
             return None if self._fallback is None else await self._fallback.verify_token(token)
         if not _well_formed(token):
             return None
+        request = introspection_pb2.IntrospectRequest(token=token)
         try:
-            answer = await self._introspection().Introspect(
-                introspection_pb2.IntrospectRequest(token=token), timeout=self._timeout
-            )
+            stub = self._introspection()
+            if self._cache is not None:
+                answer = await self._cache.introspect(request, timeout=self._timeout)
+            else:
+                answer = await stub.Introspect(request, timeout=self._timeout)
         except aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 return None  # a token the server will not read: as malformed
@@ -214,7 +256,8 @@ class ServiceAccountTokenVerifier(TokenVerifier):
             token_expires_at = answer.expire_time.seconds
             expires_at = token_expires_at
         else:
-            expires_at = int(time.time()) + self._expiry_horizon
+            # Floored: never past the horizon (nor, with the cache on, its staleness bound).
+            expires_at = int(time.time() + self._expiry_horizon_seconds())
         return ServiceAccountAccessToken(
             token=token,
             client_id=answer.service_account_id,
