@@ -377,3 +377,50 @@ async fn network_changes_and_rotations_reach_caller_caches() {
         Ok(Verdict::Allowed(_))
     ));
 }
+
+/// The answer to a check is held back on its way while its token is revoked: it is the true
+/// answer of its moment (allowed), and once the invalidation behind it has arrived, the token is
+/// never allowed again, from the cache or otherwise. The two arrive together; whether the client
+/// handles the invalidation or the answer first is the scheduler's choice, and the rule must hold
+/// either way (the unit tests in `crates/client/src/cache/tests.rs` take each order in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_back_while_its_token_is_revoked_is_not_served_after_the_invalidation() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let jwt = app.admin_jwt("org-a");
+    let account = create_account(&app, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (_, warmer) = create_token(&app, &jwt, &account, &["mcp:tools:call"]).await;
+    let (token, secret) = create_token(&app, &jwt, &account, &["mcp:tools:call"]).await;
+    let (client, proxy) = cached_client(
+        &app,
+        CacheOptions::new(100).max_staleness(Duration::from_secs(30)),
+    )
+    .await;
+    let client = client.with_deadline(Duration::from_secs(5));
+    // The feed is up (another token of the account is cached); this one is not cached yet.
+    warm(&client, &warmer).await;
+
+    proxy.delay_answers(Duration::from_millis(400));
+    let held = tokio::spawn({
+        let (client, secret) = (client.clone(), secret.clone());
+        async move { check(&client, &secret).await }
+    });
+    // The request has reached the server and its answer is waiting in the proxy.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    revoke(&app, &jwt, &account, &token.token_id).await;
+    assert!(
+        matches!(held.await.unwrap(), Verdict::Allowed(_)),
+        "the held answer was computed before the revoke"
+    );
+    proxy.delay_answers(Duration::ZERO);
+    // Everything the server sent after that answer, the invalidation among it, has arrived
+    // within one more hold.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..100 {
+        assert_eq!(
+            check(&client, &secret).await,
+            Verdict::Inactive(InactiveReason::Revoked)
+        );
+    }
+}

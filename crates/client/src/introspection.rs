@@ -289,6 +289,9 @@ impl IntrospectionClient {
         requirement: &Requirement,
         client_ip: Option<IpAddr>,
     ) -> Result<Verdict, Error> {
+        // As the control plane reads it: an IPv4-mapped IPv6 address is the IPv4 address (a
+        // dual-stack listener reports IPv4 peers that way).
+        let client_ip = client_ip.map(|ip| ip.to_canonical());
         // Boxed: the call's future is kilobytes, which every cached decision would otherwise
         // carry and move.
         let Some(cache) = &self.cache else {

@@ -21,7 +21,6 @@ use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{Revocation, Token, TokenHash};
 
 use crate::Database;
-use crate::commit::PublishOnDrop;
 use crate::entity::{
     audit_event, service_account, service_account_app as app, token, token_policy,
 };
@@ -231,18 +230,15 @@ impl AdminStore for Database {
             // Their tokens now introspect as unknown rather than revoked.
             let changes = purge_changes(&purged);
             for change in &changes {
-                if let Some(payload) = crate::changes::payload(change, &self.origin) {
+                let typed = crate::changes::payload(change, &self.origin);
+                for payload in typed
+                    .into_iter()
+                    .chain(crate::changes::legacy_payload(change))
+                {
                     crate::changes::notify(&txn, &payload).await?;
                 }
             }
-            let _publish: Vec<_> = changes
-                .into_iter()
-                .map(|change| PublishOnDrop {
-                    bus: &self.changes,
-                    change,
-                })
-                .collect();
-            txn.commit().await?;
+            self.commit_then_publish(txn, changes).await?;
             Ok(ids.len() as u64)
         })
         .await

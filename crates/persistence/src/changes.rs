@@ -6,9 +6,13 @@
 //!
 //! Payloads: the sending process's origin, a space, then `account <account id> <token id or ->
 //! <org id>`, `issued:<hex prefix>` or `everything`; and heartbeats. A replica skips its own
-//! (it published them itself when it committed). What older replicas send, a bare account id or
-//! `issued:` prefix without an origin, is still read; a bare account id as `everything`: it
-//! names no org, and dropping everything is always correct.
+//! (it published them itself when it committed).
+//!
+//! Rolling upgrades: an account change is also sent as the bare account id, right after, which
+//! is all that replicas of the previous release read. A replica of this release skips that copy
+//! when it follows the typed one from the same sender; a bare id alone comes from an older
+//! replica and is read as `everything` (it names no org, and dropping everything is always
+//! correct). `issued:` without an origin is read as before.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,14 @@ fn body(change: &Change) -> Option<String> {
         Change::TokenIssued(prefix) => Some(format!("{ISSUED_PREFIX}{prefix:016x}")),
         Change::Everything => Some(EVERYTHING.to_owned()),
         Change::Subscribed | Change::Lost => None,
+    }
+}
+
+/// What replicas of the previous release read of `change`, sent right after [`payload`].
+pub(crate) fn legacy_payload(change: &Change) -> Option<String> {
+    match change {
+        Change::Account { account, .. } => Some(account.to_string()),
+        _ => None,
     }
 }
 
@@ -162,16 +174,27 @@ async fn follow(listener: PgListener, db: &Database, me: &str, bus: &ChangeBus) 
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // The last typed account change and its sender's backend, whose bare-id copy comes next.
+    let mut last_typed: Option<(u32, ServiceAccountId)> = None;
     loop {
         tokio::select! {
             message = received.recv() => match message {
                 Some(Ok(Some(notification))) => {
                     let payload = notification.payload();
+                    let sender = notification.process_id();
+                    let typed = std::mem::take(&mut last_typed);
                     if payload == me {
                         last_heard = Instant::now();
                     } else if payload.starts_with(HEARTBEAT_PREFIX) {
                         // Another replica's heartbeat.
+                    } else if let Ok(account) = ServiceAccountId::parse(payload) {
+                        if typed != Some((sender, account)) {
+                            bus.publish(&Change::Everything);
+                        }
                     } else if let Some((origin, change)) = parse(payload) {
+                        if let Change::Account { account, .. } = &change {
+                            last_typed = Some((sender, *account));
+                        }
                         if origin != Some(db.origin.as_ref()) {
                             bus.publish(&change);
                         }

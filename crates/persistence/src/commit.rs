@@ -6,13 +6,14 @@
 //! gets cache coherence by passing its event here, which the store trait's signature requires.
 
 use sea_orm::{DatabaseTransaction, EntityTrait};
+use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::AuditEvent;
-use service_accounts_domain::changes::{Change, ChangeBus};
+use service_accounts_domain::changes::Change;
 use service_accounts_domain::issued::prefix;
 use service_accounts_domain::token::TokenHash;
 
 use crate::Database;
-use crate::changes::{notify, payload};
+use crate::changes::{legacy_payload, notify, payload};
 use crate::entity::audit_event;
 use crate::error::Failure;
 use crate::rows::audit_row;
@@ -40,21 +41,15 @@ impl Database {
         let stale = Change::of_event(event);
         let issued = issued.map(|hash| Change::TokenIssued(prefix(hash)));
         for change in stale.iter().chain(&issued) {
-            if let Some(payload) = payload(change, &self.origin) {
+            for payload in payload(change, &self.origin)
+                .into_iter()
+                .chain(legacy_payload(change))
+            {
                 notify(&txn, &payload).await?;
             }
         }
-        // Armed before the commit: this replica publishes the change once the commit is done,
-        // and also if the caller stops waiting during it (an extra invalidation costs one cache
-        // miss; a missed one would serve a revoked token).
-        let _publish = stale.map(|change| PublishOnDrop {
-            bus: &self.changes,
-            change,
-        });
-        txn.commit().await?;
-        if let Some(issued) = issued {
-            self.changes.publish(&issued);
-        }
+        self.commit_then_publish(txn, stale.into_iter().chain(issued).collect())
+            .await?;
         tracing::info!(
             target: "audit",
             action = %event.action.as_str(),
@@ -70,15 +65,32 @@ impl Database {
     }
 }
 
-/// Publishes `change` when dropped: arm it before a commit.
-pub(crate) struct PublishOnDrop<'a> {
-    pub(crate) bus: &'a ChangeBus,
-    pub(crate) change: Change,
-}
-
-impl Drop for PublishOnDrop<'_> {
-    fn drop(&mut self) {
-        self.bus.publish(&self.change);
+impl Database {
+    /// Commits `txn`, then publishes `changes` on this replica's bus, in a task of its own: a
+    /// caller that stops waiting (a cancelled RPC, a timeout) can neither leave a committed
+    /// change unpublished nor have it published before the commit lands, after which a re-read
+    /// of the old row could be cached again.
+    pub(crate) async fn commit_then_publish(
+        &self,
+        txn: DatabaseTransaction,
+        changes: Vec<Change>,
+    ) -> Result<(), Failure> {
+        let bus = self.changes.clone();
+        let task = tokio::spawn(async move {
+            let committed = txn.commit().await;
+            // Also when the commit reports an error: whether it landed is then unknown, and an
+            // extra invalidation costs one cache miss.
+            for change in &changes {
+                bus.publish(change);
+            }
+            committed
+        });
+        match task.await {
+            Ok(committed) => Ok(committed?),
+            Err(failed) => Err(Failure::Store(StoreError::Other(format!(
+                "the commit task failed: {failed}"
+            )))),
+        }
     }
 }
 
@@ -96,7 +108,7 @@ mod tests {
 
     use super::*;
 
-    use service_accounts_domain::changes::Subscriber;
+    use service_accounts_domain::changes::{ChangeBus, Subscriber};
     use service_accounts_domain::ids::ServiceAccountId;
 
     /// The accounts of the changes published, in order.
@@ -182,18 +194,88 @@ mod tests {
         db.close().await.unwrap();
     }
 
-    #[test]
-    fn an_armed_publication_fires_even_when_the_commit_is_abandoned() {
+    #[tokio::test]
+    async fn a_change_committed_after_its_caller_stopped_waiting_is_still_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let recorder = Arc::new(Recorder::default());
-        let account = ServiceAccountId::generate();
-        drop(PublishOnDrop {
-            bus: &ChangeBus::new(vec![recorder.clone()]),
-            change: Change::Account {
-                org: OrgId::parse("org").unwrap(),
-                account,
-                token: None,
-            },
-        });
-        assert_eq!(*recorder.0.lock().unwrap(), [account]);
+        let db = crate::connect(&url, 2)
+            .await
+            .unwrap()
+            .publishing_to(ChangeBus::new(vec![recorder.clone()]));
+        db.migrate().await.unwrap();
+        let now = time::now();
+        let mut account = ServiceAccount {
+            id: ServiceAccountId::generate(),
+            org_id: OrgId::parse("org").unwrap(),
+            display_name: DisplayName::parse("Bot").unwrap(),
+            description: Description::parse("").unwrap(),
+            app_access: AppAccess::AllApps,
+            create_time: now,
+            update_time: now,
+            created_by: UserId::parse("admin").unwrap(),
+            state: AccountState::Active,
+            last_used_time: None,
+            revision: 1,
+        };
+        let create = event(AuditAction::ServiceAccountCreate, account.id);
+        db.create_service_account(&account, 10, &create)
+            .await
+            .unwrap();
+        // Abandoned at each step of the way in turn, from before the first statement to after
+        // the commit: whenever the rename landed, it was published.
+        let (mut landed, mut abandoned) = (0, 0);
+        for polls in 0..40 {
+            account.display_name = DisplayName::parse(&format!("Bot {polls}")).unwrap();
+            let expected = account.revision;
+            account.revision += 1;
+            let update = event(AuditAction::ServiceAccountUpdate, account.id);
+            {
+                let mut writing =
+                    std::pin::pin!(db.update_service_account(&account, expected, &update));
+                for _ in 0..polls {
+                    if futures_poll_once(writing.as_mut()).await.is_some() {
+                        break;
+                    }
+                    // Lets the database's worker get on with what was asked.
+                    tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let stored = db
+                .get_service_account(&account.org_id, account.id)
+                .await
+                .unwrap()
+                .unwrap();
+            let published = recorder.0.lock().unwrap().len();
+            if stored.revision == account.revision {
+                assert!(published > 0, "committed but never published");
+                recorder.0.lock().unwrap().clear();
+                landed += 1;
+            } else {
+                account.revision = stored.revision;
+                abandoned += 1;
+            }
+        }
+        assert!(
+            landed > 0 && abandoned > 0,
+            "{landed} landed, {abandoned} abandoned"
+        );
+        db.close().await.unwrap();
+    }
+
+    /// Polls `future` once; its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future>(
+        future: std::pin::Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let mut future = Some(future);
+        std::future::poll_fn(|cx| {
+            let polled = future.take().unwrap().poll(cx);
+            std::task::Poll::Ready(match polled {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

@@ -16,6 +16,8 @@ pub struct Proxy {
     frozen: watch::Sender<bool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     opened: Arc<AtomicUsize>,
+    /// Milliseconds each chunk from the server is held back (see [`Proxy::delay_answers`]).
+    answer_delay: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -61,7 +63,9 @@ impl Proxy {
         let frozen = watch::Sender::new(false);
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let opened = Arc::new(AtomicUsize::new(0));
+        let answer_delay = Arc::new(AtomicUsize::new(0));
         let accept = tokio::spawn({
+            let answer_delay = answer_delay.clone();
             let cut = cut.clone();
             let opened = opened.clone();
             let frozen = frozen.clone();
@@ -78,11 +82,12 @@ impl Proxy {
                     }
                     let upstream = upstream.clone();
                     let frozen = frozen.subscribe();
+                    let answer_delay = answer_delay.clone();
                     connections.lock().unwrap().push(tokio::spawn(async move {
                         let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                             return;
                         };
-                        pipe(inbound, outbound, delay, frozen).await;
+                        pipe(inbound, outbound, delay, answer_delay, frozen).await;
                     }));
                 }
             }
@@ -93,6 +98,7 @@ impl Proxy {
             frozen,
             connections,
             opened,
+            answer_delay,
             accept,
         }
     }
@@ -100,6 +106,12 @@ impl Proxy {
     /// Stops moving bytes on every connection without closing any.
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
+    }
+
+    /// Holds back every chunk the server sends for `delay` from now on (zero: none), in order.
+    pub fn delay_answers(&self, delay: Duration) {
+        self.answer_delay
+            .store(delay.as_millis() as usize, Ordering::SeqCst);
     }
 
     /// Moves bytes again after [`Self::freeze`].
@@ -124,13 +136,15 @@ async fn pipe(
     inbound: tokio::net::TcpStream,
     outbound: tokio::net::TcpStream,
     delay: Duration,
+    answer_delay: Arc<AtomicUsize>,
     frozen: watch::Receiver<bool>,
 ) {
     let (client_read, client_write) = inbound.into_split();
     let (server_read, server_write) = outbound.into_split();
+    let fixed = Arc::new(AtomicUsize::new(delay.as_millis() as usize));
     tokio::join!(
-        forward(client_read, server_write, delay, frozen.clone()),
-        forward(server_read, client_write, Duration::ZERO, frozen),
+        forward(client_read, server_write, fixed, frozen.clone()),
+        forward(server_read, client_write, answer_delay, frozen),
     );
 }
 
@@ -139,7 +153,7 @@ async fn pipe(
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
+    delay_ms: Arc<AtomicUsize>,
     mut frozen: watch::Receiver<bool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -149,8 +163,9 @@ async fn forward(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay as u64)).await;
         }
         // An error means the proxy is gone.
         if frozen.wait_for(|frozen| !frozen).await.is_err() {

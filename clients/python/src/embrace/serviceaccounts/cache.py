@@ -522,10 +522,15 @@ async def _follow(
             _log.debug("WatchChanges failed", exc_info=True)
         finally:
             call.cancel()
+            # However the stream ended (the channel closed included): nothing is served from
+            # the cache until a new stream's reset.
+            ended = cache_ref()
+            if ended is not None:
+                ended.set_up(False)
+            del ended
         cache = cache_ref()
         if cache is None or cache.closed:
             return
-        cache.set_up(False)
         del cache
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
