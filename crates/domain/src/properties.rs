@@ -269,7 +269,7 @@ fn scopes() -> impl Strategy<Value = Scopes> {
 fn app_access() -> impl Strategy<Value = AppAccess> {
     prop_oneof![
         Just(AppAccess::AllApps),
-        proptest::collection::btree_set(app(), 0..=3).prop_map(AppAccess::Apps),
+        proptest::collection::btree_set(app(), 0..=3).prop_map(|apps| AppAccess::Apps(apps.into())),
     ]
 }
 

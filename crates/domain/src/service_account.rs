@@ -119,12 +119,67 @@ pub enum AppAccess {
     /// Every app of the org, including apps added later.
     AllApps,
     /// Exactly these apps (possibly none yet).
-    Apps(BTreeSet<AppId>),
+    Apps(AppSet),
+}
+
+/// A set of app ids, sorted and without repeats, held in one allocation of exactly its size:
+/// every cached token's account holds one, where a `BTreeSet` would take a node with room for
+/// eleven ids however few there are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppSet(Box<[AppId]>);
+
+impl AppSet {
+    pub fn contains(&self, app: &AppId) -> bool {
+        self.0.binary_search(app).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In order.
+    pub fn iter(&self) -> std::slice::Iter<'_, AppId> {
+        self.0.iter()
+    }
+
+    /// The same ids as a set to compute with (grants, revocations).
+    pub fn to_set(&self) -> BTreeSet<AppId> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl FromIterator<AppId> for AppSet {
+    fn from_iter<I: IntoIterator<Item = AppId>>(ids: I) -> Self {
+        let mut ids: Vec<AppId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Self(ids.into_boxed_slice())
+    }
+}
+
+impl From<BTreeSet<AppId>> for AppSet {
+    fn from(ids: BTreeSet<AppId>) -> Self {
+        // Already sorted and unique.
+        Self(ids.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a AppSet {
+    type Item = &'a AppId;
+    type IntoIter = std::slice::Iter<'a, AppId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 impl AppAccess {
     pub fn none() -> Self {
-        AppAccess::Apps(BTreeSet::new())
+        AppAccess::Apps(AppSet::default())
     }
 
     pub fn allows(&self, app: &AppId) -> bool {
@@ -141,7 +196,7 @@ impl AppAccess {
                 "at most {MAX_APP_IDS} app ids; use all_apps for more"
             )));
         }
-        Ok(AppAccess::Apps(apps))
+        Ok(AppAccess::Apps(apps.into()))
     }
 }
 
@@ -198,6 +253,20 @@ impl ServiceAccount {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_app_set_is_sorted_without_repeats_and_finds_its_ids() {
+        let id = |s: &str| AppId::parse(s).unwrap();
+        let apps: AppSet = ["web", "ios", "web", "android"]
+            .map(id)
+            .into_iter()
+            .collect();
+        let listed: Vec<&str> = apps.iter().map(AppId::as_str).collect();
+        assert_eq!(listed, ["android", "ios", "web"]);
+        assert!(apps.contains(&id("ios")) && !apps.contains(&id("mac")));
+        assert_eq!(AppSet::from(apps.to_set()), apps);
+        assert!(!AppAccess::none().allows(&id("ios")));
+    }
+
     use super::*;
 
     #[test]

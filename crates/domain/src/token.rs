@@ -253,8 +253,8 @@ impl AccountRecord {
     pub fn approximate_bytes(&self) -> usize {
         let apps = match &self.app_access {
             AppAccess::AllApps => 0,
-            // A B-tree node entry, the string header and its bytes.
-            AppAccess::Apps(apps) => apps.iter().map(|a| a.as_str().len() + 48).sum(),
+            // The string header in the set's slice, and its bytes rounded up by the allocator.
+            AppAccess::Apps(apps) => apps.iter().map(|a| a.as_str().len() + 32).sum(),
         };
         std::mem::size_of::<Self>() + self.org_id.as_str().len() + self.display_name.len() + apps
     }

@@ -45,7 +45,7 @@ pub(crate) fn app_access(all_apps: bool, app_ids: Vec<String>) -> Result<AppAcce
         .iter()
         .map(|id| AppId::parse(id).map_err(|_| corrupt("app id", id)))
         .collect::<Result<BTreeSet<_>, _>>()?;
-    Ok(AppAccess::Apps(apps))
+    Ok(AppAccess::Apps(apps.into()))
 }
 
 pub(crate) fn account_state(s: &str) -> Result<AccountState, StoreError> {

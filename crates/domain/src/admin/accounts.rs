@@ -277,15 +277,15 @@ fn name_taken(error: StoreError) -> Error {
 
 fn explicit_apps(access: &AppAccess) -> Result<BTreeSet<AppId>, Error> {
     match access {
-        AppAccess::Apps(apps) => Ok(apps.clone()),
+        AppAccess::Apps(apps) => Ok(apps.to_set()),
         AppAccess::AllApps => Err(Error::FailedPrecondition(
             "the service account has access to all apps; use SetAppAccess to switch it to an explicit list".into(),
         )),
     }
 }
 
-fn ids_json(apps: &BTreeSet<AppId>) -> Vec<&str> {
-    apps.iter().map(AppId::as_str).collect()
+fn ids_json<'a>(apps: impl IntoIterator<Item = &'a AppId>) -> Vec<&'a str> {
+    apps.into_iter().map(AppId::as_str).collect()
 }
 
 fn app_access_json(access: &AppAccess) -> serde_json::Value {
