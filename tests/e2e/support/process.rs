@@ -37,10 +37,21 @@ pub fn admin_token(data_dir: &std::path::Path, org_id: &str, user_id: &str) -> S
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a server that binds it later. Chosen below the
+/// kernel's ephemeral range (32768 and up on Linux): a port from that range can be handed out
+/// again, before the server binds it, to any test's `bind(0)` or outgoing connection.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread over the range by process, so that test binaries running at once rarely meet.
+    let start = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server process on `port`; killed if the test ends without terminating it.
