@@ -136,8 +136,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn changes_that_alter_introspection_are_published_once_committed_and_others_are_not() {
+    /// A fresh SQLite database publishing to a recorder, holding one account.
+    async fn database_with_an_account()
+    -> (tempfile::TempDir, Database, Arc<Recorder>, ServiceAccount) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let recorder = Arc::new(Recorder::default());
@@ -147,7 +148,7 @@ mod tests {
             .publishing_to(ChangeBus::new(vec![recorder.clone()]));
         db.migrate().await.unwrap();
         let now = time::now();
-        let mut account = ServiceAccount {
+        let account = ServiceAccount {
             id: ServiceAccountId::generate(),
             org_id: OrgId::parse("org").unwrap(),
             display_name: DisplayName::parse("Bot").unwrap(),
@@ -164,6 +165,12 @@ mod tests {
         db.create_service_account(&account, 10, &create)
             .await
             .unwrap();
+        (dir, db, recorder, account)
+    }
+
+    #[tokio::test]
+    async fn changes_that_alter_introspection_are_published_once_committed_and_others_are_not() {
+        let (_dir, db, recorder, mut account) = database_with_an_account().await;
         assert!(
             recorder.0.lock().unwrap().is_empty(),
             "a new account has no tokens"
@@ -196,32 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_committed_after_its_caller_stopped_waiting_is_still_published() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let recorder = Arc::new(Recorder::default());
-        let db = crate::connect(&url, 2)
-            .await
-            .unwrap()
-            .publishing_to(ChangeBus::new(vec![recorder.clone()]));
-        db.migrate().await.unwrap();
-        let now = time::now();
-        let mut account = ServiceAccount {
-            id: ServiceAccountId::generate(),
-            org_id: OrgId::parse("org").unwrap(),
-            display_name: DisplayName::parse("Bot").unwrap(),
-            description: Description::parse("").unwrap(),
-            app_access: AppAccess::AllApps,
-            create_time: now,
-            update_time: now,
-            created_by: UserId::parse("admin").unwrap(),
-            state: AccountState::Active,
-            last_used_time: None,
-            revision: 1,
-        };
-        let create = event(AuditAction::ServiceAccountCreate, account.id);
-        db.create_service_account(&account, 10, &create)
-            .await
-            .unwrap();
+        let (_dir, db, recorder, mut account) = database_with_an_account().await;
         // Abandoned at each step of the way in turn, from before the first statement to after
         // the commit: whenever the rename landed, it was published.
         let (mut landed, mut abandoned) = (0, 0);
