@@ -35,14 +35,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/v1/hello", get(guarded))
         .route_layer(IntrospectLayer::new(client, requirement));
     let open_app = Router::new().route("/v1/hello", get(open));
-    let serve = async |address: String, app: Router| {
-        let address: SocketAddr = address.parse().expect("a listen address");
-        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
-        axum::serve(listener, app).await.expect("serve");
+    let serve = async |address: String, app: Router| -> Result<(), Box<dyn std::error::Error>> {
+        let address: SocketAddr = address.parse()?;
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        axum::serve(listener, app).await?;
+        Ok(())
     };
-    tokio::join!(
+    let (guarded, open) = tokio::join!(
         serve(env("GUARDED", "127.0.0.1:8081"), guarded_app),
         serve(env("OPEN", "127.0.0.1:8082"), open_app),
     );
+    guarded?;
+    open?;
     Ok(())
 }
