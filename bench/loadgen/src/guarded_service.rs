@@ -41,11 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         axum::serve(listener, app).await?;
         Ok(())
     };
-    let (guarded, open) = tokio::join!(
+    // Either failing (a bad address, a taken port) ends the process.
+    tokio::try_join!(
         serve(env("GUARDED", "127.0.0.1:8081"), guarded_app),
         serve(env("OPEN", "127.0.0.1:8082"), open_app),
-    );
-    guarded?;
-    open?;
+    )?;
     Ok(())
 }
