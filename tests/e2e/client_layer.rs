@@ -355,7 +355,8 @@ impl Health for ServingToVerifiedCallers {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         let identity = request.extensions().get::<Identity>();
-        let verified = identity.is_some_and(|i| i.service_account_id == self.expected_account);
+        let verified =
+            identity.is_some_and(|i| i.service_account_id().to_string() == self.expected_account);
         let status = if verified {
             ServingStatus::Serving
         } else {

@@ -15,7 +15,7 @@ use service_accounts_client::{
 };
 
 async fn guarded(Extension(identity): Extension<Identity>) -> String {
-    format!("{{\"hello\":\"{}\"}}", identity.service_account_id)
+    format!("{{\"hello\":\"{}\"}}", identity.service_account_id())
 }
 
 async fn open() -> String {

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
@@ -860,7 +860,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
         ready.push(tokio::spawn(async move {
             while let Ok(Some(message)) = stream.message().await {
                 if let Some(pb::watch_changes_response::Event::Invalidation(i)) = message.event {
-                    let _ = arrivals.send((watcher, i.token_id, Instant::now()));
+                    let _ = arrivals.send((watcher, i.token_id, Instant::now(), SystemTime::now()));
                 }
             }
         }));
@@ -868,6 +868,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
     let jwt = args.jwt.clone();
     let mut from_send = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut from_return = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut from_stamp = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..args.trials {
         let token_id = admin
             .create_token(authed(
@@ -886,7 +887,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
             .ok_or("no token")?
             .token_id;
         let sent = Instant::now();
-        admin
+        let revoked = admin
             .revoke_token(authed(
                 &jwt,
                 pb::RevokeTokenRequest {
@@ -894,13 +895,22 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
                     token_id: token_id.clone(),
                 },
             ))
-            .await?;
+            .await?
+            .into_inner();
         let returned = Instant::now();
+        // The server's revocation time (its audit event's), taken just before the transaction
+        // that commits it: time from it bounds the time from the commit.
+        let stamped: SystemTime = revoked
+            .token
+            .and_then(|t| t.revoke_time)
+            .ok_or("no revoke time")?
+            .try_into()?;
         let mut seen = vec![false; args.watchers];
         let mut missing = args.watchers;
         let mut last = sent;
+        let mut last_wall = stamped;
         while missing > 0 {
-            let (watcher, token, at) =
+            let (watcher, token, at, wall) =
                 tokio::time::timeout(Duration::from_secs(10), arrived.recv())
                     .await?
                     .ok_or("the watchers stopped")?;
@@ -908,8 +918,15 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
                 seen[watcher] = true;
                 missing -= 1;
                 last = last.max(at);
+                last_wall = last_wall.max(wall);
             }
         }
+        from_stamp.saturating_record(
+            last_wall
+                .duration_since(stamped)
+                .unwrap_or_default()
+                .as_micros() as u64,
+        );
         from_send.saturating_record(last.duration_since(sent).as_micros() as u64);
         from_return.saturating_record(last.saturating_duration_since(returned).as_micros() as u64);
     }
@@ -917,7 +934,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
         task.abort();
     }
     println!(
-        "{{\"watchers\":{},\"trials\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"after_return_p50_us\":{},\"after_return_p99_us\":{}}}",
+        "{{\"watchers\":{},\"trials\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"after_return_p50_us\":{},\"after_return_p99_us\":{},\"after_stamp_p50_us\":{},\"after_stamp_p99_us\":{},\"after_stamp_max_us\":{}}}",
         args.watchers,
         from_send.len(),
         from_send.value_at_quantile(0.5),
@@ -925,6 +942,9 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
         from_send.max(),
         from_return.value_at_quantile(0.5),
         from_return.value_at_quantile(0.99),
+        from_stamp.value_at_quantile(0.5),
+        from_stamp.value_at_quantile(0.99),
+        from_stamp.max(),
     );
     Ok(())
 }

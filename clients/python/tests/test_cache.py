@@ -1013,4 +1013,4 @@ def test_memory_per_cached_answer(capsys: pytest.CaptureFixture[str]) -> None:
     per_entry = held / count
     with capsys.disabled():
         print(f"\ncache: {per_entry:.0f} bytes per cached answer ({count} answers)")
-    assert per_entry < 1200, per_entry
+    assert per_entry < 500, per_entry  # about 450 on CPython 3.11: fails if that grows

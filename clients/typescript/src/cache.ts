@@ -177,40 +177,65 @@ export interface CachingIntrospectRequest {
 }
 
 // ---- cached answers -------------------------------------------------------------------------
+//
+// An entry is kept small: the cache holds up to `capacity` tokens (10,000 by default), so every
+// word per entry counts. An active token is one object (the answer and the cache's bookkeeping
+// together); what tokens can share (the account's data, the scope and app lists, org ids,
+// networks) is shared through bounded tables; and an entry holds no number V8 would box (a
+// double, Infinity) unless its token needs one.
 
-/** What an answer says about the token's account. Immutable, and shared by the records of the
+/** What an answer says about the token's account. Immutable, and shared by the entries of the
  * account's tokens while the control plane reports the same. */
 interface AccountRecord {
   orgId: string;
+  /** Packed (`packUuid`). */
   serviceAccountId: string;
   displayName: string;
   allApps: boolean;
   /** Sorted. */
   appIds: readonly string[];
+  /** The slot of the account's invalidation epoch (kept here, not on each entry). */
+  slot: number;
+}
+
+/** The networks a restricted token may be used from. Immutable, and shared between tokens with
+ * the same list. */
+interface Networks {
+  /** As the server wrote them; never empty. */
+  cidrs: readonly string[];
+  /** The same networks by family: a restricted token always has a list for each family, and an
+   * empty one allows nothing. */
+  v4: BlockList;
+  v6: BlockList;
 }
 
 /** An active token's answer, as the server reported it; decided here for each request. */
-interface TokenRecord {
+interface ActiveEntry {
+  /** The feed's epoch when the call that filled it was sent. */
+  filled: number;
   account: AccountRecord;
+  /** Packed (`packUuid`). */
   tokenId: string;
-  /** Sorted, shared between records with the same scopes. */
+  /** Sorted, shared between entries with the same scopes. */
   scopes: readonly string[];
-  /** As the server wrote it (`google.protobuf.Timestamp`'s fields). */
+  /** As the server wrote it (`google.protobuf.Timestamp`'s fields); `undefined` when the token
+   * does not expire. */
   expireTime: { seconds: bigint; nanos: number } | undefined;
-  /** Milliseconds since the epoch; Infinity when the token does not expire. */
-  expireMs: number;
-  /** As the server wrote them (empty: usable from anywhere). */
-  cidrs: readonly string[];
-  /** The same networks by family; `undefined` when `cidrs` is empty. */
-  v4: BlockList | undefined;
-  v6: BlockList | undefined;
+  /** `undefined` when the token is usable from anywhere. */
+  networks: Networks | undefined;
 }
 
-const ACTIVE = 0;
-/** Revoked or expired: it never works again. */
-const FINAL = 1;
-/** Unknown, or of a disabled account: reused for `BRIEF_MS` only. */
-const BRIEF = 2;
+/** An inactive token's answer: revoked or expired (final: it never works again), or unknown or of
+ * a disabled account (brief: reused for `BRIEF_MS` only). */
+interface InactiveEntry {
+  filled: number;
+  account: undefined;
+  reason: InactiveReason;
+  /** `performance.now()` past which it is not served; Infinity for a final answer. */
+  until: number;
+}
+
+type Entry = ActiveEntry | InactiveEntry;
 
 /** How long answers not known to be final (unknown token, disabled account) may be reused: they
  * name no account an invalidation could name. */
@@ -220,19 +245,8 @@ const BRIEF_MS = 1000;
  * accounts sharing a slot only cost extra misses). */
 const SLOTS = 4096;
 
-interface Entry {
-  /** The feed's epoch when the call that filled it was sent. */
-  filled: number;
-  kind: typeof ACTIVE | typeof FINAL | typeof BRIEF;
-  /** For ACTIVE. */
-  record: TokenRecord | undefined;
-  /** For FINAL and BRIEF. */
-  reason: InactiveReason;
-  /** For ACTIVE: the slot of the account's invalidation epoch. */
-  slot: number;
-  /** For BRIEF: `performance.now()` past which it is not served. */
-  until: number;
-}
+/** Distinct values each sharing table keeps; past it, values are simply not shared. */
+const SHARED_MAX = 1024;
 
 /** A ticket for caching the answer of one call (see `CallerCache.begin`). */
 interface Ticket {
@@ -249,12 +263,34 @@ function slotOf(serviceAccountId: string): number {
   return (h >>> 0) % SLOTS;
 }
 
+/** Milliseconds since the epoch of a token's expiry. */
+function expireMsOf(expireTime: { seconds: bigint; nanos: number }): number {
+  return Number(expireTime.seconds) * 1000 + expireTime.nanos / 1e6;
+}
+
+/** The one empty list (no apps listed: all apps, or none), so that no account holds its own. */
+const EMPTY: readonly string[] = Object.freeze([]);
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** A UUID as `UUID` reads it, kept as its 16 bytes in a 16-character string: 32 bytes of heap
+ * instead of 56. */
+function packUuid(uuid: string): string {
+  return Buffer.from(uuid.replaceAll("-", ""), "hex").toString("latin1");
+}
+
+/** The UUID `packUuid` packed, as the server wrote it (lowercase, hyphenated). */
+function unpackUuid(packed: string): string {
+  const hex = Buffer.from(packed, "latin1").toString("hex");
+  const part = (from: number, to?: number) => hex.slice(from, to);
+  return `${part(0, 8)}-${part(8, 12)}-${part(12, 16)}-${part(16, 20)}-${part(20)}`;
+}
 
 /** The cache itself, without the network: filled by `insert`, emptied by the feed. */
 class CallerCache {
   readonly capacity: number;
   readonly maxStalenessMs: number;
+  /** Keyed by the token's SHA-256 digest as a 32-character binary string (the most compact key). */
   private readonly entries = new Map<string, Entry>();
   /** Bumped by every message that drops answers. */
   private epoch = 1;
@@ -268,9 +304,16 @@ class CallerCache {
   private lastHeard = -Infinity;
   /** Scopes known to the control plane: the catalogue and every scope an answer carried. */
   private readonly knownScopes = new Set(CATALOGUE);
-  /** One array per distinct scope set, shared by the records. */
+  /** One array per distinct scope set, shared by the entries. */
   private readonly scopeSets = new Map<string, readonly string[]>();
-  /** The latest account data seen per account, shared by the records that match it. */
+  /** One array per distinct list of apps, shared by the accounts. */
+  private readonly appSets = new Map<string, readonly string[]>();
+  /** One string per distinct org id (each answer brings its own copy). */
+  private readonly orgIds = new Map<string, string>();
+  /** One `Networks` per distinct list of networks, shared by the entries. */
+  private readonly networkSets = new Map<string, Networks>();
+  /** The latest account data seen per account (by packed id), shared by the entries that match
+   * it. */
   private readonly accounts = new Map<string, AccountRecord>();
 
   constructor(capacity: number, maxStalenessMs: number) {
@@ -299,10 +342,11 @@ class CallerCache {
     if (!entry || entry.filled < this.resetAt) {
       return undefined;
     }
-    if (entry.kind === ACTIVE && entry.filled < this.invalidated[entry.slot]!) {
-      return undefined;
-    }
-    if (entry.kind === BRIEF && performance.now() >= entry.until) {
+    if (entry.account !== undefined) {
+      if (entry.filled < this.invalidated[entry.account.slot]!) {
+        return undefined;
+      }
+    } else if (performance.now() >= entry.until) {
       return undefined;
     }
     // Most recently used last: the first key is the one to evict.
@@ -396,28 +440,18 @@ class CallerCache {
       switch (response.inactiveReason) {
         case InactiveReason.REVOKED:
         case InactiveReason.EXPIRED:
-          return inactiveEntry(FINAL, response.inactiveReason, filled, 0);
+          return inactiveEntry(response.inactiveReason, filled, Infinity);
         case InactiveReason.UNKNOWN:
         case InactiveReason.ACCOUNT_DISABLED:
-          return inactiveEntry(BRIEF, response.inactiveReason, filled, performance.now() + BRIEF_MS);
+          return inactiveEntry(response.inactiveReason, filled, performance.now() + BRIEF_MS);
         default:
           return undefined;
       }
     }
-    const record = this.recordOf(response);
-    return (
-      record && {
-        filled,
-        kind: ACTIVE,
-        record,
-        reason: InactiveReason.UNSPECIFIED,
-        slot: slotOf(record.account.serviceAccountId),
-        until: 0,
-      }
-    );
+    return this.activeEntryOf(response, filled);
   }
 
-  private recordOf(res: IntrospectResponse): TokenRecord | undefined {
+  private activeEntryOf(res: IntrospectResponse, filled: number): ActiveEntry | undefined {
     if (
       !ORG_ID.test(res.orgId) ||
       !UUID.test(res.serviceAccountId) ||
@@ -427,59 +461,38 @@ class CallerCache {
     ) {
       return undefined;
     }
-    let expireMs = Infinity;
+    let expireTime: ActiveEntry["expireTime"];
     if (res.expireTime) {
-      expireMs = Number(res.expireTime.seconds) * 1000 + res.expireTime.nanos / 1e6;
-      if (!Number.isFinite(expireMs)) {
+      expireTime = { seconds: res.expireTime.seconds, nanos: res.expireTime.nanos };
+      if (!Number.isFinite(expireMsOf(expireTime))) {
         return undefined;
       }
     }
-    let v4: BlockList | undefined;
-    let v6: BlockList | undefined;
-    for (const cidr of res.allowedCidrs) {
-      // The server writes every network as `address/prefix`.
-      const slash = cidr.indexOf("/");
-      if (slash < 0 || !/^\d{1,3}$/.test(cidr.slice(slash + 1))) {
-        return undefined;
-      }
-      const address = cidr.slice(0, slash);
-      const prefix = Number(cidr.slice(slash + 1));
-      try {
-        if (isIPv4(address)) {
-          (v4 ??= new BlockList()).addSubnet(address, prefix, "ipv4");
-        } else if (isIPv6(address) && !address.includes("%")) {
-          (v6 ??= new BlockList()).addSubnet(address, prefix, "ipv6");
-        } else {
-          return undefined;
-        }
-      } catch {
-        return undefined;
-      }
-    }
+    let networks: Networks | undefined;
     if (res.allowedCidrs.length > 0) {
-      // A restricted token always has a list for each family: an empty one allows nothing.
-      v4 ??= new BlockList();
-      v6 ??= new BlockList();
+      networks = this.networks(res.allowedCidrs);
+      if (!networks) {
+        return undefined;
+      }
     }
     for (const scope of res.scopes) {
       this.knownScopes.add(scope);
     }
     return {
+      filled,
       account: this.account(res),
-      tokenId: res.tokenId,
-      scopes: this.scopeSet(res.scopes),
-      expireTime: res.expireTime && { seconds: res.expireTime.seconds, nanos: res.expireTime.nanos },
-      expireMs,
-      cidrs: res.allowedCidrs.length > 0 ? Object.freeze([...res.allowedCidrs]) : [],
-      v4,
-      v6,
+      tokenId: packUuid(res.tokenId),
+      scopes: shared(this.scopeSets, res.scopes),
+      expireTime,
+      networks,
     };
   }
 
   private account(res: IntrospectResponse): AccountRecord {
     const allApps = res.appAccess?.allApps ?? false;
-    const appIds = allApps ? [] : (res.appAccess?.appIds ?? []);
-    const known = this.accounts.get(res.serviceAccountId);
+    const appIds = allApps ? EMPTY : shared(this.appSets, res.appAccess?.appIds ?? []);
+    const serviceAccountId = packUuid(res.serviceAccountId);
+    const known = this.accounts.get(serviceAccountId);
     if (
       known &&
       known.orgId === res.orgId &&
@@ -490,41 +503,86 @@ class CallerCache {
     ) {
       return known;
     }
+    let orgId = this.orgIds.get(res.orgId);
+    if (orgId === undefined) {
+      orgId = res.orgId;
+      if (this.orgIds.size < SHARED_MAX) {
+        this.orgIds.set(orgId, orgId);
+      }
+    }
     const account: AccountRecord = Object.freeze({
-      orgId: res.orgId,
-      serviceAccountId: res.serviceAccountId,
+      orgId,
+      serviceAccountId,
       displayName: res.serviceAccountDisplayName,
       allApps,
-      appIds: Object.freeze([...appIds]),
+      appIds,
+      slot: slotOf(res.serviceAccountId),
     });
     // Bounded like the entries; dropping one only costs sharing.
     if (!known && this.accounts.size >= this.capacity) {
       this.accounts.delete(this.accounts.keys().next().value!);
     }
-    this.accounts.set(res.serviceAccountId, account);
+    this.accounts.set(serviceAccountId, account);
     return account;
   }
 
-  private scopeSet(scopes: string[]): readonly string[] {
-    const key = scopes.join(" ");
-    let shared = this.scopeSets.get(key);
-    if (!shared) {
-      shared = Object.freeze([...scopes]);
-      if (this.scopeSets.size < 1024) {
-        this.scopeSets.set(key, shared);
+  /** The networks of a restricted token, shared; `undefined` when one cannot be read. */
+  private networks(cidrs: readonly string[]): Networks | undefined {
+    const key = JSON.stringify(cidrs);
+    const known = this.networkSets.get(key);
+    if (known) {
+      return known;
+    }
+    const v4 = new BlockList();
+    const v6 = new BlockList();
+    for (const cidr of cidrs) {
+      // The server writes every network as `address/prefix`.
+      const slash = cidr.indexOf("/");
+      if (slash < 0 || !/^\d{1,3}$/.test(cidr.slice(slash + 1))) {
+        return undefined;
+      }
+      const address = cidr.slice(0, slash);
+      const prefix = Number(cidr.slice(slash + 1));
+      try {
+        if (isIPv4(address)) {
+          v4.addSubnet(address, prefix, "ipv4");
+        } else if (isIPv6(address) && !address.includes("%")) {
+          v6.addSubnet(address, prefix, "ipv6");
+        } else {
+          return undefined;
+        }
+      } catch {
+        return undefined;
       }
     }
-    return shared;
+    // Never changed once built, so tokens can share them.
+    const networks: Networks = Object.freeze({ cidrs: Object.freeze([...cidrs]), v4, v6 });
+    if (this.networkSets.size < SHARED_MAX) {
+      this.networkSets.set(key, networks);
+    }
+    return networks;
   }
 }
 
-function inactiveEntry(
-  kind: typeof FINAL | typeof BRIEF,
-  reason: InactiveReason,
-  filled: number,
-  until: number,
-): Entry {
-  return { filled, kind, record: undefined, reason, slot: 0, until };
+/** `list` as one frozen array shared through `table` (up to `SHARED_MAX` distinct lists; past
+ * that, a copy of its own). */
+function shared(table: Map<string, readonly string[]>, list: readonly string[]): readonly string[] {
+  if (list.length === 0) {
+    return EMPTY;
+  }
+  const key = JSON.stringify(list);
+  let known = table.get(key);
+  if (!known) {
+    known = Object.freeze([...list]);
+    if (table.size < SHARED_MAX) {
+      table.set(key, known);
+    }
+  }
+  return known;
+}
+
+function inactiveEntry(reason: InactiveReason, filled: number, until: number): InactiveEntry {
+  return { filled, account: undefined, reason, until };
 }
 
 /** The answer for an inactive token, as the server writes it. */
@@ -540,12 +598,11 @@ function inactive(reason: InactiveReason): IntrospectResponse {
 
 /** A cached answer applied to `checks` by the control plane's rules (`evaluate`). */
 function decide(entry: Entry, checks: Checks, nowMs: number): IntrospectResponse {
-  const token = entry.record;
-  if (entry.kind !== ACTIVE || !token) {
+  if (entry.account === undefined) {
     return inactive(entry.reason);
   }
-  const account = token.account;
-  if (token.expireMs <= nowMs) {
+  const { account, expireTime, networks, scopes } = entry;
+  if (expireTime && expireMsOf(expireTime) <= nowMs) {
     return inactive(InactiveReason.EXPIRED);
   }
   const reasons: DenialReason[] = [];
@@ -553,7 +610,7 @@ function decide(entry: Entry, checks: Checks, nowMs: number): IntrospectResponse
   if (!orgMatches) {
     reasons.push(DenialReason.ORG_MISMATCH);
   }
-  if (!networksAllow(token, checks.clientIp)) {
+  if (!networksAllow(networks, checks.clientIp)) {
     reasons.push(DenialReason.CLIENT_IP_NOT_ALLOWED);
   }
   if (
@@ -562,40 +619,38 @@ function decide(entry: Entry, checks: Checks, nowMs: number): IntrospectResponse
   ) {
     reasons.push(DenialReason.APP_NOT_GRANTED);
   }
-  const missingScopes = checks.requiredScopes.filter((scope) => !token.scopes.includes(scope));
+  const missingScopes = checks.requiredScopes.filter((scope) => !scopes.includes(scope));
   if (missingScopes.length > 0) {
     reasons.push(DenialReason.SCOPE_MISSING);
   }
   return create(IntrospectResponseSchema, {
     active: true,
     orgId: account.orgId,
-    serviceAccountId: account.serviceAccountId,
+    serviceAccountId: unpackUuid(account.serviceAccountId),
     serviceAccountDisplayName: account.displayName,
-    tokenId: token.tokenId,
-    scopes: [...token.scopes],
+    tokenId: unpackUuid(entry.tokenId),
+    scopes: [...scopes],
     appAccess: create(AppAccessSchema, { allApps: account.allApps, appIds: [...account.appIds] }),
-    ...(token.expireTime
-      ? { expireTime: create(TimestampSchema, { ...token.expireTime }) }
-      : {}),
+    ...(expireTime ? { expireTime: create(TimestampSchema, { ...expireTime }) } : {}),
     allowed: reasons.length === 0,
     denialReason: reasons[0] ?? DenialReason.UNSPECIFIED,
     missingScopes,
     denialReasons: reasons,
-    allowedCidrs: [...token.cidrs],
+    allowedCidrs: networks ? [...networks.cidrs] : [],
   });
 }
 
 /** `AllowedCidrs::allows`: unrestricted, or the client is in one of the networks (IPv4 clients
  * in IPv4 networks, IPv6 clients in IPv6 networks, as the server compares them). */
-function networksAllow(token: TokenRecord, client: ClientIp | undefined): boolean {
-  if (token.cidrs.length === 0) {
+function networksAllow(networks: Networks | undefined, client: ClientIp | undefined): boolean {
+  if (!networks) {
     return true;
   }
   if (!client) {
     return false;
   }
-  const list = client.family === "ipv4" ? token.v4 : token.v6;
-  return list !== undefined && list.check(client.address, client.family);
+  const list = client.family === "ipv4" ? networks.v4 : networks.v6;
+  return list.check(client.address, client.family);
 }
 
 // ---- the introspector -----------------------------------------------------------------------

@@ -491,7 +491,14 @@ describe("caching introspector, against a fake control plane", { timeout: 60_000
   it("measures the memory of 10,000 cached tokens", async (t) => {
     setFlagsFromString("--expose-gc");
     const gc = runInNewContext("gc") as () => void;
-    const heap = () => {
+    // Collected garbage releases more only once Node has run its destroy hooks (an immediate
+    // later): the test runner keeps every async resource of the test in a map until then, as much
+    // memory as some of the cache, and the first readings would otherwise carry a share of it.
+    const heap = async () => {
+      for (let i = 0; i < 3; i++) {
+        gc();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
       gc();
       gc();
       return process.memoryUsage().heapUsed;
@@ -520,11 +527,11 @@ describe("caching introspector, against a fake control plane", { timeout: 60_000
       await fill(warmup);
       warmup.close();
       const ci = await introspector(fake, { capacity: 20_000 });
-      const empty = heap();
+      const empty = await heap();
       await fill(ci);
-      const full = heap();
+      const full = await heap();
       ci.close();
-      const closed = heap();
+      const closed = await heap();
       // What the entries hold: the heap with them, less the heap once they are dropped.
       const perEntry = (full - closed) / 10_000;
       const message =
@@ -534,7 +541,9 @@ describe("caching introspector, against a fake control plane", { timeout: 60_000
       t.diagnostic(message);
       console.log(message);
       assert.ok(Math.abs(closed - empty) < 0.2 * (full - closed), "the heap did not settle");
-      assert.ok(perEntry > 100 && perEntry < 2048, `${perEntry} bytes per cached token`);
+      // About 190 and 400 bytes (Node 20): the bounds leave room for noise, not for a regression.
+      const bound = accountCount === 1000 ? 320 : 512;
+      assert.ok(perEntry > 100 && perEntry < bound, `${perEntry} bytes per cached token`);
     }
   });
 });

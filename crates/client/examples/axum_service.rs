@@ -46,12 +46,12 @@ async fn crashes(Extension(caller): Extension<Identity>) -> Json<serde_json::Val
     Json(serde_json::json!({
         "app_id": "checkout-ios",
         "crashes": [],
-        "requested_by": caller.service_account_id,
+        "requested_by": caller.service_account_id().to_string(),
     }))
 }
 
 async fn call_tool(Extension(caller): Extension<Identity>) -> String {
-    format!("tool called by {}\n", caller.service_account_display_name)
+    format!("tool called by {}\n", caller.service_account_display_name())
 }
 
 #[tokio::main]

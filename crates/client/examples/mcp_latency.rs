@@ -29,7 +29,9 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{RoleClient, ServiceExt};
 use service_accounts_client::pb::service_account_admin_client::ServiceAccountAdminClient;
-use service_accounts_client::pb::{AppAccess, CreateServiceAccountRequest, CreateTokenRequest};
+use service_accounts_client::pb::{
+    AppAccess, CreateServiceAccountRequest, CreateTokenRequest, IntrospectResponse,
+};
 use service_accounts_client::{Identity, IntrospectionClient};
 
 type Error = Box<dyn std::error::Error>;
@@ -49,15 +51,21 @@ async fn main() -> Result<(), Error> {
     let protected =
         serve(|url| mcp_server::router(mcp_server::protection(client, &org, url), url)).await?;
     // The same MCP server with the identity the layer would have given, and no layer.
-    let fixed = Identity {
+    let fixed = Identity::from_answer(&IntrospectResponse {
+        active: true,
+        allowed: true,
         org_id: org.clone(),
-        service_account_id: "latency-bench".into(),
+        service_account_id: "01a24bcf-88ad-74f0-a8a2-6f19606976a3".into(),
         service_account_display_name: "Latency bench".into(),
-        token_id: String::new(),
+        token_id: "01a24bcf-88b9-75fd-8929-c0616e73f3e8".into(),
         scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],
-        app_access: service_accounts_client::AppAccess::AllApps,
-        expire_time: None,
-    };
+        app_access: Some(AppAccess {
+            all_apps: true,
+            app_ids: vec![],
+        }),
+        ..Default::default()
+    })
+    .ok_or("the fixed identity")?;
     let open = serve(move |_| {
         axum::Router::new()
             .route_service(mcp_server::MCP_PATH, mcp_server::mcp_service())

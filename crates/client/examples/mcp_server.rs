@@ -86,10 +86,10 @@ impl CrashTools {
         require_scopes(&identity, &["mcp:read"])?;
         require_app(&identity, &app_id)?;
         Ok(Json(CrashSummary {
-            org_id: identity.org_id,
+            org_id: identity.org_id().to_owned(),
             app_id,
             crash_free_sessions: 99.7,
-            requested_by: identity.service_account_id,
+            requested_by: identity.service_account_id().to_string(),
         }))
     }
 
@@ -109,7 +109,7 @@ impl CrashTools {
             app_id,
             version,
             note,
-            annotated_by: identity.service_account_id,
+            annotated_by: identity.service_account_id().to_string(),
         }))
     }
 }

@@ -16,14 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId};
-use service_accounts_domain::network::AllowedCidrs;
-use service_accounts_domain::scope::Scopes;
-use service_accounts_domain::service_account::{AppAccess, AppId};
-use service_accounts_domain::time::Timestamp;
+use service_accounts_domain::ids::ServiceAccountId;
 use service_accounts_domain::token::{AccountRecord, TokenHash, TokenRecord};
 use tonic::transport::Channel;
 
+use crate::identity::record_of;
 use crate::pb::token_introspection_client::TokenIntrospectionClient;
 use crate::pb::watch_changes_response::Event;
 use crate::pb::{InactiveReason, IntrospectResponse, WatchChangesRequest};
@@ -72,18 +69,28 @@ pub(crate) enum Answer {
     Active(Arc<TokenRecord>),
     /// Revoked or expired: it never works again.
     Final(InactiveReason),
-    /// Unknown, or of a disabled account: reused for [`BRIEF`] only.
-    Brief(InactiveReason),
+    /// Unknown, or of a disabled account: reused for [`BRIEF`] only, until `until_ms` after the
+    /// cache's start.
+    Brief {
+        reason: InactiveReason,
+        until_ms: u64,
+    },
 }
 
+/// 24 bytes: an account's invalidation slot is computed from the record when read, not kept.
 #[derive(Clone)]
 struct Entry {
+    /// The feed's epoch when the call that filled it was sent.
     filled: u64,
     answer: Answer,
-    /// For `Active`: the slot of the account's invalidation epoch. For `Brief`: unused.
-    slot: u32,
-    /// For `Brief`: milliseconds after `started` past which it is not served.
-    until_ms: u64,
+}
+
+/// Entries are keyed by the first 128 bits of the token's SHA-256: an active answer's record
+/// holds the whole digest, compared in constant time before it is used (as the server does),
+/// so the key need not hold it again. For inactive answers a 128-bit prefix is as unique as an id.
+fn key(hash: &TokenHash) -> u128 {
+    let bytes = hash.as_bytes();
+    u128::from_le_bytes(std::array::from_fn(|i| bytes[i]))
 }
 
 /// A ticket for caching the answer of one call: see [`CallerCache::begin`].
@@ -94,7 +101,7 @@ pub(crate) struct Ticket {
 }
 
 pub(crate) struct CallerCache {
-    entries: quick_cache::sync::Cache<TokenHash, Entry>,
+    entries: quick_cache::sync::Cache<u128, Entry>,
     /// Each account's data once, shared by its tokens' entries (its app list is most of an
     /// entry's memory).
     accounts: quick_cache::sync::Cache<ServiceAccountId, Arc<AccountRecord>>,
@@ -145,19 +152,23 @@ impl CallerCache {
         if !self.usable() {
             return None;
         }
-        let entry = self.entries.get(hash)?;
+        let entry = self.entries.get(&key(hash))?;
         if entry.filled < self.reset_at.load(Ordering::Acquire) {
             return None;
         }
         match &entry.answer {
-            Answer::Active(_)
-                if entry.filled < self.invalidated[entry.slot as usize].load(Ordering::SeqCst) =>
-            {
-                None
+            Answer::Active(record) => {
+                let invalidated = &self.invalidated[slot(record.account.service_account_id)];
+                if entry.filled < invalidated.load(Ordering::SeqCst)
+                    || !record.token_hash.ct_eq(hash)
+                {
+                    return None;
+                }
             }
-            Answer::Brief(_) if self.now_ms() >= entry.until_ms => None,
-            answer => Some(answer.clone()),
+            Answer::Brief { until_ms, .. } if self.now_ms() >= *until_ms => return None,
+            _ => {}
         }
+        Some(entry.answer)
     }
 
     /// Call before sending `Introspect`; `None` when the answer must not be cached.
@@ -177,7 +188,8 @@ impl CallerCache {
         response: &IntrospectResponse,
         ticket: Ticket,
     ) -> Option<Answer> {
-        let answer = match answer_of(hash, response)? {
+        let brief_until = self.now_ms() + BRIEF.as_millis() as u64;
+        let answer = match answer_of(hash, response, brief_until)? {
             Answer::Active(record) => Answer::Active(self.share_account(record)),
             answer => answer,
         };
@@ -186,17 +198,11 @@ impl CallerCache {
         {
             return Some(answer);
         }
-        let slot = match &answer {
-            Answer::Active(record) => slot(record.account.service_account_id),
-            _ => 0,
-        };
         self.entries.insert(
-            hash,
+            key(&hash),
             Entry {
                 filled: ticket.epoch,
                 answer: answer.clone(),
-                slot: slot as u32,
-                until_ms: self.now_ms() + BRIEF.as_millis() as u64,
             },
         );
         Some(answer)
@@ -250,55 +256,22 @@ fn slot(account: ServiceAccountId) -> usize {
 
 /// The cacheable reading of an answer; `None` when it cannot be read as one (a field this
 /// version does not understand), and then nothing is cached.
-fn answer_of(hash: TokenHash, response: &IntrospectResponse) -> Option<Answer> {
+fn answer_of(hash: TokenHash, response: &IntrospectResponse, brief_until: u64) -> Option<Answer> {
     if !response.active {
         return match response.inactive_reason() {
             reason @ (InactiveReason::Revoked | InactiveReason::Expired) => {
                 Some(Answer::Final(reason))
             }
             reason @ (InactiveReason::Unknown | InactiveReason::AccountDisabled) => {
-                Some(Answer::Brief(reason))
+                Some(Answer::Brief {
+                    reason,
+                    until_ms: brief_until,
+                })
             }
             InactiveReason::Malformed | InactiveReason::Unspecified => None,
         };
     }
-    let app_access = match &response.app_access {
-        Some(access) if access.all_apps => AppAccess::AllApps,
-        Some(access) => AppAccess::Apps(
-            access
-                .app_ids
-                .iter()
-                .map(|id| AppId::parse(id).ok())
-                .collect::<Option<_>>()?,
-        ),
-        None => AppAccess::Apps(Default::default()),
-    };
-    let account = AccountRecord {
-        org_id: OrgId::parse(&response.org_id).ok()?,
-        service_account_id: ServiceAccountId::parse(&response.service_account_id).ok()?,
-        display_name: response.service_account_display_name.clone(),
-        app_access,
-        disabled: false,
-    };
-    let expire_time = match &response.expire_time {
-        None => None,
-        Some(t) => Some(Timestamp::from_timestamp(
-            t.seconds,
-            u32::try_from(t.nanos).ok()?,
-        )?),
-    };
-    Some(Answer::Active(Arc::new(TokenRecord {
-        token_id: TokenId::parse(&response.token_id).ok()?,
-        token_hash: hash,
-        scopes: Scopes::parse(response.scopes.iter().map(String::as_str)).ok()?,
-        // Not part of a decision; the answer does not carry it.
-        create_time: Timestamp::UNIX_EPOCH,
-        expire_time,
-        revoke_time: None,
-        allowed_cidrs: AllowedCidrs::parse(response.allowed_cidrs.iter().map(String::as_str))
-            .ok()?,
-        account: Arc::new(account),
-    })))
+    record_of(hash, response).map(|record| Answer::Active(Arc::new(record)))
 }
 
 /// Follows `WatchChanges` on `channel` for as long as `cache` is used by anyone, reconnecting

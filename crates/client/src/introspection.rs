@@ -2,15 +2,15 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use service_accounts_domain::introspection::{self as rules, Checks, Denial, Ended, Introspection};
-use service_accounts_domain::service_account::AppAccess as Apps;
 use service_accounts_domain::token::{TokenRecord, TokenSecret};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::cache::{Answer, CacheOptions, CallerCache};
+use crate::identity::Identity;
 use crate::pb::token_introspection_client::TokenIntrospectionClient;
 use crate::pb::{DenialReason, InactiveReason, IntrospectRequest, IntrospectResponse};
 
@@ -104,83 +104,6 @@ impl Requirement {
             app_id: self.app_id.clone().unwrap_or_default(),
             required_scopes: self.scopes.clone(),
             client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        }
-    }
-}
-
-/// The verified identity behind a token: what a handler uses instead of the token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub org_id: String,
-    pub service_account_id: String,
-    pub service_account_display_name: String,
-    pub token_id: String,
-    pub scopes: Vec<String>,
-    /// The apps of the org that the account may act on.
-    pub app_access: AppAccess,
-    /// `None`: the token does not expire.
-    pub expire_time: Option<SystemTime>,
-}
-
-/// The apps of its org that a service account may act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AppAccess {
-    /// Every app of the org, now and in the future.
-    AllApps,
-    /// These apps only (sorted).
-    AppIds(Vec<String>),
-}
-
-impl AppAccess {
-    pub fn includes(&self, app_id: &str) -> bool {
-        match self {
-            Self::AllApps => true,
-            Self::AppIds(app_ids) => app_ids.iter().any(|id| id == app_id),
-        }
-    }
-}
-
-impl Identity {
-    /// Whether the token carries `scope`.
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
-    }
-
-    fn of(response: IntrospectResponse) -> Self {
-        Self {
-            org_id: response.org_id,
-            service_account_id: response.service_account_id,
-            service_account_display_name: response.service_account_display_name,
-            token_id: response.token_id,
-            scopes: response.scopes,
-            app_access: match response.app_access {
-                Some(access) if access.all_apps => AppAccess::AllApps,
-                Some(access) => AppAccess::AppIds(access.app_ids),
-                None => AppAccess::AppIds(Vec::new()),
-            },
-            expire_time: response
-                .expire_time
-                .and_then(|t| SystemTime::try_from(t).ok()),
-        }
-    }
-}
-
-impl Identity {
-    fn of_record(token: &TokenRecord) -> Self {
-        let account = &token.account;
-        Self {
-            org_id: account.org_id.as_str().to_owned(),
-            service_account_id: account.service_account_id.to_string(),
-            service_account_display_name: account.display_name.clone(),
-            token_id: token.token_id.to_string(),
-            scopes: token.scopes.names().map(str::to_owned).collect(),
-            app_access: match &account.app_access {
-                Apps::AllApps => AppAccess::AllApps,
-                Apps::Apps(apps) => {
-                    AppAccess::AppIds(apps.iter().map(|a| a.as_str().to_owned()).collect())
-                }
-            },
-            expire_time: token.expire_time.map(SystemTime::from),
         }
     }
 }
@@ -295,9 +218,8 @@ impl IntrospectionClient {
         // Boxed: the call's future is kilobytes, which every cached decision would otherwise
         // carry and move.
         let Some(cache) = &self.cache else {
-            return Ok(verdict(
-                Box::pin(self.call(token, requirement, client_ip)).await?,
-            ));
+            let response = Box::pin(self.call(token, requirement, client_ip)).await?;
+            return verdict(response, None);
         };
         // Decided here as the control plane does: by prefix, length and checksum.
         let Ok(hash) = TokenSecret::parse_hash(token) else {
@@ -311,10 +233,11 @@ impl IntrospectionClient {
         }
         let ticket = cache.begin();
         let response = Box::pin(self.call(token, requirement, client_ip)).await?;
-        if let Some(ticket) = ticket {
-            cache.insert(hash, &response, ticket);
-        }
-        Ok(verdict(response))
+        let record = match ticket.and_then(|ticket| cache.insert(hash, &response, ticket)) {
+            Some(Answer::Active(record)) => Some(record),
+            _ => None,
+        };
+        verdict(response, record)
     }
 
     async fn call(
@@ -352,7 +275,9 @@ fn decide(
     client_ip: Option<IpAddr>,
 ) -> Option<Verdict> {
     let record = match answer {
-        Answer::Final(reason) | Answer::Brief(reason) => return Some(Verdict::Inactive(*reason)),
+        Answer::Final(reason) | Answer::Brief { reason, .. } => {
+            return Some(Verdict::Inactive(*reason));
+        }
         Answer::Active(record) => record,
     };
     let checks = requirement.checks()?;
@@ -366,10 +291,10 @@ fn decide(
             Ended::AccountDisabled => InactiveReason::AccountDisabled,
         }),
         Introspection::Active { token, denials } if denials.allowed() => {
-            Verdict::Allowed(Identity::of_record(&token))
+            Verdict::Allowed(Identity::of_record(token))
         }
         Introspection::Active { token, denials } => Verdict::Denied {
-            identity: Identity::of_record(&token),
+            identity: Identity::of_record(token),
             reasons: denials
                 .reasons
                 .iter()
@@ -389,36 +314,50 @@ fn decide(
     })
 }
 
-fn verdict(mut response: IntrospectResponse) -> Verdict {
+/// The control plane's answer as a verdict; `record` is the answer already read (by the cache).
+fn verdict(
+    mut response: IntrospectResponse,
+    record: Option<Arc<TokenRecord>>,
+) -> Result<Verdict, Error> {
     if !response.active {
-        return Verdict::Inactive(response.inactive_reason());
+        return Ok(Verdict::Inactive(response.inactive_reason()));
     }
+    let identity = match record {
+        Some(record) => Identity::of_record(record),
+        None => Identity::from_answer(&response).ok_or_else(|| {
+            Error::Unavailable(Status::internal(
+                "the control plane's answer names an org, account or token id this client cannot read",
+            ))
+        })?,
+    };
     if response.allowed {
-        return Verdict::Allowed(Identity::of(response));
+        return Ok(Verdict::Allowed(identity));
     }
     let mut reasons: Vec<DenialReason> = response.denial_reasons().collect();
     if reasons.is_empty() {
         reasons.push(response.denial_reason());
     }
-    let missing_scopes = std::mem::take(&mut response.missing_scopes);
-    Verdict::Denied {
-        identity: Identity::of(response),
+    Ok(Verdict::Denied {
+        identity,
         reasons,
-        missing_scopes,
-    }
+        missing_scopes: std::mem::take(&mut response.missing_scopes),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use service_accounts_domain::token::TokenHash;
+
+    const ACCOUNT: &str = "01a24bcf-88ad-74f0-a8a2-6f19606976a3";
 
     fn active(allowed: bool) -> IntrospectResponse {
         IntrospectResponse {
             active: true,
             allowed,
             org_id: "acme".into(),
-            service_account_id: "sa".into(),
-            token_id: "tok".into(),
+            service_account_id: ACCOUNT.into(),
+            token_id: "01a24bcf-88b9-75fd-8929-c0616e73f3e8".into(),
             scopes: vec!["mcp:read".into()],
             app_access: Some(crate::pb::AppAccess {
                 all_apps: false,
@@ -436,35 +375,72 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            verdict(response),
+            verdict(response, None).unwrap(),
             Verdict::Inactive(InactiveReason::Revoked)
         );
     }
 
     #[test]
     fn an_allowed_token_gives_its_identity() {
-        let Verdict::Allowed(identity) = verdict(active(true)) else {
+        let Verdict::Allowed(identity) = verdict(active(true), None).unwrap() else {
             panic!("not allowed");
         };
-        assert_eq!(identity.service_account_id, "sa");
-        assert_eq!(identity.scopes, ["mcp:read"]);
+        assert_eq!(identity.org_id(), "acme");
+        assert_eq!(identity.service_account_id().to_string(), ACCOUNT);
+        assert_eq!(identity.scopes().collect::<Vec<_>>(), ["mcp:read"]);
         assert!(identity.has_scope("mcp:read") && !identity.has_scope("mcp:write"));
-        assert_eq!(
-            identity.app_access,
-            AppAccess::AppIds(vec!["checkout-ios".into()])
-        );
-        assert!(identity.app_access.includes("checkout-ios"));
-        assert!(!identity.app_access.includes("checkout-android"));
+        assert!(!identity.all_apps());
+        assert_eq!(identity.app_ids().collect::<Vec<_>>(), ["checkout-ios"]);
+        assert!(identity.may_use_app("checkout-ios"));
+        assert!(!identity.may_use_app("checkout-android"));
+        assert_eq!(identity.expire_time(), None);
 
         let mut response = active(true);
         response.app_access = Some(crate::pb::AppAccess {
             all_apps: true,
             app_ids: vec![],
         });
-        let Verdict::Allowed(identity) = verdict(response) else {
+        let Verdict::Allowed(identity) = verdict(response, None).unwrap() else {
             panic!("not allowed");
         };
-        assert!(identity.app_access.includes("anything"));
+        assert!(identity.all_apps() && identity.may_use_app("anything"));
+        assert_eq!(identity.app_ids().count(), 0);
+    }
+
+    #[test]
+    fn a_scope_this_version_does_not_know_is_left_out_of_the_identity() {
+        let mut response = active(true);
+        response.scopes = vec!["mcp:read".into(), "mcp:admin:everything".into()];
+        let Verdict::Allowed(identity) = verdict(response, None).unwrap() else {
+            panic!("not allowed");
+        };
+        assert_eq!(identity.scopes().collect::<Vec<_>>(), ["mcp:read"]);
+        assert!(!identity.has_scope("mcp:admin:everything"));
+    }
+
+    #[test]
+    fn a_requirement_naming_a_scope_this_version_does_not_know_is_left_to_the_control_plane() {
+        let mut response = active(true);
+        response.scopes.push("scope:from-the-future".into());
+        let record = Arc::new(crate::identity::record_of(TokenHash([0; 32]), &response).unwrap());
+        let answer = Answer::Active(record);
+        let known = Requirement::org("acme").scope("mcp:read");
+        assert!(matches!(
+            decide(&answer, &known, None),
+            Some(Verdict::Allowed(_))
+        ));
+        let unknown = Requirement::org("acme").scope("scope:from-the-future");
+        assert!(decide(&answer, &unknown, None).is_none());
+    }
+
+    #[test]
+    fn an_answer_whose_ids_cannot_be_read_is_an_error_not_an_identity() {
+        let mut response = active(true);
+        response.service_account_id = "sa".into();
+        assert!(matches!(
+            verdict(response, None),
+            Err(Error::Unavailable(status)) if status.code() == Code::Internal
+        ));
     }
 
     #[test]
@@ -480,7 +456,7 @@ mod tests {
             reasons,
             missing_scopes,
             ..
-        } = verdict(response)
+        } = verdict(response, None).unwrap()
         else {
             panic!("not denied");
         };
@@ -495,7 +471,7 @@ mod tests {
     fn a_denial_from_a_server_without_the_reasons_list_still_has_its_reason() {
         let mut response = active(false);
         response.denial_reason = DenialReason::OrgMismatch.into();
-        let Verdict::Denied { reasons, .. } = verdict(response) else {
+        let Verdict::Denied { reasons, .. } = verdict(response, None).unwrap() else {
             panic!("not denied");
         };
         assert_eq!(reasons, [DenialReason::OrgMismatch]);

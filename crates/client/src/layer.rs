@@ -16,6 +16,7 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
+use crate::identity::Identity;
 use crate::introspection::{IntrospectionClient, Requirement, Verdict};
 use crate::pb::DenialReason;
 
@@ -276,7 +277,12 @@ where
                 Ok(verified) => {
                     // The handler gets the identity; the token goes no further.
                     parts.headers.remove(AUTHORIZATION);
-                    parts.extensions.extend(verified);
+                    match verified {
+                        Verified::Identity(identity) => {
+                            parts.extensions.insert(identity);
+                        }
+                        Verified::Fallback(extensions) => parts.extensions.extend(extensions),
+                    }
                     inner.call(Request::from_parts(parts, body)).await
                 }
                 Err(refusal) => Ok(refusal.response(grpc, &layer.challenges)),
@@ -285,12 +291,18 @@ where
     }
 }
 
-/// The extensions to add to an allowed request (its [`crate::Identity`], or what the fallback
-/// verifier gave), or why it is refused.
+/// What an allowed request gets.
+enum Verified {
+    Identity(Identity),
+    /// What the fallback verifier gave.
+    Fallback(Extensions),
+}
+
+/// What to add to an allowed request, or why it is refused.
 async fn decide<P: Policy>(
     layer: &IntrospectLayer<P>,
     request: &Parts,
-) -> Result<Extensions, Refusal> {
+) -> Result<Verified, Refusal> {
     let token = request
         .headers
         .get(AUTHORIZATION)
@@ -316,7 +328,7 @@ async fn decide<P: Policy>(
         .filter(|_| !token.starts_with(TOKEN_PREFIX))
     {
         return match fallback.verify(token, &requirement, request).await {
-            Ok(extensions) => Ok(extensions),
+            Ok(extensions) => Ok(Verified::Fallback(extensions)),
             Err(FallbackRefusal::InvalidToken) => Err(Refusal::InvalidToken),
             Err(FallbackRefusal::InsufficientScope(missing_scopes)) => Err(Refusal::Denied {
                 reason: DenialReason::ScopeMissing,
@@ -328,10 +340,8 @@ async fn decide<P: Policy>(
     let client_ip = (layer.client_ip)(request);
     match layer.client.check(token, &requirement, client_ip).await {
         // The control plane checked the org; checking it here as well costs nothing.
-        Ok(Verdict::Allowed(identity)) if identity.org_id == requirement.org_id() => {
-            let mut extensions = Extensions::new();
-            extensions.insert(identity);
-            Ok(extensions)
+        Ok(Verdict::Allowed(identity)) if identity.org_id() == requirement.org_id() => {
+            Ok(Verified::Identity(identity))
         }
         Ok(Verdict::Allowed(_)) => Err(Refusal::Denied {
             reason: DenialReason::OrgMismatch,

@@ -18,6 +18,7 @@
 //! plane's own rules (see [`CacheOptions`] and the repository's `docs/caching.md`).
 
 mod cache;
+mod identity;
 mod introspection;
 mod layer;
 #[cfg(feature = "rmcp")]
@@ -25,11 +26,12 @@ pub mod mcp;
 pub mod pb;
 
 pub use cache::CacheOptions;
-pub use introspection::{
-    AppAccess, DEFAULT_DEADLINE, Error, Identity, IntrospectionClient, Requirement, Verdict,
-};
+pub use identity::Identity;
+pub use introspection::{DEFAULT_DEADLINE, Error, IntrospectionClient, Requirement, Verdict};
 pub use layer::{
     Fallback, FallbackRefusal, Introspect, IntrospectLayer, Policy, Routes, TOKEN_PREFIX, bearer,
     fallback_fn, policy_fn,
 };
 pub use pb::{DenialReason, InactiveReason};
+/// The ids an [`Identity`] names (UUIDs; `Display` writes them as the control plane does).
+pub use service_accounts_domain::ids::{ServiceAccountId, TokenId};

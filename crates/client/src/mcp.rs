@@ -68,7 +68,7 @@ pub fn require_scopes(identity: &Identity, scopes: &[&str]) -> Result<(), ErrorD
 /// Refuses unless the service account may act on `app_id` of its org. The error names the app
 /// (`app not granted: checkout-ios`, with `{"app_id": …}` as its data).
 pub fn require_app(identity: &Identity, app_id: &str) -> Result<(), ErrorData> {
-    if identity.app_access.includes(app_id) {
+    if identity.may_use_app(app_id) {
         return Ok(());
     }
     Err(ErrorData::new(
@@ -81,23 +81,33 @@ pub fn require_app(identity: &Identity, app_id: &str) -> Result<(), ErrorData> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AppAccess;
+    use crate::pb::{AppAccess, IntrospectResponse};
 
-    fn reader() -> Identity {
-        Identity {
+    fn reader(all_apps: bool) -> Identity {
+        Identity::from_answer(&IntrospectResponse {
+            active: true,
+            allowed: true,
             org_id: "acme".into(),
-            service_account_id: "sa".into(),
+            service_account_id: "01a24bcf-88ad-74f0-a8a2-6f19606976a3".into(),
             service_account_display_name: "Crash triage bot".into(),
-            token_id: "tok".into(),
+            token_id: "01a24bcf-88b9-75fd-8929-c0616e73f3e8".into(),
             scopes: vec!["mcp:read".into(), "mcp:tools:call".into()],
-            app_access: AppAccess::AppIds(vec!["checkout-ios".into()]),
-            expire_time: None,
-        }
+            app_access: Some(AppAccess {
+                all_apps,
+                app_ids: if all_apps {
+                    vec![]
+                } else {
+                    vec!["checkout-ios".into()]
+                },
+            }),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
     fn require_scopes_names_exactly_the_missing_ones() {
-        let identity = reader();
+        let identity = reader(false);
         assert_eq!(require_scopes(&identity, &["mcp:read"]), Ok(()));
         assert_eq!(require_scopes(&identity, &[]), Ok(()));
         let error = require_scopes(&identity, &["mcp:read", "mcp:write"]).unwrap_err();
@@ -110,12 +120,11 @@ mod tests {
 
     #[test]
     fn require_app_names_the_app_and_nothing_else() {
-        let mut identity = reader();
+        let identity = reader(false);
         assert_eq!(require_app(&identity, "checkout-ios"), Ok(()));
         let error = require_app(&identity, "checkout-android").unwrap_err();
         assert_eq!(error.message, "app not granted: checkout-android");
         assert_eq!(error.data, Some(json!({"app_id": "checkout-android"})));
-        identity.app_access = AppAccess::AllApps;
-        assert_eq!(require_app(&identity, "checkout-android"), Ok(()));
+        assert_eq!(require_app(&reader(true), "checkout-android"), Ok(()));
     }
 }

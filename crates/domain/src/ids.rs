@@ -66,8 +66,9 @@ uuid_id!(
 macro_rules! opaque_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
+        // A `Box<str>`, not a `String`: every cached account holds its org id.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(Box<str>);
 
         impl $name {
             /// 1-128 printable characters without whitespace.
@@ -76,7 +77,7 @@ macro_rules! opaque_id {
                     && s.chars().count() <= 128
                     && s.chars().all(|c| !c.is_whitespace() && !c.is_control());
                 if ok {
-                    Ok(Self(s.to_owned()))
+                    Ok(Self(s.into()))
                 } else {
                     Err(Invalid::new(concat!($what, " must be 1-128 printable characters without spaces")))
                 }

@@ -21,7 +21,7 @@ pub fn parse_client_ip(s: &str) -> Result<IpAddr, Invalid> {
 /// The networks a token may be used from; empty means anywhere. Held canonical (host bits
 /// cleared), sorted and without duplicates, so stored and returned values are stable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedCidrs(Vec<IpNet>);
+pub struct AllowedCidrs(Box<[IpNet]>);
 
 impl AllowedCidrs {
     /// Each entry is a CIDR (`10.0.0.0/8`) or a bare address (that one address). A CIDR with
@@ -52,7 +52,7 @@ impl AllowedCidrs {
         }
         networks.sort();
         networks.dedup();
-        Ok(Self(networks))
+        Ok(Self(networks.into()))
     }
 
     pub fn none() -> Self {
@@ -90,13 +90,13 @@ impl AllowedCidrs {
         stored
             .split_whitespace()
             .map(|s| IpNet::from_str(s).ok())
-            .collect::<Option<Vec<_>>>()
+            .collect::<Option<Box<[_]>>>()
             .map(Self)
     }
 
     /// Roughly the heap bytes held, for the cache's byte bound.
     pub fn approximate_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<IpNet>()
+        self.0.len() * std::mem::size_of::<IpNet>()
     }
 }
 

@@ -133,9 +133,14 @@ impl Scopes {
     /// Reads scopes as stored (space-separated). A name no longer in the catalogue is dropped:
     /// a token never gains a capability from stale data.
     pub fn from_stored(stored: &str) -> Self {
+        Self::known(stored.split_whitespace())
+    }
+
+    /// The names this catalogue knows, the others dropped (as from a newer control plane).
+    pub fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
         Self(
-            stored
-                .split_whitespace()
+            names
+                .into_iter()
                 .filter_map(Scope::lookup)
                 .fold(0, |bits, scope| bits | scope.bit()),
         )

@@ -88,9 +88,10 @@ impl Description {
     }
 }
 
-/// An app id, owned by other services: 1-64 characters of `[A-Za-z0-9_-]`.
+/// An app id, owned by other services: 1-64 characters of `[A-Za-z0-9_-]`. Held as a
+/// `Box<str>`: every cached account holds its app ids, and a `String`'s capacity is 8 bytes more.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AppId(String);
+pub struct AppId(Box<str>);
 
 impl AppId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
@@ -98,7 +99,7 @@ impl AppId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             // The value is not echoed: a caller that put a secret in the wrong field would get
             // it back in an error message, which callers log.

@@ -243,7 +243,8 @@ pub struct TokenRecord {
 pub struct AccountRecord {
     pub org_id: OrgId,
     pub service_account_id: ServiceAccountId,
-    pub display_name: String,
+    /// A `Box<str>`: every cached token's account holds one.
+    pub display_name: Box<str>,
     pub app_access: AppAccess,
     pub disabled: bool,
 }

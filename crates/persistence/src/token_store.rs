@@ -249,7 +249,7 @@ impl Found {
             account: Arc::new(AccountRecord {
                 org_id: rows::org_id(&self.org_id)?,
                 service_account_id: rows::account_id(&self.account_id)?,
-                display_name: self.display_name,
+                display_name: self.display_name.into(),
                 app_access: rows::app_access(self.all_apps, apps)?,
                 disabled: rows::account_state(&self.state)? == AccountState::Disabled,
             }),

@@ -135,7 +135,10 @@ fn revoked_and_expired_are_kept_unknown_and_disabled_only_briefly_malformed_neve
     ));
     assert!(matches!(
         cache.get(&unknown),
-        Some(Answer::Brief(InactiveReason::Unknown))
+        Some(Answer::Brief {
+            reason: InactiveReason::Unknown,
+            ..
+        })
     ));
     assert!(cache.get(&malformed).is_none());
     std::thread::sleep(BRIEF + Duration::from_millis(50));
@@ -148,8 +151,44 @@ fn an_answer_this_version_cannot_read_is_not_cached() {
     let cache = live();
     let h = hash(9);
     let mut response = active();
-    response.scopes.push("scope:from-the-future".into());
+    response.allowed_cidrs.push("10.0.0.0/99".into());
     let ticket = cache.begin().unwrap();
     assert!(cache.insert(h, &response, ticket).is_none());
     assert!(cache.get(&h).is_none());
+}
+
+#[test]
+fn a_scope_this_version_does_not_know_is_cached_without_it() {
+    let cache = live();
+    let h = hash(10);
+    let mut response = active();
+    response.scopes.push("scope:from-the-future".into());
+    let ticket = cache.begin().unwrap();
+    cache.insert(h, &response, ticket);
+    let Some(Answer::Active(record)) = cache.get(&h) else {
+        panic!("not cached");
+    };
+    assert_eq!(
+        record.scopes.names().collect::<Vec<_>>(),
+        ["mcp:tools:call"]
+    );
+}
+
+#[test]
+fn a_token_sharing_the_key_prefix_of_a_cached_one_is_not_served_its_answer() {
+    let cache = live();
+    let h = hash(1);
+    let ticket = cache.begin().unwrap();
+    cache.insert(h, &active(), ticket);
+    let mut other = *h.as_bytes();
+    other[31] ^= 1;
+    let other = TokenHash(other);
+    assert_eq!(key(&h), key(&other));
+    assert!(cache.get(&other).is_none());
+    assert!(cache.get(&h).is_some());
+}
+
+#[test]
+fn an_entry_is_24_bytes_besides_its_key() {
+    assert_eq!(std::mem::size_of::<Entry>(), 24);
 }

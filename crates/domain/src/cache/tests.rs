@@ -92,7 +92,7 @@ fn tokens_of_one_account_share_one_copy_of_its_data() {
     let (third_hash, mut third) = entry(account);
     Arc::make_mut(&mut third.account).display_name = "Renamed".into();
     let third = cache.insert(third_hash, Some(third), cache.begin_fill().unwrap());
-    assert_eq!(third.unwrap().account.display_name, "Renamed");
+    assert_eq!(&*third.unwrap().account.display_name, "Renamed");
 }
 
 #[test]

@@ -209,64 +209,111 @@ def _checks_of(request: pb.IntrospectRequest) -> Optional[_Checks]:
 _ACTIVE = pb.INACTIVE_REASON_UNSPECIFIED  # `Entry.reason` of an active answer
 _FINAL = frozenset({pb.INACTIVE_REASON_REVOKED, pb.INACTIVE_REASON_EXPIRED})
 _BRIEF = frozenset({pb.INACTIVE_REASON_UNKNOWN, pb.INACTIVE_REASON_ACCOUNT_DISABLED})
-_NO_CIDRS: Tuple[str, ...] = ()
-_NO_NETWORKS: Tuple[_IpNetwork, ...] = ()
-
-# Values many entries share (scope lists, app lists), held once.
-_SHARED: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
-_MAX_SHARED = 4096
-
-
-def _shared(values: Tuple[str, ...]) -> Tuple[str, ...]:
-    if not values:
-        return ()
-    held = _SHARED.get(values)
-    if held is None:
-        if len(_SHARED) >= _MAX_SHARED:
-            _SHARED.clear()
-        held = _SHARED[values] = tuple(sys.intern(v) for v in values)
-    return held
+_UUID_LENGTH = 36  # a service account id, as `_UUID` reads it
 
 
 def _slot(service_account_id: str) -> int:
     return hash(service_account_id) & (SLOTS - 1)
 
 
-class Entry:
-    """One cached answer. Active answers carry the identity; inactive ones only their reason."""
+class Access:
+    """What a token may do and from where: its org, scopes, app access and networks. Tokens share
+    these (a service has few orgs, scope sets, app lists and networks), so each distinct one is
+    held once, by `_access`, and entries point to it (one pointer instead of six)."""
 
-    __slots__ = (
-        "filled",
-        "slot",
-        "until",
-        "reason",
-        "org_id",
-        "service_account_id",
-        "display_name",
-        "token_id",
-        "scopes",
-        "all_apps",
-        "app_ids",
-        "expire_ns",
-        "cidrs",
-        "networks",
+    __slots__ = ("org_id", "scopes", "all_apps", "app_ids", "cidrs", "networks")
+
+    def __init__(
+        self,
+        org_id: str,
+        scopes: Tuple[str, ...],
+        all_apps: bool,
+        app_ids: Tuple[str, ...],
+        cidrs: Tuple[str, ...],
+        networks: Tuple[_IpNetwork, ...],
+    ) -> None:
+        self.org_id = org_id
+        self.scopes = scopes
+        self.all_apps = all_apps
+        self.app_ids = app_ids
+        self.cidrs = cidrs  # as the server wrote them, for `allowed_cidrs`
+        self.networks = networks
+
+
+_NO_ACCESS = Access("", (), False, (), (), ())  # of inactive answers
+
+# The distinct `Access` values seen, held once (bounded: emptied when full; entries keep theirs).
+_AccessKey = Tuple[str, Tuple[str, ...], bool, Tuple[str, ...], Tuple[str, ...]]
+_ACCESS: Dict[_AccessKey, Access] = {}
+_MAX_ACCESS = 4096
+
+
+def _access(response: pb.IntrospectResponse) -> Optional[Access]:
+    """The shared `Access` of an active answer; `None` when a network cannot be read."""
+    apps = response.app_access
+    key = (
+        response.org_id,
+        tuple(response.scopes),
+        apps.all_apps,
+        tuple(apps.app_ids),
+        tuple(response.allowed_cidrs),
     )
+    held = _ACCESS.get(key)
+    if held is None:
+        org_id, scopes, all_apps, app_ids, cidrs = key
+        try:
+            networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+        except ValueError:
+            return None
+        if len(_ACCESS) >= _MAX_ACCESS:
+            _ACCESS.clear()
+        intern = sys.intern  # the same org, scope and app names across `Access` values
+        held = _ACCESS[key] = Access(
+            intern(org_id),
+            tuple(map(intern, scopes)),
+            all_apps,
+            tuple(map(intern, app_ids)),
+            cidrs,
+            networks,
+        )
+    return held
+
+
+class Entry:
+    """One cached answer. Active answers carry the identity; inactive ones only their reason.
+
+    Kept small (a service holds up to `capacity` of them): the token id and the account id are
+    one string (`ids`), the org, scopes, app access and networks a shared `Access`, and the
+    account's invalidation slot is not held but hashed again when needed."""
+
+    __slots__ = ("filled", "reason", "expire_ns", "ids", "display_name", "access")
 
     def __init__(self, reason: pb.InactiveReason.ValueType) -> None:
         self.filled = 0
-        self.slot = 0
-        self.until = 0.0  # brief answers: not served from this `time.monotonic()` on
         self.reason = reason
-        self.org_id = ""
-        self.service_account_id = ""
-        self.display_name = ""
-        self.token_id = ""
-        self.scopes: Tuple[str, ...] = ()
-        self.all_apps = False
-        self.app_ids: Tuple[str, ...] = ()
         self.expire_ns: Optional[int] = None  # Unix time, nanoseconds; None: never expires
-        self.cidrs = _NO_CIDRS  # as the server wrote them, for `allowed_cidrs`
-        self.networks = _NO_NETWORKS
+        self.ids = ""  # the token id, then the service account id (always `_UUID_LENGTH` long)
+        self.display_name = ""
+        self.access = _NO_ACCESS
+
+    @property
+    def token_id(self) -> str:
+        return self.ids[:-_UUID_LENGTH]
+
+    @property
+    def service_account_id(self) -> str:
+        return self.ids[-_UUID_LENGTH:]
+
+
+class BriefEntry(Entry):
+    """An answer not known to be final (reasons in `_BRIEF`): the only kind with a time limit,
+    so the only kind that holds one."""
+
+    __slots__ = ("until",)
+
+    def __init__(self, reason: pb.InactiveReason.ValueType) -> None:
+        super().__init__(reason)
+        self.until = 0.0  # not served from this `time.monotonic()` on
 
 
 def answer_of(response: pb.IntrospectResponse) -> Optional[Entry]:
@@ -274,31 +321,25 @@ def answer_of(response: pb.IntrospectResponse) -> Optional[Entry]:
     inactive reason this version does not know) or cannot be read (then nothing is cached)."""
     if not response.active:
         reason = response.inactive_reason
-        if reason in _FINAL or reason in _BRIEF:
+        if reason in _BRIEF:
+            return BriefEntry(reason)
+        if reason in _FINAL:
             return Entry(reason)
         return None
-    if _UUID.fullmatch(response.service_account_id) is None or not response.token_id:
+    account = response.service_account_id
+    token_id = response.token_id
+    if _UUID.fullmatch(account) is None or not token_id:
+        return None
+    access = _access(response)
+    if access is None:
         return None
     entry = Entry(_ACTIVE)
-    if response.allowed_cidrs:
-        try:
-            entry.networks = tuple(
-                ipaddress.ip_network(cidr, strict=False) for cidr in response.allowed_cidrs
-            )
-        except ValueError:
-            return None
-        entry.cidrs = tuple(response.allowed_cidrs)
-    entry.org_id = sys.intern(response.org_id)
-    entry.service_account_id = response.service_account_id
+    entry.ids = token_id + account
     entry.display_name = response.service_account_display_name
-    entry.token_id = response.token_id
-    entry.scopes = _shared(tuple(response.scopes))
-    entry.all_apps = response.app_access.all_apps
-    entry.app_ids = _shared(tuple(response.app_access.app_ids))
+    entry.access = access
     if response.HasField("expire_time"):
         expire = response.expire_time
         entry.expire_ns = expire.seconds * 1_000_000_000 + expire.nanos
-    entry.slot = _slot(response.service_account_id)
     return entry
 
 
@@ -322,38 +363,39 @@ def decide(entry: Entry, checks: _Checks) -> pb.IntrospectResponse:
     if entry.expire_ns is not None and entry.expire_ns <= time.time_ns():
         return inactive(pb.INACTIVE_REASON_EXPIRED)
     denials: List[pb.DenialReason.ValueType] = []
-    org_matches = checks.org_id is None or checks.org_id == entry.org_id
+    access = entry.access
+    org_matches = checks.org_id is None or checks.org_id == access.org_id
     if not org_matches:
         denials.append(pb.DENIAL_REASON_ORG_MISMATCH)
-    if entry.networks:
+    if access.networks:
         ip = checks.client_ip
-        if ip is None or not any(ip in network for network in entry.networks):
+        if ip is None or not any(ip in network for network in access.networks):
             denials.append(pb.DENIAL_REASON_CLIENT_IP_NOT_ALLOWED)
     app_id = checks.app_id
-    if app_id is not None and not (org_matches and (entry.all_apps or app_id in entry.app_ids)):
+    if app_id is not None and not (org_matches and (access.all_apps or app_id in access.app_ids)):
         denials.append(pb.DENIAL_REASON_APP_NOT_GRANTED)
-    missing = [scope for scope in checks.required_scopes if scope not in entry.scopes]
+    missing = [scope for scope in checks.required_scopes if scope not in access.scopes]
     if missing:
         denials.append(pb.DENIAL_REASON_SCOPE_MISSING)
     response = pb.IntrospectResponse(
         active=True,
-        org_id=entry.org_id,
+        org_id=access.org_id,
         service_account_id=entry.service_account_id,
         service_account_display_name=entry.display_name,
         token_id=entry.token_id,
-        scopes=entry.scopes,
+        scopes=access.scopes,
         allowed=not denials,
         denial_reason=denials[0] if denials else pb.DENIAL_REASON_UNSPECIFIED,
         missing_scopes=missing,
         denial_reasons=denials,
-        allowed_cidrs=entry.cidrs,
+        allowed_cidrs=access.cidrs,
     )
-    access = response.app_access
-    access.SetInParent()  # the server always sends it
-    if entry.all_apps:
-        access.all_apps = True
+    app_access = response.app_access
+    app_access.SetInParent()  # the server always sends it
+    if access.all_apps:
+        app_access.all_apps = True
     else:
-        access.app_ids.extend(entry.app_ids)
+        app_access.app_ids.extend(access.app_ids)
     if entry.expire_ns is not None:
         seconds, nanos = divmod(entry.expire_ns, 1_000_000_000)
         response.expire_time.seconds = seconds
@@ -411,11 +453,11 @@ class CallerCache:
         if entry is None:
             return None
         if entry.filled < self.reset_at or (
-            entry.reason == _ACTIVE and entry.filled < self.invalidated[entry.slot]
+            entry.reason == _ACTIVE and entry.filled < self.invalidated[_slot(entry.service_account_id)]
         ):
             del self.entries[key]
             return None
-        if entry.reason in _BRIEF and time.monotonic() >= entry.until:
+        if isinstance(entry, BriefEntry) and time.monotonic() >= entry.until:
             del self.entries[key]
             return None
         self.entries.move_to_end(key)
@@ -436,10 +478,10 @@ class CallerCache:
         entry = answer_of(response)
         if entry is None:
             return False
-        if entry.reason == _ACTIVE and ticket.epoch < self.invalidated[entry.slot]:
+        if entry.reason == _ACTIVE and ticket.epoch < self.invalidated[_slot(entry.service_account_id)]:
             return False
         entry.filled = ticket.epoch
-        if entry.reason in _BRIEF:
+        if isinstance(entry, BriefEntry):
             entry.until = time.monotonic() + BRIEF
         entries = self.entries
         entries[key] = entry

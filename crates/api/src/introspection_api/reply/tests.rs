@@ -28,7 +28,7 @@ fn generated(result: &Introspection) -> pb::IntrospectResponse {
             inactive_reason: pb::InactiveReason::Unspecified as i32,
             org_id: token.account.org_id.as_str().to_owned(),
             service_account_id: token.account.service_account_id.to_string(),
-            service_account_display_name: token.account.display_name.clone(),
+            service_account_display_name: token.account.display_name.to_string(),
             token_id: token.token_id.to_string(),
             scopes: token.scopes.names().map(str::to_owned).collect(),
             app_access: Some(render::app_access(&token.account.app_access)),
