@@ -55,8 +55,12 @@ check_ok() { # every request answered 2xx
   grep -q "status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" "$WORK/h2load-$1.txt" \
     || { cat "$WORK/h2load-$1.txt" >&2; echo "non-2xx answers on port $1" >&2; exit 1; }
 }
+all_guarded=0; all_open=0
 for run in $(seq "$RUNS"); do
   guarded=$(rps 8081); check_ok 8081
   open=$(rps 8082); check_ok 8082
   python3 -c "import sys; g,o=float(sys.argv[1]),float(sys.argv[2]); print('{\"label\":\"caller-cache-axum\",\"run\":%s,\"guarded_rps\":%.0f,\"open_rps\":%.0f,\"ratio\":%.3f}' % (sys.argv[3], g, o, g/o))" "$guarded" "$open" "$run"
+  all_guarded=$(python3 -c "print($all_guarded + $guarded)"); all_open=$(python3 -c "print($all_open + $open)")
 done
+# Every run together: the rate of each summed over the runs, which alternate between the two.
+python3 -c "import sys; g,o=float(sys.argv[1]),float(sys.argv[2]); print('{\"label\":\"caller-cache-axum-all\",\"runs\":%s,\"ratio\":%.3f}' % (sys.argv[3], g/o))" "$all_guarded" "$all_open" "$RUNS"

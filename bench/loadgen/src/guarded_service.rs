@@ -1,25 +1,33 @@
 //! The caller-cache throughput benchmark's service (bench/caller_cache.sh): one axum handler
 //! served twice, behind `IntrospectLayer` with a caching `IntrospectionClient` on `GUARDED`
-//! and with no authentication on `OPEN`, so that the two differ only by the layer.
+//! and with no authentication on `OPEN`, so that the two differ only by the layer: both answer
+//! with an account id, the caller's behind the layer and a fixed one without it.
 //!
 //! Environment: `CONTROL_PLANE` (default `http://127.0.0.1:50051`), `GUARDED`
 //! (default `127.0.0.1:8081`), `OPEN` (default `127.0.0.1:8082`), `ORG_ID` (default `bench`).
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::extract::Extension;
 use axum::routing::get;
 use service_accounts_client::{
-    CacheOptions, Identity, IntrospectLayer, IntrospectionClient, Requirement,
+    CacheOptions, Identity, IntrospectLayer, IntrospectionClient, Requirement, ServiceAccountId,
 };
 
+fn hello(account: ServiceAccountId) -> String {
+    format!("{{\"hello\":\"{account}\"}}")
+}
+
 async fn guarded(Extension(identity): Extension<Identity>) -> String {
-    format!("{{\"hello\":\"{}\"}}", identity.service_account_id())
+    hello(identity.service_account_id())
 }
 
 async fn open() -> String {
-    "{\"hello\":\"anyone\"}".to_owned()
+    static ANYONE: LazyLock<ServiceAccountId> =
+        LazyLock::new(|| ServiceAccountId::from_uuid(Default::default()));
+    hello(*ANYONE)
 }
 
 fn env(name: &str, default: &str) -> String {

@@ -246,6 +246,16 @@ impl CallerCache {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// A cache whose feed is up and has just spoken.
+    #[cfg(test)]
+    pub(crate) fn live(options: CacheOptions) -> Self {
+        let cache = Self::new(options);
+        cache.reset();
+        cache.set_up(true);
+        cache.heard();
+        cache
+    }
 }
 
 fn slot(account: ServiceAccountId) -> usize {

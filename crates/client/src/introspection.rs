@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use service_accounts_domain::introspection::{self as rules, Checks, Denial, Ended, Introspection};
-use service_accounts_domain::token::{TokenRecord, TokenSecret};
+use service_accounts_domain::token::{TokenHash, TokenRecord, TokenSecret};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -221,16 +221,10 @@ impl IntrospectionClient {
             let response = Box::pin(self.call(token, requirement, client_ip)).await?;
             return verdict(response, None);
         };
-        // Decided here as the control plane does: by prefix, length and checksum.
-        let Ok(hash) = TokenSecret::parse_hash(token) else {
-            return Ok(Verdict::Inactive(InactiveReason::Malformed));
+        let hash = match from_cache(cache, token, requirement, client_ip) {
+            Ok(verdict) => return Ok(verdict),
+            Err(hash) => hash,
         };
-        if let Some(verdict) = cache
-            .get(&hash)
-            .and_then(|answer| decide(&answer, requirement, client_ip))
-        {
-            return Ok(verdict);
-        }
         let ticket = cache.begin();
         let response = Box::pin(self.call(token, requirement, client_ip)).await?;
         let record = match ticket.and_then(|ticket| cache.insert(hash, &response, ticket)) {
@@ -238,6 +232,20 @@ impl IntrospectionClient {
             _ => None,
         };
         verdict(response, record)
+    }
+
+    /// The verdict the cache gives now, without a call; `None` when the control plane must be
+    /// asked (no cache, a miss, a requirement it must judge). Client addresses as in
+    /// [`IntrospectionClient::check`].
+    pub fn check_cached(
+        &self,
+        token: &str,
+        requirement: &Requirement,
+        client_ip: Option<IpAddr>,
+    ) -> Option<Verdict> {
+        let cache = self.cache.as_ref()?;
+        let client_ip = client_ip.map(|ip| ip.to_canonical());
+        from_cache(cache, token, requirement, client_ip).ok()
     }
 
     async fn call(
@@ -265,6 +273,31 @@ impl IntrospectionClient {
         };
         Ok(response)
     }
+}
+
+/// The cache's verdict, or the token's hash when the control plane must be asked.
+fn from_cache(
+    cache: &CallerCache,
+    token: &str,
+    requirement: &Requirement,
+    client_ip: Option<IpAddr>,
+) -> Result<Verdict, TokenHash> {
+    let Ok(hash) = TokenSecret::hash_for_lookup(token) else {
+        return Ok(Verdict::Inactive(InactiveReason::Malformed));
+    };
+    // Only well-formed tokens are cached, so a hit is one, and its alphabet and checksum need no
+    // checking.
+    if let Some(verdict) = cache
+        .get(&hash)
+        .and_then(|answer| decide(&answer, requirement, client_ip))
+    {
+        return Ok(verdict);
+    }
+    // Decided here as the control plane does: by prefix, length, alphabet and checksum.
+    if !TokenSecret::is_well_formed(token) {
+        return Ok(Verdict::Inactive(InactiveReason::Malformed));
+    }
+    Err(hash)
 }
 
 /// A cached answer applied to `requirement`, by the control plane's own rules; `None` when the
@@ -347,7 +380,6 @@ fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use service_accounts_domain::token::TokenHash;
 
     const ACCOUNT: &str = "01a24bcf-88ad-74f0-a8a2-6f19606976a3";
 
@@ -431,6 +463,35 @@ mod tests {
         ));
         let unknown = Requirement::org("acme").scope("scope:from-the-future");
         assert!(decide(&answer, &unknown, None).is_none());
+    }
+
+    #[test]
+    fn with_a_cache_a_malformed_token_is_decided_without_a_call_and_a_miss_asks() {
+        let cache = CallerCache::live(CacheOptions::new(10));
+        let requirement = Requirement::org("acme");
+        let token = TokenSecret::generate();
+        let token = token.expose();
+        // A wrong checksum (the last character changed), a wrong length, another prefix.
+        let mut bad_checksum = token.to_owned();
+        let last = if token.ends_with('A') { "B" } else { "A" };
+        bad_checksum.replace_range(token.len() - 1.., last);
+        for malformed in [bad_checksum.as_str(), &token[1..], "Bearer", ""] {
+            assert!(
+                matches!(
+                    from_cache(&cache, malformed, &requirement, None),
+                    Ok(Verdict::Inactive(InactiveReason::Malformed))
+                ),
+                "{malformed:?}"
+            );
+        }
+        let hash = from_cache(&cache, token, &requirement, None).unwrap_err();
+        assert!(hash.ct_eq(&TokenSecret::parse_hash(token).unwrap()));
+        let ticket = cache.begin().unwrap();
+        cache.insert(hash, &active(true), ticket);
+        assert!(matches!(
+            from_cache(&cache, token, &requirement, None),
+            Ok(Verdict::Allowed(_))
+        ));
     }
 
     #[test]

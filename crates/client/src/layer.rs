@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{Extensions, Request, Response, StatusCode};
@@ -226,7 +227,7 @@ impl<S, P> Layer<S> for IntrospectLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         Introspect {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -234,7 +235,8 @@ impl<S, P> Layer<S> for IntrospectLayer<P> {
 /// The service [`IntrospectLayer`] wraps around another.
 pub struct Introspect<S, P> {
     inner: S,
-    layer: IntrospectLayer<P>,
+    /// One reference count to clone: routers clone the service for every request.
+    layer: Arc<IntrospectLayer<P>>,
 }
 
 impl<S: Clone, P> Clone for Introspect<S, P> {
@@ -256,7 +258,10 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    /// The inner service's own future when the client's cache allowed the request at once, else
+    /// the whole decision and then the inner call.
+    type Future =
+        Either<S::Future, Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -266,9 +271,15 @@ where
         // The clone that was not polled ready stays behind (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (mut parts, body) = request.into_parts();
+        if let Some(identity) = allowed_from_cache(&self.layer, &parts) {
+            // The handler gets the identity; the token goes no further.
+            parts.headers.remove(AUTHORIZATION);
+            parts.extensions.insert(identity);
+            return Either::Left(inner.call(Request::from_parts(parts, body)));
+        }
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
+        Either::Right(Box::pin(async move {
             let grpc = parts
                 .headers
                 .get(CONTENT_TYPE)
@@ -287,7 +298,28 @@ where
                 }
                 Err(refusal) => Ok(refusal.response(grpc, &layer.challenges)),
             }
-        })
+        }))
+    }
+}
+
+/// The identity of a request that the client's cache allows now, with no call to make; `None`
+/// for anything else (a refusal, a fallback token, a miss), which takes the full path.
+fn allowed_from_cache<P: Policy>(layer: &IntrospectLayer<P>, request: &Parts) -> Option<Identity> {
+    // UTF-8 rather than `to_str`'s visible ASCII: cheaper, and a token the cache allows is one
+    // the control plane issued, which is ASCII either way.
+    let value = request.headers.get(AUTHORIZATION)?;
+    let token = bearer(std::str::from_utf8(value.as_bytes()).ok()?)?;
+    if layer.fallback.is_some() && !token.starts_with(TOKEN_PREFIX) {
+        return None;
+    }
+    let requirement = layer
+        .policy
+        .requirement(request)
+        .filter(|r| r.is_complete())?;
+    let client_ip = (layer.client_ip)(request);
+    match layer.client.check_cached(token, &requirement, client_ip)? {
+        Verdict::Allowed(identity) if identity.org_id() == requirement.org_id() => Some(identity),
+        _ => None,
     }
 }
 

@@ -23,11 +23,7 @@ fn hash(_: u8) -> TokenHash {
 
 /// A cache whose feed is up and has just spoken.
 fn live() -> CallerCache {
-    let cache = CallerCache::new(CacheOptions::new(100));
-    cache.reset();
-    cache.set_up(true);
-    cache.heard();
-    cache
+    CallerCache::live(CacheOptions::new(100))
 }
 
 fn account() -> ServiceAccountId {
