@@ -1,6 +1,7 @@
 //! The verified identity behind a token, and how an `Introspect` answer is read into the
 //! control plane's own record of a token (which the cache decides with).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -17,7 +18,7 @@ use crate::pb::IntrospectResponse;
 ///
 /// Cheap to clone, and free to make from a cached answer: it shares the answer's record (with
 /// the cache, when the client has one) rather than copying its strings into each request.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Identity(Arc<TokenRecord>);
 
 impl Identity {
@@ -33,7 +34,7 @@ impl Identity {
         }
         // Not looked up by: an identity made outside the cache is never found by its hash.
         let unknown_hash = TokenHash([0; 32]);
-        record_of(unknown_hash, response).map(|record| Self(Arc::new(record)))
+        read(unknown_hash, response, Reading::ForIdentity).map(|record| Self(Arc::new(record)))
     }
 
     pub fn org_id(&self) -> &str {
@@ -91,6 +92,25 @@ impl Identity {
     }
 }
 
+/// What the accessors give (the record's other fields are not the answer's).
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("org_id", &self.org_id())
+            .field("service_account_id", &self.service_account_id())
+            .field(
+                "service_account_display_name",
+                &self.service_account_display_name(),
+            )
+            .field("token_id", &self.token_id())
+            .field("scopes", &self.scopes().collect::<Vec<_>>())
+            .field("all_apps", &self.all_apps())
+            .field("app_ids", &self.app_ids().collect::<Vec<_>>())
+            .field("expire_time", &self.expire_time())
+            .finish()
+    }
+}
+
 /// The same token, account and grants (the token hash, which no answer carries, is not compared).
 impl PartialEq for Identity {
     fn eq(&self, other: &Self) -> bool {
@@ -113,15 +133,36 @@ impl PartialEq for Identity {
 
 impl Eq for Identity {}
 
-/// An active answer as the control plane's record of its token; `None` when a field cannot be
-/// read (and then nothing is cached, and no identity is made).
+/// An active answer as the control plane's record of its token, to cache and decide with;
+/// `None` when a field cannot be read (and then nothing is cached).
 ///
 /// Scopes this version does not know are left out. That is safe for cached decisions too: a
 /// requirement naming such a scope is never decided locally (the control plane is asked), so a
 /// left-out scope could only be one no local decision looks for.
 pub(crate) fn record_of(hash: TokenHash, response: &IntrospectResponse) -> Option<TokenRecord> {
+    read(hash, response, Reading::ToDecide)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Reading {
+    /// Every field, for cached decisions.
+    ToDecide,
+    /// For an identity only: app ids and networks of a form this version does not read (from a
+    /// newer control plane, which has already decided) are left out rather than failing the
+    /// request. Leaving an app out only makes `may_use_app` refuse more.
+    ForIdentity,
+}
+
+fn read(hash: TokenHash, response: &IntrospectResponse, reading: Reading) -> Option<TokenRecord> {
     let app_access = match &response.app_access {
         Some(access) if access.all_apps => AppAccess::AllApps,
+        Some(access) if reading == Reading::ForIdentity => AppAccess::Apps(
+            access
+                .app_ids
+                .iter()
+                .filter_map(|id| AppId::parse(id).ok())
+                .collect(),
+        ),
         Some(access) => AppAccess::Apps(
             access
                 .app_ids
@@ -130,6 +171,12 @@ pub(crate) fn record_of(hash: TokenHash, response: &IntrospectResponse) -> Optio
                 .collect::<Option<_>>()?,
         ),
         None => AppAccess::Apps(Default::default()),
+    };
+    let allowed_cidrs = match AllowedCidrs::parse(response.allowed_cidrs.iter().map(String::as_str))
+    {
+        Ok(cidrs) => cidrs,
+        Err(_) if reading == Reading::ForIdentity => AllowedCidrs::none(),
+        Err(_) => return None,
     };
     let account = AccountRecord {
         org_id: OrgId::parse(&response.org_id).ok()?,
@@ -153,8 +200,7 @@ pub(crate) fn record_of(hash: TokenHash, response: &IntrospectResponse) -> Optio
         create_time: Timestamp::UNIX_EPOCH,
         expire_time,
         revoke_time: None,
-        allowed_cidrs: AllowedCidrs::parse(response.allowed_cidrs.iter().map(String::as_str))
-            .ok()?,
+        allowed_cidrs,
         account: Arc::new(account),
     })
 }

@@ -495,6 +495,38 @@ mod tests {
     }
 
     #[test]
+    fn apps_and_networks_of_a_form_this_version_does_not_read_are_left_out_of_the_identity() {
+        let mut response = active(true);
+        response.app_access = Some(crate::pb::AppAccess {
+            all_apps: false,
+            app_ids: vec!["checkout-ios".into(), "app.of.the.future".into()],
+        });
+        response.allowed_cidrs = vec!["10.0.0.0/8".into(), "10.0.0.0/99".into()];
+        assert!(crate::identity::record_of(TokenHash([0; 32]), &response).is_none());
+        let Verdict::Allowed(identity) = verdict(response, None).unwrap() else {
+            panic!("not allowed");
+        };
+        assert_eq!(identity.app_ids().collect::<Vec<_>>(), ["checkout-ios"]);
+        assert!(!identity.may_use_app("app.of.the.future"));
+    }
+
+    #[test]
+    fn an_identity_debugs_as_what_it_says_and_no_more() {
+        let Verdict::Allowed(identity) = verdict(active(true), None).unwrap() else {
+            panic!("not allowed");
+        };
+        let debug = format!("{identity:?}");
+        assert!(
+            debug.contains(ACCOUNT) && debug.contains("checkout-ios"),
+            "{debug}"
+        );
+        assert!(
+            !debug.contains("revoke_time") && !debug.contains("TokenHash"),
+            "{debug}"
+        );
+    }
+
+    #[test]
     fn an_answer_whose_ids_cannot_be_read_is_an_error_not_an_identity() {
         let mut response = active(true);
         response.service_account_id = "sa".into();

@@ -305,10 +305,11 @@ where
 /// The identity of a request that the client's cache allows now, with no call to make; `None`
 /// for anything else (a refusal, a fallback token, a miss), which takes the full path.
 fn allowed_from_cache<P: Policy>(layer: &IntrospectLayer<P>, request: &Parts) -> Option<Identity> {
-    // UTF-8 rather than `to_str`'s visible ASCII: cheaper, and a token the cache allows is one
-    // the control plane issued, which is ASCII either way.
-    let value = request.headers.get(AUTHORIZATION)?;
-    let token = bearer(std::str::from_utf8(value.as_bytes()).ok()?)?;
+    let token = request
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer)?;
     if layer.fallback.is_some() && !token.starts_with(TOKEN_PREFIX) {
         return None;
     }
