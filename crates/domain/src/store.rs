@@ -25,8 +25,14 @@ pub enum Created {
     OverQuota,
 }
 
-/// What the admin use cases need from storage. Every read is scoped to an org.
-pub trait AdminStore: Send + Sync + 'static {
+/// What the admin use cases need from storage, one trait per resource. Every read is scoped to
+/// an org.
+pub trait AdminStore: AccountStore + TokenAdminStore + PolicyStore + AuditStore {}
+
+impl<S: AccountStore + TokenAdminStore + PolicyStore + AuditStore> AdminStore for S {}
+
+/// Service accounts and their app grants.
+pub trait AccountStore: Send + Sync + 'static {
     /// Fails with `Conflict(ServiceAccountDisplayName)` when the org already has the name;
     /// `OverQuota` when the org already has `max_per_org` accounts (checked atomically with the
     /// insert: two concurrent creates cannot both pass at the limit).
@@ -76,7 +82,10 @@ pub trait AdminStore: Send + Sync + 'static {
     /// events), and publishes the change like a commit does (their tokens become unknown rather
     /// than revoked). Returns how many accounts were purged.
     fn purge_deleted(&self, before: Timestamp) -> impl Future<Output = StoreResult<u64>> + Send;
+}
 
+/// Tokens as admins manage them (introspection reads them through [`TokenStore`]).
+pub trait TokenAdminStore: Send + Sync + 'static {
     /// `NoParent` if the account does not exist (checked in the same transaction, so a token
     /// never outlives a concurrent delete); `OverQuota` if it already has `max_live` tokens
     /// that are neither revoked nor expired (checked atomically with the insert).
@@ -145,7 +154,10 @@ pub trait AdminStore: Send + Sync + 'static {
         new: Issue<'_>,
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<Rotated>> + Send;
+}
 
+/// The org's token policy.
+pub trait PolicyStore: Send + Sync + 'static {
     fn get_token_policy(
         &self,
         org: &OrgId,
@@ -160,7 +172,10 @@ pub trait AdminStore: Send + Sync + 'static {
         expected_revision: i64,
         event: &AuditEvent,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+}
 
+/// The audit trail (written by every mutation, with it).
+pub trait AuditStore: Send + Sync + 'static {
     fn list_audit_events(
         &self,
         org: &OrgId,

@@ -103,7 +103,7 @@ mod tests {
     use service_accounts_domain::service_account::{
         AccountState, AppAccess, Description, DisplayName, ServiceAccount,
     };
-    use service_accounts_domain::store::AdminStore;
+    use service_accounts_domain::store::AccountStore;
     use service_accounts_domain::time;
 
     use super::*;

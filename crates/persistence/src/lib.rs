@@ -2,7 +2,7 @@
 //! PostgreSQL (production) from one codebase.
 //!
 //! - [`connect`]: the pool, migrations, the [`Database`] handle.
-//! - `admin_store` / `token_store`: the domain's `AdminStore` and `TokenStore`.
+//! - `admin_store` (a file per resource) / `token_store`: the domain's `AdminStore` and `TokenStore`.
 //! - `commit`: the one function that commits an audited change and publishes it.
 //! - [`changes`]: cross-replica change notifications (PostgreSQL LISTEN/NOTIFY).
 //! - `rows`: rows to domain values and back; `error`: storage errors to the domain's.

@@ -288,7 +288,7 @@ mod tests {
     use service_accounts_domain::service_account::{
         AppAccess, AppId, Description, DisplayName, ServiceAccount,
     };
-    use service_accounts_domain::store::AdminStore;
+    use service_accounts_domain::store::AccountStore;
     use service_accounts_domain::time;
 
     use super::*;

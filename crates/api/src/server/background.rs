@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use service_accounts_domain::changes::{Change, ChangeBus};
 use service_accounts_domain::introspection::Introspector;
-use service_accounts_domain::store::AdminStore;
+use service_accounts_domain::store::AccountStore;
 use service_accounts_domain::time;
 use service_accounts_persistence::Database;
 use service_accounts_persistence::changes;
