@@ -9,6 +9,7 @@ pub mod cache;
 pub mod changes;
 pub mod error;
 pub mod feed;
+pub mod filter;
 #[cfg(test)]
 mod fixtures;
 pub mod ids;
