@@ -268,16 +268,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The clone that was not polled ready stays behind (tower's usual swap).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let (mut parts, body) = request.into_parts();
         if let Some(identity) = allowed_from_cache(&self.layer, &parts) {
-            // The handler gets the identity; the token goes no further.
+            // The handler gets the identity; the token goes no further. The inner service was
+            // polled ready and is called now, so it needs no clone.
             parts.headers.remove(AUTHORIZATION);
             parts.extensions.insert(identity);
-            return Either::Left(inner.call(Request::from_parts(parts, body)));
+            return Either::Left(self.inner.call(Request::from_parts(parts, body)));
         }
+        // Called later: the clone that was not polled ready stays behind (tower's usual swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
             let grpc = parts
