@@ -32,6 +32,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     assert_eq!(old.hint, format!("emb_sa_…{}", &old_secret[44..]));
     assert_eq!(old.scopes, ["mcp:read", "mcp:tools:call"]);
     assert_eq!(old.created_by, "admin-of-org-a");
+    assert_eq!(old.state(), pb::token::State::Active);
 
     // Both tokens work at once (rotation without downtime).
     let active = introspect(&app, &old_secret, "", "", &[]).await;
@@ -79,6 +80,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
         .unwrap();
     assert!(revoked.revoke_time.is_some());
     assert_eq!(revoked.revoked_by, "admin-of-org-a");
+    assert_eq!(revoked.state(), pb::token::State::Revoked);
     let after = introspect(&app, &old_secret, "", "", &[]).await;
     assert!(!after.active && !after.allowed);
     assert_eq!(after.inactive_reason(), pb::InactiveReason::Revoked);
@@ -164,6 +166,9 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     assert_eq!(first.tokens[0].token_id, old.token_id);
     assert_eq!(second.tokens[0].token_id, new.token_id);
     assert!(second.next_page_token.is_empty());
+    // Listed, each token says whether it works.
+    assert_eq!(first.tokens[0].state(), pb::token::State::Revoked);
+    assert_eq!(second.tokens[0].state(), pb::token::State::Active);
 
     assert_eq!(
         audit_actions(&app, &jwt).await,
@@ -356,6 +361,25 @@ async fn expired_tokens_are_inactive(backend: Backend) {
     let after = introspect(&app, &response.secret, "", "", &[]).await;
     assert!(!after.active);
     assert_eq!(after.inactive_reason(), pb::InactiveReason::Expired);
+    // An admin reading it sees the same, computed when read.
+    let token = response.token.unwrap();
+    assert_eq!(token.state(), pb::token::State::Active);
+    let listed = app
+        .admin()
+        .await
+        .list_tokens(authed(
+            pb::ListTokensRequest {
+                service_account_id: token.service_account_id.clone(),
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tokens.len(), 1);
+    assert_eq!(listed.tokens[0].token_id, token.token_id);
+    assert_eq!(listed.tokens[0].state(), pb::token::State::Expired);
 }
 
 async fn last_used_is_recorded_and_flushed_on_shutdown(backend: Backend) {

@@ -5,8 +5,8 @@ use service_accounts_domain::audit::AuditRecord;
 use service_accounts_domain::policy::TokenPolicy;
 use service_accounts_domain::scope::CATALOGUE;
 use service_accounts_domain::service_account::{AccountState, AppAccess, ServiceAccount};
-use service_accounts_domain::time::Timestamp;
-use service_accounts_domain::token::{RevokeReason, Token};
+use service_accounts_domain::time::{self, Timestamp};
+use service_accounts_domain::token::{RevokeReason, Token, TokenState};
 
 use crate::pb;
 
@@ -80,6 +80,11 @@ pub fn token(token: &Token) -> pb::Token {
             .unwrap_or_default(),
         last_used_time: token.last_used_time.map(timestamp),
         hint: token.hint.clone(),
+        state: match token.state(time::now()) {
+            TokenState::Active => pb::token::State::Active,
+            TokenState::Expired => pb::token::State::Expired,
+            TokenState::Revoked => pb::token::State::Revoked,
+        } as i32,
         revoke_reason: token
             .revoke_reason
             .map_or(pb::token::RevokeReason::Unspecified, |r| match r {

@@ -232,8 +232,27 @@ pub struct Token {
 impl Token {
     /// Whether the token still works at `now` (its account's state aside).
     pub fn is_live(&self, now: Timestamp) -> bool {
-        self.revoke_time.is_none() && self.expire_time.is_none_or(|expiry| expiry > now)
+        self.state(now) == TokenState::Active
     }
+
+    /// The token's state at `now`: revoked wins over expired.
+    pub fn state(&self, now: Timestamp) -> TokenState {
+        if self.revoke_time.is_some() {
+            TokenState::Revoked
+        } else if self.expire_time.is_some_and(|expiry| expiry <= now) {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        }
+    }
+}
+
+/// Whether a token works (its account's state aside), as of a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Active,
+    Expired,
+    Revoked,
 }
 
 /// A stored token joined with what introspection reports about its account: what one
@@ -278,6 +297,46 @@ impl AccountRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_revoked_once_revoked_else_expired_from_its_expiry_on_else_active() {
+        let now = crate::time::now();
+        let second = chrono::TimeDelta::seconds(1);
+        let token = |expire_time: Option<Timestamp>, revoke_time: Option<Timestamp>| Token {
+            id: TokenId::generate(),
+            service_account_id: ServiceAccountId::generate(),
+            display_name: DisplayName::parse("t").unwrap(),
+            scopes: Scopes::parse(["mcp:tools:call"]).unwrap(),
+            create_time: now - second * 10,
+            created_by: UserId::parse("u").unwrap(),
+            expire_time,
+            revoke_time,
+            revoked_by: None,
+            revoke_reason: None,
+            last_used_time: None,
+            last_used_app_id: None,
+            last_used_client_ip: None,
+            hint: String::new(),
+            previous_token_id: None,
+            allowed_cidrs: AllowedCidrs::none(),
+        };
+        assert_eq!(token(None, None).state(now), TokenState::Active);
+        assert_eq!(
+            token(Some(now + second), None).state(now),
+            TokenState::Active
+        );
+        assert_eq!(token(Some(now), None).state(now), TokenState::Expired);
+        assert_eq!(
+            token(Some(now - second), None).state(now),
+            TokenState::Expired
+        );
+        assert_eq!(token(None, Some(now)).state(now), TokenState::Revoked);
+        assert_eq!(
+            token(Some(now - second), Some(now - second * 2)).state(now),
+            TokenState::Revoked
+        );
+        assert!(token(None, None).is_live(now) && !token(Some(now), None).is_live(now));
+    }
 
     #[test]
     fn generated_tokens_have_the_documented_shape() {

@@ -189,6 +189,33 @@ class Token(_message.Message):
     REVOKE_REASON_ACCOUNT_DELETED: Token.RevokeReason.ValueType  # 4
     """Its service account was deleted."""
 
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Token._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Token._State.ValueType  # 0
+        STATE_ACTIVE: Token._State.ValueType  # 1
+        """Neither revoked nor expired."""
+        STATE_EXPIRED: Token._State.ValueType  # 2
+        """Past its `expire_time`, not revoked."""
+        STATE_REVOKED: Token._State.ValueType  # 3
+        """Revoked (`revoke_time` is set)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Whether the token works, as of when it was read. A revoked token is `STATE_REVOKED` even
+        past its expiry.
+        """
+
+    STATE_UNSPECIFIED: Token.State.ValueType  # 0
+    STATE_ACTIVE: Token.State.ValueType  # 1
+    """Neither revoked nor expired."""
+    STATE_EXPIRED: Token.State.ValueType  # 2
+    """Past its `expire_time`, not revoked."""
+    STATE_REVOKED: Token.State.ValueType  # 3
+    """Revoked (`revoke_time` is set)."""
+
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
@@ -205,6 +232,7 @@ class Token(_message.Message):
     ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
     LAST_USED_APP_ID_FIELD_NUMBER: _builtins.int
     LAST_USED_CLIENT_IP_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     """Server-assigned, non-secret handle (UUIDv7), used to list and revoke the token."""
     service_account_id: _builtins.str
@@ -225,6 +253,7 @@ class Token(_message.Message):
     """The `app_id` of the latest successful introspection that carried one."""
     last_used_client_ip: _builtins.str
     """The `client_ip` of the latest successful introspection that carried one."""
+    state: Global___Token.State.ValueType
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted to the token, sorted (see `ListScopes`)."""
@@ -270,10 +299,11 @@ class Token(_message.Message):
         allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
         last_used_app_id: _builtins.str = ...,
         last_used_client_ip: _builtins.str = ...,
+        state: Global___Token.State.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "create_time", b"create_time", "created_by", b"created_by", "display_name", b"display_name", "expire_time", b"expire_time", "hint", b"hint", "last_used_app_id", b"last_used_app_id", "last_used_client_ip", b"last_used_client_ip", "last_used_time", b"last_used_time", "previous_token_id", b"previous_token_id", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "revoked_by", b"revoked_by", "scopes", b"scopes", "service_account_id", b"service_account_id", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "create_time", b"create_time", "created_by", b"created_by", "display_name", b"display_name", "expire_time", b"expire_time", "hint", b"hint", "last_used_app_id", b"last_used_app_id", "last_used_client_ip", b"last_used_client_ip", "last_used_time", b"last_used_time", "previous_token_id", b"previous_token_id", "revoke_reason", b"revoke_reason", "revoke_time", b"revoke_time", "revoked_by", b"revoked_by", "scopes", b"scopes", "service_account_id", b"service_account_id", "state", b"state", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
