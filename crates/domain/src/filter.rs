@@ -22,8 +22,6 @@ use std::fmt;
 
 use crate::time::Timestamp;
 
-/// Longest filter accepted, in bytes.
-pub const MAX_LENGTH: usize = 2048;
 /// Deepest nesting of parentheses and `NOT`s accepted.
 pub const MAX_DEPTH: usize = 32;
 
@@ -106,13 +104,11 @@ pub enum Value {
 }
 
 /// Parses a filter; `Ok(None)` for an empty one (no filter).
+///
+/// Any length: parsing is linear, and nesting is bounded by [`MAX_DEPTH`]. How long a request's
+/// filter may be is checked where the request is read, like every other field; a canonical form
+/// can be longer than the filter it was printed from (quotes, spaces, `AND`s), and still parses.
 pub fn parse(input: &str) -> Result<Option<Expr>, FilterError> {
-    if input.len() > MAX_LENGTH {
-        return Err(FilterError {
-            at: 1,
-            message: format!("a filter is at most {MAX_LENGTH} bytes"),
-        });
-    }
     let tokens = lex(input)?;
     let mut parser = Parser {
         tokens,
