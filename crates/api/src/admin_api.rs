@@ -62,8 +62,22 @@ pub(crate) fn sane_request_id(given: Option<&str>) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
+/// The credential report's chunks.
+pub type ReportStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::ExportCredentialReportResponse, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
+    type ExportCredentialReportStream = ReportStream;
+
+    async fn export_credential_report(
+        &self,
+        _request: Request<pb::ExportCredentialReportRequest>,
+    ) -> Result<Response<ReportStream>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
     async fn create_service_account(
         &self,
         request: Request<pb::CreateServiceAccountRequest>,
