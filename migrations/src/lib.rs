@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_initial;
 mod m20261129_000001_lifecycle;
+mod m20261206_000001_inventory;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_initial::Migration),
             Box::new(m20261129_000001_lifecycle::Migration),
+            Box::new(m20261206_000001_inventory::Migration),
         ]
     }
 }

@@ -360,6 +360,7 @@ async fn accounts_page_by_keyset_with_validated_tokens(backend: Backend) {
             pb::ListAuditEventsRequest {
                 page_size: 1,
                 page_token: String::new(),
+                ..Default::default()
             },
             &jwt,
         ))

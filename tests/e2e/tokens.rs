@@ -145,6 +145,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
                 service_account_id: id.clone(),
                 page_size: 1,
                 page_token: String::new(),
+                ..Default::default()
             },
             &jwt,
         ))
@@ -157,6 +158,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
                 service_account_id: id.clone(),
                 page_size: 1,
                 page_token: first.next_page_token.clone(),
+                ..Default::default()
             },
             &jwt,
         ))

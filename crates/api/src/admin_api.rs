@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use service_accounts_domain::admin::{Admin, AdminService};
+use service_accounts_domain::admin::{Admin, AdminService, CredentialReport};
 use service_accounts_domain::service_account::AccountState;
 use service_accounts_domain::store::AdminStore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AdminAuthenticator, AuthError};
-use crate::error::{ApiError, handle};
+use crate::error::{ApiError, handle, status};
 use crate::jwks::JwksEndpoint;
 use crate::pb;
 use crate::pb::service_account_admin_server::ServiceAccountAdmin;
@@ -17,7 +17,7 @@ use crate::render;
 use crate::requests::Parse;
 
 pub struct AdminApi<S> {
-    service: AdminService<S>,
+    service: Arc<AdminService<S>>,
     auth: Arc<AdminAuthenticator>,
     jwks: Option<Arc<JwksEndpoint>>,
 }
@@ -29,7 +29,7 @@ impl<S: AdminStore> AdminApi<S> {
         jwks: Option<Arc<JwksEndpoint>>,
     ) -> Self {
         Self {
-            service,
+            service: Arc::new(service),
             auth,
             jwks,
         }
@@ -62,6 +62,27 @@ pub(crate) fn sane_request_id(given: Option<&str>) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
+/// Streams a report a chunk at a time: the next chunk is read from the store only once the
+/// previous one has been taken, so memory stays one chunk deep whatever the org's size.
+fn report_stream<S: AdminStore>(
+    service: Arc<AdminService<S>>,
+    report: CredentialReport,
+) -> ReportStream {
+    Box::pin(futures_util::stream::try_unfold(
+        (service, report),
+        |(service, mut report)| async move {
+            match service.next_report_chunk(&mut report).await {
+                Ok(Some(chunk)) => Ok(Some((
+                    pb::ExportCredentialReportResponse { chunk },
+                    (service, report),
+                ))),
+                Ok(None) => Ok(None),
+                Err(error) => Err(status(ApiError::from(error))),
+            }
+        },
+    ))
+}
+
 /// The credential report's chunks.
 pub type ReportStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<pb::ExportCredentialReportResponse, Status>> + Send>,
@@ -73,9 +94,15 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
 
     async fn export_credential_report(
         &self,
-        _request: Request<pb::ExportCredentialReportRequest>,
+        request: Request<pb::ExportCredentialReportRequest>,
     ) -> Result<Response<ReportStream>, Status> {
-        Err(Status::unimplemented("not yet"))
+        handle(async {
+            let admin = self.admin(&request).await?;
+            let filter = request.get_ref().parse()?;
+            let report = self.service.credential_report(&admin, filter);
+            Ok(report_stream(self.service.clone(), report))
+        })
+        .await
     }
 
     async fn create_service_account(
@@ -222,8 +249,8 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         handle(async {
             let admin = self.admin(&request).await?;
-            let (id, page) = request.get_ref().parse()?;
-            let page = self.service.list_tokens(&admin, id, page).await?;
+            let listing = request.get_ref().parse()?;
+            let page = self.service.list_tokens(&admin, listing).await?;
             Ok(pb::ListTokensResponse {
                 tokens: page.items.iter().map(render::token).collect(),
                 next_page_token: page.next_page_token,
@@ -390,8 +417,8 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         handle(async {
             let admin = self.admin(&request).await?;
-            let page = request.get_ref().parse()?;
-            let page = self.service.list_audit_events(&admin, page).await?;
+            let listing = request.get_ref().parse()?;
+            let page = self.service.list_audit_events(&admin, listing).await?;
             Ok(pb::ListAuditEventsResponse {
                 audit_events: page.items.iter().map(render::audit_event).collect(),
                 next_page_token: page.next_page_token,

@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(label("/evil/aaaaaaaaaaaaaaaaaaaaaaaaaaaa"), "other");
         let admin: Vec<&str> = of_service(ADMIN).collect();
         assert!(admin.contains(&"/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListAuditEvents"));
-        assert_eq!(admin.len(), 20);
+        assert_eq!(admin.len(), 21);
         assert_eq!(of_service(INTROSPECTION).count(), 2);
         assert_eq!(of_service(ENVOY).count(), 1);
         assert_eq!(

@@ -12,9 +12,11 @@ use service_accounts_domain::admin::{
 use service_accounts_domain::error::{Error, Invalid, quote};
 use service_accounts_domain::ids::{ServiceAccountId, TokenId};
 use service_accounts_domain::introspection::Checks;
+use service_accounts_domain::listing::{self, AuditListing, TokenListing, TokenListingRequest};
 use service_accounts_domain::network::AllowedCidrs;
 use service_accounts_domain::page::{Listing, PageRequest, TimedPageRequest};
 use service_accounts_domain::policy::{self, TokenPolicyPatch};
+use service_accounts_domain::query::{Cond, TokenPredicate};
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::{AppAccess, AppId, Description, DisplayName};
 use service_accounts_domain::time::{self, Timestamp};
@@ -234,13 +236,31 @@ impl Parse for pb::CreateTokenRequest {
 }
 
 impl Parse for pb::ListTokensRequest {
-    type Command = (ServiceAccountId, PageRequest);
+    type Command = TokenListing;
+
+    fn parse(&self) -> Result<TokenListing, Error> {
+        let mut v = Violations::new();
+        let listing = all_of(
+            &mut v,
+            TokenListing::parse(TokenListingRequest {
+                service_account_id: &self.service_account_id,
+                filter: &self.filter,
+                order_by: &self.order_by,
+                page_size: self.page_size,
+                page_token: &self.page_token,
+            }),
+        );
+        v.finish_with(|| listing)
+    }
+}
+
+impl Parse for pb::ExportCredentialReportRequest {
+    type Command = Option<Cond<TokenPredicate>>;
 
     fn parse(&self) -> Result<Self::Command, Error> {
         let mut v = Violations::new();
-        let id = account_id(&mut v, &self.service_account_id);
-        let page = page(&mut v, Listing::Tokens, self.page_size, &self.page_token);
-        v.finish_with(|| Some((id?, page?)))
+        let filter = v.check("filter", listing::token_filter(&self.filter));
+        v.finish_with(|| filter)
     }
 }
 
@@ -461,17 +481,20 @@ impl Parse for pb::ListScopesRequest {
 }
 
 impl Parse for pb::ListAuditEventsRequest {
-    type Command = PageRequest;
+    type Command = AuditListing;
 
-    fn parse(&self) -> Result<PageRequest, Error> {
+    fn parse(&self) -> Result<AuditListing, Error> {
         let mut v = Violations::new();
-        let page = page(
+        let listing = all_of(
             &mut v,
-            Listing::AuditEvents,
-            self.page_size,
-            &self.page_token,
+            AuditListing::parse(
+                &self.filter,
+                &self.order_by,
+                self.page_size,
+                &self.page_token,
+            ),
         );
-        v.finish_with(|| page)
+        v.finish_with(|| listing)
     }
 }
 
@@ -548,8 +571,13 @@ fn app_ids(v: &mut Violations, field: &str, ids: &[String]) -> Option<BTreeSet<A
 }
 
 fn page(v: &mut Violations, listing: Listing, size: i32, token: &str) -> Option<PageRequest> {
-    match PageRequest::parse(listing, size, token) {
-        Ok(page) => Some(page),
+    all_of(v, PageRequest::parse(listing, size, token))
+}
+
+/// A value read from several fields, each bad one a violation.
+fn all_of<T>(v: &mut Violations, parsed: Result<T, Vec<(&'static str, Invalid)>>) -> Option<T> {
+    match parsed {
+        Ok(value) => Some(value),
         Err(problems) => {
             for (field, invalid) in problems {
                 v.add(field, invalid.0);

@@ -17,11 +17,13 @@ pub mod introspection;
 pub mod issued;
 pub mod last_used;
 pub mod leaks;
+pub mod listing;
 pub mod network;
 pub mod page;
 pub mod policy;
 #[cfg(test)]
 mod properties;
+pub mod query;
 pub mod scope;
 pub mod service_account;
 pub mod store;

@@ -108,6 +108,138 @@ impl<T> Page<T> {
     }
 }
 
+/// Where a page of a filtered, ordered listing starts. Its page tokens are bound to the
+/// request's query (see [`binding`]): a token returned for one filter or order is refused with
+/// another, rather than silently starting somewhere meaningless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryPage {
+    pub after: Option<crate::query::After<Uuid>>,
+    pub size: PageSize,
+    pub binding: u64,
+}
+
+impl QueryPage {
+    pub fn parse(
+        listing: Listing,
+        page_size: i32,
+        page_token: &str,
+        binding: u64,
+    ) -> Result<Self, Vec<(&'static str, Invalid)>> {
+        let size = PageSize::parse(page_size);
+        let after = decode_query(listing, page_token, binding);
+        match (size, after) {
+            (Ok(size), Ok(after)) => Ok(Self {
+                after,
+                size,
+                binding,
+            }),
+            (size, after) => Err([
+                size.err().map(|e| ("page_size", e)),
+                after.err().map(|e| ("page_token", e)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
+    }
+}
+
+/// What a page token is bound to: the parts of the request that decide which rows, in which
+/// order (canonical forms, so that two spellings of one query are one query).
+pub fn binding(parts: &[&str]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+impl<T> Page<T> {
+    /// [`Page::from_rows`] for a listing read through a query.
+    pub fn from_query_rows(
+        listing: Listing,
+        mut rows: Vec<T>,
+        page: QueryPage,
+        key: impl Fn(&T) -> crate::query::After<Uuid>,
+    ) -> Self {
+        let size = page.size.get() as usize;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| encode_query(listing, page.binding, key(last)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self {
+            items: rows,
+            next_page_token,
+        }
+    }
+}
+
+fn encode_query(listing: Listing, binding: u64, after: crate::query::After<Uuid>) -> String {
+    let time = after
+        .time
+        .map(|t| t.timestamp_micros().to_string())
+        .unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}:{binding:016x}:{time}:{}",
+        listing.tag(),
+        after.id.hyphenated()
+    ))
+}
+
+fn decode_query(
+    listing: Listing,
+    token: &str,
+    binding: u64,
+) -> Result<Option<crate::query::After<Uuid>>, Invalid> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Invalid::new("is not a page token returned by this listing");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    let mut parts = text.splitn(4, ':');
+    let (Some(tag), Some(bound), Some(time), Some(id)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    if tag != listing.tag() {
+        return Err(invalid());
+    }
+    if u64::from_str_radix(bound, 16).ok() != Some(binding) {
+        return Err(Invalid::new(
+            "was returned for another filter, order or parent: page with the request that \
+             returned it",
+        ));
+    }
+    let time = match time {
+        "" => None,
+        micros => Some(
+            micros
+                .parse::<i64>()
+                .ok()
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .ok_or_else(invalid)?,
+        ),
+    };
+    let after = crate::query::After {
+        time,
+        id: Uuid::try_parse(id).map_err(|_| invalid())?,
+    };
+    // Only the form `encode_query` writes: one token means one position.
+    if encode_query(listing, binding, after) != token {
+        return Err(invalid());
+    }
+    Ok(Some(after))
+}
+
 /// Where a page of a listing ordered by a time, then id, starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedPageRequest {

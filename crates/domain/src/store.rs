@@ -9,6 +9,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::StoreError;
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
 use crate::policy::{StoredPolicy, TokenPolicy};
+use crate::query::{AuditQuery, ListedToken, TokenQuery};
 use crate::service_account::ServiceAccount;
 use crate::time::Timestamp;
 use crate::token::{Revocation, Token, TokenHash, TokenRecord, Usage};
@@ -105,24 +106,12 @@ pub trait TokenAdminStore: Send + Sync + 'static {
         id: TokenId,
     ) -> impl Future<Output = StoreResult<Option<Token>>> + Send;
 
+    /// The page of tokens `query` asks for, each with its account's name and state. Tokens of
+    /// deleted accounts are never listed.
     fn list_tokens(
         &self,
-        org: &OrgId,
-        account: ServiceAccountId,
-        after: Option<TokenId>,
-        limit: u32,
-    ) -> impl Future<Output = StoreResult<Vec<Token>>> + Send;
-
-    /// Up to `limit` of the org's unrevoked tokens with `from <= expire_time <= until`, ordered
-    /// by expire time then id, starting after `after`.
-    fn list_expiring_tokens(
-        &self,
-        org: &OrgId,
-        from: Timestamp,
-        until: Timestamp,
-        after: Option<(Timestamp, TokenId)>,
-        limit: u32,
-    ) -> impl Future<Output = StoreResult<Vec<Token>>> + Send;
+        query: &TokenQuery,
+    ) -> impl Future<Output = StoreResult<Vec<ListedToken>>> + Send;
 
     /// Marks the token revoked if it is not already. `false` if it was already revoked or does
     /// not exist (and then nothing is written).
@@ -176,11 +165,10 @@ pub trait PolicyStore: Send + Sync + 'static {
 
 /// The audit trail (written by every mutation, with it).
 pub trait AuditStore: Send + Sync + 'static {
+    /// The page of events `query` asks for.
     fn list_audit_events(
         &self,
-        org: &OrgId,
-        after: Option<uuid::Uuid>,
-        limit: u32,
+        query: &AuditQuery,
     ) -> impl Future<Output = StoreResult<Vec<AuditRecord>>> + Send;
 }
 

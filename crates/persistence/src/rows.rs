@@ -8,6 +8,7 @@ use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::{AuditEvent, AuditRecord};
 use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use service_accounts_domain::network::AllowedCidrs;
+use service_accounts_domain::query::ListedToken;
 use service_accounts_domain::scope::Scopes;
 use service_accounts_domain::service_account::{
     AccountState, AppAccess, AppId, Description, DisplayName, ServiceAccount,
@@ -112,6 +113,19 @@ pub(crate) fn token(row: token::Model) -> Result<Token, StoreError> {
         hint: row.hint,
         previous_token_id: row.previous_token_id.as_deref().map(token_id).transpose()?,
         allowed_cidrs: allowed_cidrs(&row.allowed_cidrs)?,
+    })
+}
+
+/// A token with its account, as listings read them (the account is joined, so always there).
+pub(crate) fn listed(
+    (row, account): (token::Model, Option<service_account::Model>),
+) -> Result<ListedToken, StoreError> {
+    let account = account.ok_or_else(|| corrupt("token without an account", &row.id))?;
+    Ok(ListedToken {
+        account_name: DisplayName::parse(&account.display_name)
+            .map_err(|_| corrupt("display name", &account.display_name))?,
+        account_state: account_state(&account.state)?,
+        token: token(row)?,
     })
 }
 

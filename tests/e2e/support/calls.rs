@@ -151,6 +151,7 @@ pub async fn tokens_of(app: &TestApp, jwt: &str, account: &str) -> Vec<pb::Token
                 service_account_id: account.into(),
                 page_size: 1000,
                 page_token: String::new(),
+                ..Default::default()
             },
             jwt,
         ))
@@ -168,6 +169,7 @@ pub async fn audit_events(app: &TestApp, jwt: &str) -> Vec<pb::AuditEvent> {
             pb::ListAuditEventsRequest {
                 page_size: 1000,
                 page_token: String::new(),
+                ..Default::default()
             },
             jwt,
         ))
@@ -184,6 +186,7 @@ pub async fn audit_actions(app: &TestApp, jwt: &str) -> Vec<String> {
             pb::ListAuditEventsRequest {
                 page_size: 1000,
                 page_token: String::new(),
+                ..Default::default()
             },
             jwt,
         ))

@@ -3,16 +3,20 @@
 
 mod accounts;
 mod policy;
+mod report;
 mod tokens;
 
 use crate::audit::{AuditAction, AuditEvent, AuditRecord, Target};
 use crate::error::Error;
 use crate::ids::{AuditEventId, OrgId, UserId};
-use crate::page::{Listing, Page, PageRequest};
+use crate::listing::AuditListing;
+use crate::page::{Listing, Page};
+use crate::query::{After, AuditQuery};
 use crate::store::AdminStore;
 use crate::time;
 
 pub use accounts::{NewServiceAccount, ServiceAccountPatch};
+pub use report::{CredentialReport, REPORT_COLUMNS};
 pub use tokens::{MAX_EXPIRING_WITHIN_SECONDS, MAX_GRACE_SECONDS, NewToken, Rotation, TokenPatch};
 
 /// The role a caller needs for any admin operation.
@@ -108,17 +112,27 @@ impl<S: AdminStore> AdminService<S> {
     pub async fn list_audit_events(
         &self,
         admin: &Admin,
-        page: PageRequest,
+        listing: AuditListing,
     ) -> Result<Page<AuditRecord>, Error> {
-        let rows = self
-            .store
-            .list_audit_events(&admin.org_id, page.after, page.size.get() + 1)
-            .await?;
-        Ok(Page::from_rows(
+        let query = AuditQuery {
+            org: admin.org_id.clone(),
+            filter: listing.filter,
+            order: listing.order,
+            after: listing.page.after.map(|after| After {
+                time: after.time,
+                id: AuditEventId::from_uuid(after.id),
+            }),
+            limit: listing.page.size.get() + 1,
+        };
+        let rows = self.store.list_audit_events(&query).await?;
+        Ok(Page::from_query_rows(
             Listing::AuditEvents,
             rows,
-            page.size,
-            |e| e.id.as_uuid(),
+            listing.page,
+            |event| After {
+                time: Some(event.create_time),
+                id: event.id.as_uuid(),
+            },
         ))
     }
 }

@@ -7,13 +7,15 @@ use super::{Admin, AdminService};
 use crate::audit::{AuditAction, Target};
 use crate::error::Error;
 use crate::ids::{ServiceAccountId, TokenId};
+use crate::listing::TokenListing;
 use crate::network::AllowedCidrs;
-use crate::page::{Listing, Page, PageRequest, TimedPageRequest};
+use crate::page::{Listing, Page, TimedPageRequest};
+use crate::query::{After, Cmp, Cond, Order, TokenPredicate, TokenQuery, TokenTime};
 use crate::scope::Scopes;
 use crate::service_account::DisplayName;
 use crate::store::{AdminStore, Created, Ending, Issue, Rotated};
 use crate::time::{self, SECONDS_PER_DAY, Timestamp};
-use crate::token::{Revocation, RevokeReason, Token, TokenSecret};
+use crate::token::{Revocation, RevokeReason, Token, TokenSecret, TokenState};
 
 /// A rotation's grace period is at most this long.
 pub const MAX_GRACE_SECONDS: i64 = 30 * SECONDS_PER_DAY;
@@ -223,21 +225,41 @@ impl<S: AdminStore> AdminService<S> {
         Ok((new, secret, previous))
     }
 
+    /// One account's tokens, or the org's, as the listing asks.
     pub async fn list_tokens(
         &self,
         admin: &Admin,
-        account_id: ServiceAccountId,
-        page: PageRequest,
+        listing: TokenListing,
     ) -> Result<Page<Token>, Error> {
-        self.get_service_account(admin, account_id).await?;
-        let after = page.after.map(TokenId::from_uuid);
-        let rows = self
-            .store
-            .list_tokens(&admin.org_id, account_id, after, page.size.get() + 1)
-            .await?;
-        Ok(Page::from_rows(Listing::Tokens, rows, page.size, |t| {
-            t.id.as_uuid()
-        }))
+        if let Some(account) = listing.account {
+            self.get_service_account(admin, account).await?;
+        }
+        let query = TokenQuery {
+            org: admin.org_id.clone(),
+            account: listing.account,
+            filter: listing.filter,
+            order: listing.order,
+            after: listing.page.after.map(|after| After {
+                time: after.time,
+                id: TokenId::from_uuid(after.id),
+            }),
+            limit: listing.page.size.get() + 1,
+            now: time::now(),
+        };
+        let rows = self.store.list_tokens(&query).await?;
+        let tokens = rows.into_iter().map(|listed| listed.token).collect();
+        Ok(Page::from_query_rows(
+            Listing::Tokens,
+            tokens,
+            listing.page,
+            |token| {
+                let key = query.key(token);
+                After {
+                    time: key.time,
+                    id: key.id.as_uuid(),
+                }
+            },
+        ))
     }
 
     /// The org's unrevoked tokens expiring between now and `within` from now, soonest first.
@@ -248,14 +270,33 @@ impl<S: AdminStore> AdminService<S> {
         page: TimedPageRequest,
     ) -> Result<Page<Token>, Error> {
         let now = time::now();
-        let after = page.after.map(|(t, id)| (t, TokenId::from_uuid(id)));
-        let rows = self
-            .store
-            .list_expiring_tokens(&admin.org_id, now, now + within, after, page.size.get() + 1)
-            .await?;
+        let expire = |cmp, at| Cond::Is(TokenPredicate::Time(TokenTime::Expire, cmp, at));
+        let query = TokenQuery {
+            org: admin.org_id.clone(),
+            account: None,
+            filter: Some(Cond::All(vec![
+                Cond::Not(Box::new(Cond::Is(TokenPredicate::State(
+                    TokenState::Revoked,
+                )))),
+                expire(Cmp::Ge, now),
+                expire(Cmp::Le, now + within),
+            ])),
+            order: Order {
+                by: TokenTime::Expire,
+                descending: false,
+            },
+            after: page.after.map(|(time, id)| After {
+                time: Some(time),
+                id: TokenId::from_uuid(id),
+            }),
+            limit: page.size.get() + 1,
+            now,
+        };
+        let rows = self.store.list_tokens(&query).await?;
+        let tokens = rows.into_iter().map(|listed| listed.token).collect();
         Ok(Page::from_timed_rows(
             Listing::ExpiringTokens,
-            rows,
+            tokens,
             page.size,
             |t| (t.expire_time.unwrap_or(now), t.id.as_uuid()),
         ))

@@ -1,34 +1,39 @@
 //! The audit trail.
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::AuditRecord;
-use service_accounts_domain::ids::OrgId;
+use service_accounts_domain::query::{After, AuditQuery};
 use service_accounts_domain::store::{AuditStore, StoreResult};
 
+use super::query::{Segment, audit_predicate, condition, keyset};
 use crate::Database;
 use crate::entity::audit_event;
 use crate::error::run;
-use crate::rows::{self};
+use crate::rows;
 
 impl AuditStore for Database {
-    async fn list_audit_events(
-        &self,
-        org: &OrgId,
-        after: Option<uuid::Uuid>,
-        limit: u32,
-    ) -> StoreResult<Vec<AuditRecord>> {
+    async fn list_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
         run(async {
-            let mut query =
-                audit_event::Entity::find().filter(audit_event::Column::OrgId.eq(org.as_str()));
-            if let Some(after) = after {
-                query = query.filter(audit_event::Column::Id.gt(after.hyphenated().to_string()));
+            let mut select = audit_event::Entity::find()
+                .filter(audit_event::Column::OrgId.eq(query.org.as_str()));
+            if let Some(filter) = &query.filter {
+                select = select.filter(condition(filter, &audit_predicate));
             }
-            let events = query
-                .order_by_asc(audit_event::Column::Id)
-                .limit(u64::from(limit))
-                .all(&self.db)
-                .await?;
+            let events = keyset(
+                select,
+                audit_event::Column::CreatedAt,
+                audit_event::Column::Id,
+                query.order.descending,
+                Segment::Set,
+                query.after.map(|after| After {
+                    time: after.time,
+                    id: after.id.as_uuid().hyphenated().to_string(),
+                }),
+                u64::from(query.limit),
+            )
+            .all(&self.db)
+            .await?;
             Ok(events
                 .into_iter()
                 .map(rows::audit_record)

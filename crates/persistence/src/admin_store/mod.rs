@@ -5,6 +5,7 @@
 mod accounts;
 mod audit;
 mod policy;
+mod query;
 mod tokens;
 
 use sea_orm::sea_query::Expr;

@@ -3,22 +3,24 @@
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr,
+    SqlErr,
 };
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::AuditEvent;
 use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId};
+use service_accounts_domain::query::{After, ListedToken, TokenQuery, TokenTime};
 use service_accounts_domain::store::{
     Created, Ending, Issue, Rotated, StoreResult, TokenAdminStore,
 };
 use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::{Revocation, Token, TokenHash};
 
+use super::query::{Segment, condition, keyset, segments, time_column, token_predicate};
 use super::{live_accounts, revoke};
 use crate::Database;
 use crate::entity::{service_account, token};
 use crate::error::{Failure, run};
-use crate::rows::{self, token_row};
+use crate::rows::{self, listed, token_row};
 
 impl TokenAdminStore for Database {
     async fn create_token(
@@ -74,28 +76,52 @@ impl TokenAdminStore for Database {
         .await
     }
 
-    async fn list_tokens(
-        &self,
-        org: &OrgId,
-        account: ServiceAccountId,
-        after: Option<TokenId>,
-        limit: u32,
-    ) -> StoreResult<Vec<Token>> {
+    async fn list_tokens(&self, query: &TokenQuery) -> StoreResult<Vec<ListedToken>> {
         run(async {
-            let mut query = token::Entity::find()
-                .filter(token::Column::OrgId.eq(org.as_str()))
-                .filter(token::Column::ServiceAccountId.eq(account.to_string()));
-            if let Some(after) = after {
-                query = query.filter(token::Column::Id.gt(after.to_string()));
+            let mut select = token::Entity::find()
+                .find_also_related(service_account::Entity)
+                .filter(token::Column::OrgId.eq(query.org.as_str()))
+                .filter(service_account::Column::DeletedAt.is_null());
+            if let Some(account) = query.account {
+                select = select.filter(token::Column::ServiceAccountId.eq(account.to_string()));
             }
-            let tokens = query
-                .order_by_asc(token::Column::Id)
-                .limit(u64::from(limit))
-                .all(&self.db)
-                .await?;
-            Ok(tokens
+            if let Some(filter) = &query.filter {
+                select = select.filter(condition(filter, &|p, negated| {
+                    token_predicate(p, negated, query.now)
+                }));
+            }
+            let key = time_column(query.order.by);
+            let after = query.after.map(|after| After {
+                time: after.time,
+                id: after.id.to_string(),
+            });
+            let mut rows = Vec::new();
+            for segment in segments(
+                query.order.by != TokenTime::Create,
+                query.order.unset_first(),
+                after.as_ref().map(|a| a.time),
+            ) {
+                let wanted = u64::from(query.limit) - rows.len() as u64;
+                if wanted == 0 {
+                    break;
+                }
+                let cursor = after
+                    .clone()
+                    .filter(|a| a.time.is_some() == (segment == Segment::Set));
+                let page = keyset(
+                    select.clone(),
+                    key,
+                    token::Column::Id,
+                    query.order.descending,
+                    segment,
+                    cursor,
+                    wanted,
+                );
+                rows.extend(page.all(&self.db).await?);
+            }
+            Ok(rows
                 .into_iter()
-                .map(rows::token)
+                .map(listed)
                 .collect::<Result<_, StoreError>>()?)
         })
         .await
@@ -125,43 +151,6 @@ impl TokenAdminStore for Database {
             }
             self.commit(txn, event).await?;
             Ok(true)
-        })
-        .await
-    }
-
-    async fn list_expiring_tokens(
-        &self,
-        org: &OrgId,
-        from: Timestamp,
-        until: Timestamp,
-        after: Option<(Timestamp, TokenId)>,
-        limit: u32,
-    ) -> StoreResult<Vec<Token>> {
-        run(async {
-            let mut query = token::Entity::find()
-                .filter(token::Column::OrgId.eq(org.as_str()))
-                .filter(token::Column::RevokedAt.is_null())
-                .filter(token::Column::ExpireAt.gte(from))
-                .filter(token::Column::ExpireAt.lte(until));
-            if let Some((time, id)) = after {
-                query = query.filter(
-                    Condition::any().add(token::Column::ExpireAt.gt(time)).add(
-                        Condition::all()
-                            .add(token::Column::ExpireAt.eq(time))
-                            .add(token::Column::Id.gt(id.to_string())),
-                    ),
-                );
-            }
-            let tokens = query
-                .order_by_asc(token::Column::ExpireAt)
-                .order_by_asc(token::Column::Id)
-                .limit(u64::from(limit))
-                .all(&self.db)
-                .await?;
-            Ok(tokens
-                .into_iter()
-                .map(rows::token)
-                .collect::<Result<_, StoreError>>()?)
         })
         .await
     }
