@@ -396,6 +396,28 @@ mod tests {
     }
 
     #[test]
+    fn query_page_tokens_work_only_with_the_query_they_were_issued_for() {
+        let bound = binding(&["-", "state = ACTIVE", "create_time"]);
+        for time in [Some(crate::time::now()), None] {
+            let after = crate::query::After {
+                time,
+                id: Uuid::now_v7(),
+            };
+            let token = encode_query(Listing::Tokens, bound, after);
+            assert_eq!(
+                decode_query(Listing::Tokens, &token, bound),
+                Ok(Some(after))
+            );
+            let other = binding(&["-", "state = REVOKED", "create_time"]);
+            let refused = decode_query(Listing::Tokens, &token, other).unwrap_err();
+            assert!(refused.0.contains("another filter"), "{refused}");
+            assert!(decode_query(Listing::AuditEvents, &token, bound).is_err());
+        }
+        // The parts are delimited: moving text from one to the next is another query.
+        assert_ne!(binding(&["ab", "c"]), binding(&["a", "bc"]));
+    }
+
+    #[test]
     fn page_size_defaults_caps_and_rejects_negative() {
         assert_eq!(PageSize::parse(0).unwrap().get(), 50);
         assert_eq!(PageSize::parse(7).unwrap().get(), 7);

@@ -6,7 +6,7 @@ use crate::filter::{self, Comparison, Expr, FilterError, Op, Value};
 use crate::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use crate::scope::Scope;
 use crate::time::Timestamp;
-use crate::token::{RevokeReason, TokenState};
+use crate::token::{RevokeReason, Token, TokenState};
 
 /// A filter made typed: `P` is what one comparison asks of one row.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,18 @@ impl<P> Cond<P> {
             .not(),
             Expr::Compare(c) => Cond::Is(leaf(c)?),
         })
+    }
+}
+
+impl<P> Cond<P> {
+    /// Whether a row satisfies the filter, `holds` saying whether it satisfies one comparison.
+    pub fn holds(&self, holds: &impl Fn(&P) -> bool) -> bool {
+        match self {
+            Cond::All(parts) => parts.iter().all(|p| p.holds(holds)),
+            Cond::Any(parts) => parts.iter().any(|p| p.holds(holds)),
+            Cond::Not(inner) => !inner.holds(holds),
+            Cond::Is(p) => holds(p),
+        }
     }
 }
 
@@ -84,6 +96,37 @@ pub enum TokenPredicate {
     IsSet(TokenOptional),
     RevokeReason(RevokeReason),
     CreatedBy(UserId),
+}
+
+impl TokenPredicate {
+    /// What the comparison means for one token at `now`: the definition the store's queries
+    /// implement.
+    pub fn holds(&self, token: &Token, now: Timestamp) -> bool {
+        match self {
+            TokenPredicate::Account(id) => token.service_account_id == *id,
+            TokenPredicate::State(state) => token.state(now) == *state,
+            TokenPredicate::HasScope(scope) => token.scopes.contains(*scope),
+            TokenPredicate::Time(field, cmp, at) => {
+                let time = match field {
+                    TokenTime::Create => Some(token.create_time),
+                    TokenTime::Expire => token.expire_time,
+                    TokenTime::LastUsed => token.last_used_time,
+                };
+                time.is_some_and(|t| match cmp {
+                    Cmp::Eq => t == *at,
+                    Cmp::Lt => t < *at,
+                    Cmp::Le => t <= *at,
+                    Cmp::Gt => t > *at,
+                    Cmp::Ge => t >= *at,
+                })
+            }
+            TokenPredicate::IsSet(TokenOptional::ExpireTime) => token.expire_time.is_some(),
+            TokenPredicate::IsSet(TokenOptional::LastUsedTime) => token.last_used_time.is_some(),
+            TokenPredicate::IsSet(TokenOptional::RevokeReason) => token.revoke_reason.is_some(),
+            TokenPredicate::RevokeReason(reason) => token.revoke_reason == Some(*reason),
+            TokenPredicate::CreatedBy(user) => token.created_by == *user,
+        }
+    }
 }
 
 /// Reads a token listing's filter (SPEC §22); `Ok(None)` when it is empty.
@@ -266,8 +309,25 @@ pub struct TokenQuery {
 }
 
 impl TokenQuery {
+    /// How two tokens compare in this query's order: by the order key (unset values where
+    /// [`Order::unset_first`] puts them), then by id, in the query's direction.
+    pub fn compare(&self, a: &Token, b: &Token) -> std::cmp::Ordering {
+        let (ka, kb) = (self.key(a), self.key(b));
+        // Unset first in ascending terms, then flipped as a whole for descending.
+        let unset_low = self.order.unset_first() != self.order.descending;
+        let rank = |time: Option<Timestamp>| (time.is_some() == unset_low, time);
+        let ascending = rank(ka.time)
+            .cmp(&rank(kb.time))
+            .then_with(|| ka.id.as_uuid().cmp(&kb.id.as_uuid()));
+        if self.order.descending {
+            ascending.reverse()
+        } else {
+            ascending
+        }
+    }
+
     /// The order key of a token under this query's order.
-    pub fn key(&self, token: &crate::token::Token) -> After<TokenId> {
+    pub fn key(&self, token: &Token) -> After<TokenId> {
         After {
             time: match self.order.by {
                 TokenTime::Create => Some(token.create_time),
@@ -282,7 +342,7 @@ impl TokenQuery {
 /// A token as a listing returns it, with what a report says of its account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListedToken {
-    pub token: crate::token::Token,
+    pub token: Token,
     pub account_name: crate::service_account::DisplayName,
     pub account_state: crate::service_account::AccountState,
 }

@@ -226,3 +226,6 @@ where
     };
     select.order_by(id, order).limit(limit)
 }
+
+#[cfg(test)]
+mod tests;
