@@ -500,10 +500,31 @@ pub const TOKEN_FIELDS: &[Field] = &[
 /// The fields of an audit listing's filter (SPEC §22).
 pub const AUDIT_FIELDS: &[Field] = &[
     Field::required("actor", Kind::Text),
-    Field::required("action", Kind::Text),
-    Field::required("target_type", Kind::Text),
+    Field::required("action", Kind::Enum(AUDIT_ACTIONS)),
+    Field::required(
+        "target_type",
+        Kind::Enum(&["service_account", "token", "token_policy"]),
+    ),
     Field::required("target_id", Kind::Text),
     Field::required("create_time", Kind::Time),
+];
+
+/// Every audit action's name, so that a misspelt one is refused rather than matching nothing.
+const AUDIT_ACTIONS: &[&str] = &[
+    "service_account.create",
+    "service_account.update",
+    "service_account.delete",
+    "service_account.disable",
+    "service_account.enable",
+    "service_account.app_access.set",
+    "service_account.app_access.grant",
+    "service_account.app_access.revoke",
+    "token.create",
+    "token.revoke",
+    "token.rotate",
+    "token.update",
+    "token.leak_revoke",
+    "token_policy.update",
 ];
 
 impl Field {

@@ -285,3 +285,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_audit_filter_knows_every_action_and_target_type() {
+    use strum::IntoEnumIterator;
+    let actions: Vec<&str> = crate::audit::AuditAction::iter()
+        .map(|a| a.as_str())
+        .collect();
+    assert_eq!(AUDIT_ACTIONS, actions.as_slice());
+    for action in actions {
+        let filter = format!("action = {action:?}");
+        assert_eq!(parsed(&filter).check(AUDIT_FIELDS), Ok(()), "{filter}");
+    }
+    let misspelt = parsed(r#"action = "token.revok""#).check(AUDIT_FIELDS);
+    assert_eq!(misspelt.unwrap_err().at, 10);
+}
