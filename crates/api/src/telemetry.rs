@@ -1,6 +1,7 @@
-//! Logs, traces and metrics. Logs go to stderr (text or JSON, level by `RUST_LOG`). Traces and
-//! metrics are exported over OTLP/gRPC only when an endpoint is configured; without one no
-//! exporter, span or per-RPC layer exists, so the hot path pays nothing for them.
+//! Logs, traces and metrics. Logs go to stderr (text or JSON, level by `RUST_LOG`). Traces,
+//! metrics and audit events (as log records) are exported over OTLP/gRPC only when an endpoint
+//! is configured; without one no exporter, span or per-RPC layer exists, so the hot path pays
+//! nothing for them.
 
 use std::io::IsTerminal;
 use std::task::{Context, Poll};
@@ -10,8 +11,10 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -19,6 +22,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -28,6 +32,15 @@ use crate::config::LogFormat;
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
+    logger: Option<SdkLoggerProvider>,
+}
+
+/// The tracing target of the audit events (one per committed admin change); only its events
+/// are exported as OTLP log records, so ordinary log lines never reach a SIEM.
+pub const AUDIT_TARGET: &str = "audit";
+
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Colour only for a person at a terminal: a file or a log collector would keep the escape codes.
@@ -36,11 +49,12 @@ fn colour_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Installs the global subscriber and, with an OTLP endpoint, the exporters. Call inside the
-/// Tokio runtime: the tonic exporters spawn their connection tasks on it.
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = match format {
+/// The log lines on stderr, in `format`.
+fn stderr_logs<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(colour_stderr())
             .with_writer(std::io::stderr)
@@ -49,16 +63,22 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
             .json()
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+}
+
+/// Installs the global subscriber and, with an OTLP endpoint, the exporters. Call inside the
+/// Tokio runtime: the tonic exporters spawn their connection tasks on it.
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let Some(endpoint) = otlp_endpoint else {
         tracing_subscriber::registry()
-            .with(filter)
-            .with(logs)
+            .with(env_filter())
+            .with(stderr_logs(format))
             .init();
         return Ok(Telemetry {
             tracer: None,
             meter: None,
+            logger: None,
         });
     };
     let resource = Resource::builder()
@@ -80,19 +100,40 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         .map_err(|e| format!("cannot set up OTLP metric export to {endpoint}: {e}"))?;
     let meter = SdkMeterProvider::builder()
         .with_periodic_exporter(metrics)
-        .with_resource(resource)
+        .with_resource(resource.clone())
         .build();
     global::set_meter_provider(meter.clone());
+    let records = opentelemetry_otlp::LogExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("cannot set up OTLP log export to {endpoint}: {e}"))?;
+    let logger = SdkLoggerProvider::builder()
+        .with_batch_exporter(records)
+        .with_resource(resource)
+        .build();
     let traces = tracing_opentelemetry::layer().with_tracer(tracer.tracer("service-accounts"));
+    // Each layer filters for itself: `RUST_LOG` sets what is logged and traced, but cannot
+    // silence the audit export, which takes the audit target's events and nothing else.
+    // The exact target: `Targets` would also take any target that merely starts with "audit".
+    let audit_only = filter_fn(|m| {
+        m.is_event() && m.target() == AUDIT_TARGET && *m.level() <= tracing::Level::INFO
+    })
+    .with_max_level_hint(LevelFilter::INFO);
+    let audit = OpenTelemetryTracingBridge::new(&logger).with_filter(audit_only);
     tracing_subscriber::registry()
-        .with(filter)
-        .with(logs)
-        .with(traces)
+        .with(stderr_logs(format).with_filter(env_filter()))
+        .with(traces.with_filter(env_filter()))
+        .with(audit)
         .init();
-    tracing::info!(endpoint, "exporting traces and metrics over OTLP");
+    tracing::info!(
+        endpoint,
+        "exporting traces, metrics and audit events over OTLP"
+    );
     Ok(Telemetry {
         tracer: Some(tracer),
         meter: Some(meter),
+        logger: Some(logger),
     })
 }
 
@@ -112,6 +153,11 @@ impl Telemetry {
             && let Err(error) = meter.shutdown()
         {
             eprintln!("warning: flushing metrics failed: {error}");
+        }
+        if let Some(logger) = self.logger
+            && let Err(error) = logger.shutdown()
+        {
+            eprintln!("warning: flushing audit log records failed: {error}");
         }
     }
 }

@@ -50,8 +50,12 @@ impl Database {
         }
         self.commit_then_publish(txn, stale.into_iter().chain(issued).collect())
             .await?;
+        // Exported as one OTLP log record per event with these fields as its attributes (see
+        // docs/operations.md): the names are a contract with SIEM pipelines.
         tracing::info!(
+            name: "service_accounts.audit",
             target: "audit",
+            event_id = %event.id,
             action = %event.action.as_str(),
             org_id = %event.org_id,
             actor = %event.actor,
@@ -59,6 +63,7 @@ impl Database {
             target_id = %event.target.id(),
             request_id = %event.request_id,
             details = %event.details,
+            create_time = %event.create_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "admin change committed"
         );
         Ok(())
