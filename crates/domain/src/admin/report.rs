@@ -89,7 +89,7 @@ impl<S: AdminStore> AdminService<S> {
             csv.write_record(REPORT_COLUMNS).expect("in memory");
         }
         for row in &rows {
-            csv.write_record(&fields(row, report.query.now))
+            csv.write_record(fields(row, report.query.now))
                 .expect("in memory");
         }
         Ok(Some(csv.into_inner().expect("in memory")))
