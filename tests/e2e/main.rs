@@ -5,6 +5,7 @@ mod support;
 
 mod account_state;
 mod accounts;
+mod admin_guide;
 mod app_access;
 mod audit_search;
 mod auth;
