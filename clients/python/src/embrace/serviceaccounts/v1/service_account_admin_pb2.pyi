@@ -520,24 +520,42 @@ class ListTokensRequest(_message.Message):
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
-    """The account whose tokens to list."""
+    """The account whose tokens to list, or `-` for every token of the caller's org."""
     page_size: _builtins.int
     """Maximum number of tokens to return: 0 means 50, values above 1000 are treated as 1000,
     negative values are rejected.
     """
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. Valid only with the
+    `service_account_id`, `filter` and `order_by` of the request that returned it.
+    """
+    filter: _builtins.str
+    """An AIP-160 expression over `service_account_id`, `state` (`ACTIVE`, `EXPIRED`, `REVOKED`),
+    `scopes` (`scopes:"mcp:write"`), `create_time`, `expire_time`, `last_used_time`,
+    `revoke_reason` and `created_by`, for example
+    `state = ACTIVE AND NOT last_used_time:*`. Times are RFC 3339, quoted. At most 2048
+    characters; empty: every token.
+    """
+    order_by: _builtins.str
+    """`create_time` (the default), `expire_time` or `last_used_time`, each optionally followed
+    by `desc`. A token that never expires sorts after every expiry; a token never used sorts
+    before every use.
+    """
     def __init__(
         self,
         *,
         service_account_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "service_account_id", b"service_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,7 +573,7 @@ class ListTokensResponse(_message.Message):
     """Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Token]:
-        """One page of tokens, oldest first."""
+        """One page of tokens, in the requested order (oldest first by default)."""
 
     def __init__(
         self,
@@ -1056,21 +1074,34 @@ class ListAuditEventsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of events to return: 0 means 50, values above 1000 are treated as 1000,
     negative values are rejected.
     """
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. Valid only with the
+    `filter` and `order_by` of the request that returned it.
+    """
+    filter: _builtins.str
+    """An AIP-160 expression over `actor`, `action`, `target_type`, `target_id` and
+    `create_time`, for example `action = "token.revoke" AND create_time > "2026-01-31T18:00:00Z"`.
+    At most 2048 characters; empty: every event.
+    """
+    order_by: _builtins.str
+    """`create_time` (the default, oldest first) or `create_time desc` (newest first)."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1088,7 +1119,7 @@ class ListAuditEventsResponse(_message.Message):
     """Pass as `page_token` to get the next page; empty on the last page."""
     @_builtins.property
     def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.AuditEvent]:
-        """One page of events, oldest first."""
+        """One page of events, in the requested order (oldest first by default)."""
 
     def __init__(
         self,
@@ -1103,3 +1134,52 @@ class ListAuditEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class ExportCredentialReportRequest(_message.Message):
+    """Request of `ExportCredentialReport`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """The same filter as `ListTokensRequest.filter`; empty: every token of the org."""
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCredentialReportRequest: _TypeAlias = ExportCredentialReportRequest  # noqa: Y015
+
+@_typing.final
+class ExportCredentialReportResponse(_message.Message):
+    """One piece of the credential report. Concatenated in order, the chunks are a CSV (RFC 4180,
+    CRLF line ends) whose header row is `account_id,account_name,account_state,token_id,
+    token_name,token_state,scopes,create_time,created_by,expire_time,last_used_time,
+    last_used_app_id,last_used_address,revoke_time,revoked_by,revoke_reason,previous_token_id,
+    days_since_last_use`; a chunk may end inside a row.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the CSV."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCredentialReportResponse: _TypeAlias = ExportCredentialReportResponse  # noqa: Y015

@@ -141,6 +141,11 @@ class ServiceAccountAdminStub(object):
                 request_serializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ExportCredentialReport = channel.unary_stream(
+                '/embrace.serviceaccounts.v1.ServiceAccountAdmin/ExportCredentialReport',
+                request_serializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportRequest.SerializeToString,
+                response_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportResponse.FromString,
+                _registered_method=True)
 
 
 class ServiceAccountAdminServicer(object):
@@ -294,7 +299,15 @@ class ServiceAccountAdminServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEvents(self, request, context):
-        """Lists the caller's org's audit events, oldest first.
+        """Lists the caller's org's audit events, oldest first unless `order_by` says otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCredentialReport(self, request, context):
+        """Streams a CSV (RFC 4180, with a header row) of the caller's org's tokens that match the
+        filter, one row per token, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -402,6 +415,11 @@ def add_ServiceAccountAdminServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ExportCredentialReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCredentialReport,
+                    request_deserializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportRequest.FromString,
+                    response_serializer=embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -951,6 +969,33 @@ class ServiceAccountAdmin(object):
             '/embrace.serviceaccounts.v1.ServiceAccountAdmin/ListAuditEvents',
             embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsRequest.SerializeToString,
             embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCredentialReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/embrace.serviceaccounts.v1.ServiceAccountAdmin/ExportCredentialReport',
+            embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportRequest.SerializeToString,
+            embrace_dot_serviceaccounts_dot_v1_dot_service__account__admin__pb2.ExportCredentialReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,7 +91,11 @@ class ServiceAccountAdminStub:
     ListScopes: _grpc.UnaryUnaryMultiCallable[_service_account_admin_pb2.ListScopesRequest, _service_account_admin_pb2.ListScopesResponse]
     """Lists the scopes a token can carry."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_service_account_admin_pb2.ListAuditEventsRequest, _service_account_admin_pb2.ListAuditEventsResponse]
-    """Lists the caller's org's audit events, oldest first."""
+    """Lists the caller's org's audit events, oldest first unless `order_by` says otherwise."""
+    ExportCredentialReport: _grpc.UnaryStreamMultiCallable[_service_account_admin_pb2.ExportCredentialReportRequest, _service_account_admin_pb2.ExportCredentialReportResponse]
+    """Streams a CSV (RFC 4180, with a header row) of the caller's org's tokens that match the
+    filter, one row per token, in chunks.
+    """
 
 @_typing.type_check_only
 class ServiceAccountAdminAsyncStub(ServiceAccountAdminStub):
@@ -156,7 +160,11 @@ class ServiceAccountAdminAsyncStub(ServiceAccountAdminStub):
     ListScopes: _aio.UnaryUnaryMultiCallable[_service_account_admin_pb2.ListScopesRequest, _service_account_admin_pb2.ListScopesResponse]  # type: ignore[assignment]
     """Lists the scopes a token can carry."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_service_account_admin_pb2.ListAuditEventsRequest, _service_account_admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
-    """Lists the caller's org's audit events, oldest first."""
+    """Lists the caller's org's audit events, oldest first unless `order_by` says otherwise."""
+    ExportCredentialReport: _aio.UnaryStreamMultiCallable[_service_account_admin_pb2.ExportCredentialReportRequest, _service_account_admin_pb2.ExportCredentialReportResponse]  # type: ignore[assignment]
+    """Streams a CSV (RFC 4180, with a header row) of the caller's org's tokens that match the
+    filter, one row per token, in chunks.
+    """
 
 class ServiceAccountAdminServicer(metaclass=_abc_1.ABCMeta):
     """Manages service accounts, their app access and their tokens.
@@ -338,6 +346,16 @@ class ServiceAccountAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _service_account_admin_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_account_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_service_account_admin_pb2.ListAuditEventsResponse]]:
-        """Lists the caller's org's audit events, oldest first."""
+        """Lists the caller's org's audit events, oldest first unless `order_by` says otherwise."""
+
+    @_abc_1.abstractmethod
+    def ExportCredentialReport(
+        self,
+        request: _service_account_admin_pb2.ExportCredentialReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_account_admin_pb2.ExportCredentialReportResponse], _abc.AsyncIterator[_service_account_admin_pb2.ExportCredentialReportResponse]]:
+        """Streams a CSV (RFC 4180, with a header row) of the caller's org's tokens that match the
+        filter, one row per token, in chunks.
+        """
 
 def add_ServiceAccountAdminServicer_to_server(servicer: ServiceAccountAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
