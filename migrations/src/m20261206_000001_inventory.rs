@@ -11,6 +11,9 @@ pub struct Migration;
 
 const CREATE: &[&str] = &[
     "CREATE INDEX tokens_org_created_at ON tokens (org_id, created_at, id)",
+    // One account's tokens in creation order (also what the live-token quota counts over).
+    "CREATE INDEX tokens_account_created_at ON tokens (service_account_id, created_at, id)",
+    "DROP INDEX tokens_service_account_id",
     "CREATE INDEX tokens_org_last_used_at ON tokens (org_id, last_used_at, id)",
     // "Never used" is the question asked most; its tokens, in creation order.
     "CREATE INDEX tokens_org_never_used ON tokens (org_id, created_at, id) \
@@ -26,6 +29,8 @@ const DROP: &[&str] = &[
     "DROP INDEX audit_events_org_created_at",
     "DROP INDEX tokens_org_never_used",
     "DROP INDEX tokens_org_last_used_at",
+    "CREATE INDEX tokens_service_account_id ON tokens (service_account_id, id)",
+    "DROP INDEX tokens_account_created_at",
     "DROP INDEX tokens_org_created_at",
 ];
 
