@@ -27,6 +27,7 @@ async fn set_state(
         admin
             .disable_service_account(authed(
                 pb::DisableServiceAccountRequest {
+                    validate_only: false,
                     service_account_id: id.into(),
                 },
                 jwt,
@@ -38,6 +39,7 @@ async fn set_state(
         admin
             .enable_service_account(authed(
                 pb::EnableServiceAccountRequest {
+                    validate_only: false,
                     service_account_id: id.into(),
                 },
                 jwt,
@@ -125,6 +127,7 @@ async fn update_name(
         .await
         .update_service_account(authed(
             pb::UpdateServiceAccountRequest {
+                validate_only: false,
                 service_account: Some(pb::ServiceAccount {
                     service_account_id: id.into(),
                     display_name: name.into(),
@@ -183,6 +186,7 @@ async fn a_stale_etag_is_aborted_and_the_current_one_applies(backend: Backend) {
         .await
         .set_app_access(authed(
             pb::SetAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_access: Some(pb::AppAccess {
                     all_apps: false,
@@ -220,6 +224,7 @@ async fn a_deleted_accounts_tokens_read_revoked_until_its_retention_ends(backend
         .await
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
             },
             &jwt,
@@ -251,6 +256,7 @@ async fn a_deleted_accounts_tokens_read_revoked_until_its_retention_ends(backend
         .await
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: revoked.token_id.clone(),
             },

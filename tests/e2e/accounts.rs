@@ -46,6 +46,7 @@ async fn account_lifecycle_is_audited(backend: Backend) {
     let updated = admin
         .update_service_account(authed(
             pb::UpdateServiceAccountRequest {
+                validate_only: false,
                 service_account: Some(pb::ServiceAccount {
                     service_account_id: created.service_account_id.clone(),
                     display_name: "CI Pipeline (prod)".into(),
@@ -69,6 +70,7 @@ async fn account_lifecycle_is_audited(backend: Backend) {
     admin
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: created.service_account_id.clone(),
             },
             &jwt,
@@ -87,6 +89,7 @@ async fn account_lifecycle_is_audited(backend: Backend) {
     let again = admin
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: created.service_account_id.clone(),
             },
             &jwt,
@@ -133,6 +136,7 @@ async fn invalid_accounts_are_rejected_and_nothing_is_written(backend: Backend) 
     let create = |name: &str, description: &str, access: Option<pb::AppAccess>| {
         authed(
             pb::CreateServiceAccountRequest {
+                validate_only: false,
                 display_name: name.into(),
                 description: description.into(),
                 app_access: access,
@@ -252,6 +256,7 @@ async fn display_names_are_unique_per_org_case_insensitively(backend: Backend) {
     let rename = admin
         .update_service_account(authed(
             pb::UpdateServiceAccountRequest {
+                validate_only: false,
                 service_account: Some(pb::ServiceAccount {
                     service_account_id: other.service_account_id.clone(),
                     display_name: "DEPLOY BOT".into(),
@@ -386,6 +391,7 @@ async fn update_mask_selects_fields(backend: Backend) {
     let update = |name: &str, description: &str, paths: Option<Vec<&str>>| {
         authed(
             pb::UpdateServiceAccountRequest {
+                validate_only: false,
                 service_account: Some(pb::ServiceAccount {
                     service_account_id: account.service_account_id.clone(),
                     display_name: name.into(),

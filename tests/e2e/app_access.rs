@@ -29,6 +29,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     let granted = admin
         .grant_app_access(authed(
             pb::GrantAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_ids: vec!["app-2".into(), "app-1".into()],
             },
@@ -45,6 +46,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     admin
         .revoke_app_access(authed(
             pb::RevokeAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_ids: vec!["app-1".into(), "never-granted".into()],
             },
@@ -61,6 +63,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     let all = admin
         .set_app_access(authed(
             pb::SetAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_access: Some(pb::AppAccess {
                     all_apps: true,
@@ -83,6 +86,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     let grant_on_all = admin
         .grant_app_access(authed(
             pb::GrantAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_ids: vec!["x".into()],
             },
@@ -95,6 +99,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
         admin
             .grant_app_access(authed(
                 pb::GrantAppAccessRequest {
+                    validate_only: false,
                     service_account_id: id.clone(),
                     app_ids: vec![],
                 },
@@ -107,6 +112,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
         admin
             .revoke_app_access(authed(
                 pb::RevokeAppAccessRequest {
+                    validate_only: false,
                     service_account_id: id.clone(),
                     app_ids: vec!["ok".into(), "not ok".into()],
                 },
@@ -119,6 +125,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
         admin
             .set_app_access(authed(
                 pb::SetAppAccessRequest {
+                    validate_only: false,
                     service_account_id: id.clone(),
                     app_access: None,
                 },
@@ -132,6 +139,7 @@ async fn app_grants_change_and_show_in_the_next_introspection(backend: Backend) 
     admin
         .set_app_access(authed(
             pb::SetAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_access: Some(pb::AppAccess::default()),
             },

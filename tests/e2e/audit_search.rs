@@ -68,6 +68,7 @@ impl Scene {
         admin
             .disable_service_account(authed(
                 pb::DisableServiceAccountRequest {
+                    validate_only: false,
                     service_account_id: x.clone(),
                 },
                 &jwt,
@@ -77,6 +78,7 @@ impl Scene {
         admin
             .update_token_policy(authed(
                 pb::UpdateTokenPolicyRequest {
+                    validate_only: false,
                     token_policy: Some(pb::TokenPolicy {
                         max_lifetime: Some(seconds(90 * 86_400)),
                         default_lifetime: None,

@@ -256,6 +256,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .update_service_account(authed(
                         pb::UpdateServiceAccountRequest {
+                            validate_only: false,
                             service_account: Some(pb::ServiceAccount {
                                 service_account_id: target.clone(),
                                 display_name: "taken over".into(),
@@ -273,6 +274,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .set_app_access(authed(
                         pb::SetAppAccessRequest {
+                            validate_only: false,
                             service_account_id: target.clone(),
                             app_access: Some(pb::AppAccess {
                                 all_apps: true,
@@ -289,6 +291,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .grant_app_access(authed(
                         pb::GrantAppAccessRequest {
+                            validate_only: false,
                             service_account_id: target.clone(),
                             app_ids: vec!["x".into()],
                         },
@@ -302,6 +305,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .revoke_app_access(authed(
                         pb::RevokeAppAccessRequest {
+                            validate_only: false,
                             service_account_id: target.clone(),
                             app_ids: vec!["app-1".into()],
                         },
@@ -315,6 +319,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .create_token(authed(
                         pb::CreateTokenRequest {
+                            validate_only: false,
                             allowed_cidrs: Vec::new(),
                             service_account_id: target.clone(),
                             display_name: "t".into(),
@@ -344,6 +349,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .revoke_token(authed(
                         pb::RevokeTokenRequest {
+                            validate_only: false,
                             service_account_id: target.clone(),
                             token_id: token.token_id.clone(),
                         },
@@ -357,6 +363,7 @@ async fn other_orgs_resources_are_not_found(backend: Backend) {
                 admin
                     .delete_service_account(authed(
                         pb::DeleteServiceAccountRequest {
+                            validate_only: false,
                             service_account_id: target.clone(),
                         },
                         &jwt_b,
@@ -440,6 +447,7 @@ async fn non_admins_are_denied_everywhere(backend: Backend) {
             admin
                 .delete_service_account(authed(
                     pb::DeleteServiceAccountRequest {
+                        validate_only: false,
                         service_account_id: id.clone(),
                     },
                     &viewer,
@@ -452,6 +460,7 @@ async fn non_admins_are_denied_everywhere(backend: Backend) {
             admin
                 .create_token(authed(
                     pb::CreateTokenRequest {
+                        validate_only: false,
                         allowed_cidrs: Vec::new(),
                         service_account_id: id.clone(),
                         display_name: "t".into(),

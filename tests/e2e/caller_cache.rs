@@ -223,6 +223,7 @@ async fn a_cached_token_stops_being_allowed_when_it_expires() {
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.clone(),
                 display_name: "short".into(),
                 scopes: vec!["mcp:tools:call".into()],
@@ -274,6 +275,7 @@ async fn network_changes_and_rotations_reach_caller_caches() {
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.clone(),
                 display_name: "office".into(),
                 scopes: vec!["mcp:tools:call".into()],
@@ -322,6 +324,7 @@ async fn network_changes_and_rotations_reach_caller_caches() {
         .await
         .update_token(authed(
             pb::UpdateTokenRequest {
+                validate_only: false,
                 token: Some(pb::Token {
                     service_account_id: account.clone(),
                     token_id: token.token_id.clone(),
@@ -356,6 +359,7 @@ async fn network_changes_and_rotations_reach_caller_caches() {
         .await
         .rotate_token(authed(
             pb::RotateTokenRequest {
+                validate_only: false,
                 service_account_id: account.clone(),
                 token_id: token.token_id.clone(),
                 grace_period: None,

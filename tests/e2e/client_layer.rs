@@ -218,6 +218,7 @@ async fn the_example_service_checks_the_callers_address_against_the_tokens_netwo
     let jwt = app.admin_jwt("acme");
     let account = create_account(&app, &jwt, "Office-only bot", None).await;
     let restricted = |cidr: &str| pb::CreateTokenRequest {
+        validate_only: false,
         service_account_id: account.service_account_id.clone(),
         display_name: format!("from {cidr}"),
         scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],

@@ -114,6 +114,7 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
         .await
         .revoke_app_access(authed(
             pb::RevokeAppAccessRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 app_ids: vec!["app-1".into()],
             },
@@ -140,6 +141,7 @@ async fn other_replicas_see_revocations_grants_and_deletes() {
         .await
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id,
             },
             &jwt,
@@ -365,6 +367,7 @@ async fn other_replicas_see_disables_enables_and_rotations() {
     admin
         .disable_service_account(authed(
             pb::DisableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
             },
             &jwt,
@@ -380,6 +383,7 @@ async fn other_replicas_see_disables_enables_and_rotations() {
     admin
         .enable_service_account(authed(
             pb::EnableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
             },
             &jwt,
@@ -397,6 +401,7 @@ async fn other_replicas_see_disables_enables_and_rotations() {
     let rotated = admin
         .rotate_token(authed(
             pb::RotateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: token.token_id.clone(),
                 grace_period: None,
@@ -439,6 +444,7 @@ async fn a_disable_while_the_listener_is_down_is_still_honoured() {
         .await
         .disable_service_account(authed(
             pb::DisableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
             },
             &jwt,

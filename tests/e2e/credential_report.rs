@@ -194,6 +194,7 @@ async fn the_report_has_a_row_per_token_of_the_org_with_every_column_awkward_nam
         .await
         .disable_service_account(authed(
             pb::DisableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: paused.clone(),
             },
             &jwt,

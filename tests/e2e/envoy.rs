@@ -331,6 +331,7 @@ async fn active_tokens_that_may_not_do_this_are_denied_403(backend: Backend) {
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 display_name: "deploy".into(),
                 scopes: vec!["mcp:tools:call".into()],

@@ -220,6 +220,7 @@ async fn forward_auth_checks_the_client_address_against_the_tokens_networks(back
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 display_name: "office only".into(),
                 scopes: vec!["mcp:tools:call".into()],

@@ -216,6 +216,7 @@ async fn restricted_token(app: &TestApp, jwt: &str, account: &str, cidr: &str) -
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.into(),
                 display_name: format!("from {cidr}"),
                 scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],

@@ -172,6 +172,7 @@ impl Inventory {
             .await
             .delete_service_account(authed(
                 pb::DeleteServiceAccountRequest {
+                    validate_only: false,
                     service_account_id: deleted.clone(),
                 },
                 &jwt,

@@ -56,6 +56,7 @@ async fn leaked_tokens_are_revoked_by_whoever_holds_them(backend: Backend) {
         .await
         .disable_service_account(authed(
             pb::DisableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: disabled_id.clone(),
             },
             &other_jwt,

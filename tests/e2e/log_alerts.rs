@@ -82,6 +82,7 @@ async fn every_log_line_the_docs_say_to_alert_on_is_written_when_it_happens() {
     admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: old_id.clone(),
             },

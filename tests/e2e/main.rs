@@ -37,4 +37,5 @@ mod tls;
 mod token_policy;
 mod tokens;
 mod upgrade;
+mod validate_only;
 mod watch_changes;

@@ -40,6 +40,7 @@ async fn restricted_token(
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.into(),
                 display_name: "deploy".into(),
                 scopes: vec!["mcp:tools:call".into()],
@@ -62,6 +63,7 @@ async fn update_token(
         .await
         .update_token(authed(
             pb::UpdateTokenRequest {
+                validate_only: false,
                 token: Some(token),
                 update_mask: Some(prost_types::FieldMask {
                     paths: mask.iter().map(|p| p.to_string()).collect(),

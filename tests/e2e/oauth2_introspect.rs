@@ -181,6 +181,7 @@ async fn every_answer_shape_and_client_authentication(backend: Backend) {
         .await
         .create_token(crate::support::authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 display_name: "office only".into(),
                 scopes: vec!["mcp:tools:call".into()],

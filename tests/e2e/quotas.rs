@@ -22,6 +22,7 @@ async fn app_with_quotas(backend: Backend, accounts: u32, tokens: u32) -> Option
 
 fn create_token_request(account: &str) -> pb::CreateTokenRequest {
     pb::CreateTokenRequest {
+        validate_only: false,
         allowed_cidrs: Vec::new(),
         service_account_id: account.into(),
         display_name: "t".into(),

@@ -39,6 +39,7 @@ pub async fn rotate(
         .await
         .rotate_token(authed(
             pb::RotateTokenRequest {
+                validate_only: false,
                 service_account_id: account.into(),
                 token_id: token.into(),
                 grace_period: grace,
@@ -63,6 +64,7 @@ async fn rotation_with_a_grace_period_issues_a_copy_and_ends_the_old_token_later
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 display_name: "GitHub Actions, prod".into(),
                 scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],
@@ -181,6 +183,7 @@ async fn bad_rotations_are_refused_and_change_nothing(backend: Backend) {
 
     // Field violations, all at once.
     let request = pb::RotateTokenRequest {
+        validate_only: false,
         service_account_id: "nope".into(),
         token_id: "nope".into(),
         grace_period: Some(seconds(-1)),

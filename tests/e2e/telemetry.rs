@@ -207,6 +207,7 @@ async fn spans_and_metrics_reach_the_collector_without_secrets() {
     let created = admin
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: account.service_account_id.clone(),
                 display_name: "t".into(),
@@ -448,6 +449,7 @@ async fn audit_events_reach_the_collector_as_one_log_record_each_without_secrets
     admin
         .grant_app_access(authed(
             pb::GrantAppAccessRequest {
+                validate_only: false,
                 service_account_id: account_id.clone(),
                 app_ids: vec!["app-1".into()],
             },
@@ -458,6 +460,7 @@ async fn audit_events_reach_the_collector_as_one_log_record_each_without_secrets
     let created = admin
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: account_id.clone(),
                 display_name: "t".into(),
@@ -486,6 +489,7 @@ async fn audit_events_reach_the_collector_as_one_log_record_each_without_secrets
     admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: account_id.clone(),
                 token_id: rotated.token.unwrap().token_id,
             },

@@ -27,6 +27,7 @@ async fn update_policy(
         .await
         .update_token_policy(authed(
             pb::UpdateTokenPolicyRequest {
+                validate_only: false,
                 token_policy: Some(pb::TokenPolicy {
                     max_lifetime: max.map(seconds),
                     default_lifetime: default.map(seconds),
@@ -62,6 +63,7 @@ async fn new_token(
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.into(),
                 display_name: "deploy".into(),
                 scopes: vec!["mcp:tools:call".into()],
@@ -117,6 +119,7 @@ async fn a_lifetime_policy_gives_new_tokens_an_expiry_and_caps_requested_ones(ba
         .await
         .rotate_token(authed(
             pb::RotateTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: forever.token_id.clone(),
                 grace_period: None,
@@ -187,6 +190,7 @@ async fn bad_policies_are_refused_and_change_nothing(backend: Backend) {
         .await
         .update_token_policy(authed(
             pb::UpdateTokenPolicyRequest {
+                validate_only: false,
                 token_policy: Some(pb::TokenPolicy {
                     max_lifetime: Some(prost_types::Duration {
                         seconds: DAY,

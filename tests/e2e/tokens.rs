@@ -68,6 +68,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     let revoked = admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: old.token_id.clone(),
             },
@@ -115,6 +116,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     let again = admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: old.token_id.clone(),
             },
@@ -130,6 +132,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked(backend: Backe
     let unknown = admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: uuid::Uuid::now_v7().to_string(),
             },
@@ -195,6 +198,7 @@ async fn invalid_tokens_are_rejected_and_nothing_is_written(backend: Backend) {
     let request = |name: &str, scopes: &[&str], expire: Option<prost_types::Timestamp>| {
         authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: id.clone(),
                 display_name: name.into(),
@@ -255,6 +259,7 @@ async fn invalid_tokens_are_rejected_and_nothing_is_written(backend: Backend) {
     let unknown_account = admin
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: uuid::Uuid::now_v7().to_string(),
                 display_name: "t".into(),
@@ -296,6 +301,7 @@ async fn deleting_an_account_kills_its_tokens(backend: Backend) {
         .await
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
             },
             &jwt,
@@ -336,6 +342,7 @@ async fn expired_tokens_are_inactive(backend: Backend) {
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: id,
                 display_name: "short-lived".into(),
@@ -457,6 +464,7 @@ async fn no_secret_reaches_storage_or_logs(backend: Backend) {
     let _ = admin
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: id.clone(),
                 token_id: secrets[0].1.clone(),
             },

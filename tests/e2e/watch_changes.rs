@@ -100,6 +100,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .update_token(authed(
             pb::UpdateTokenRequest {
+                validate_only: false,
                 token: Some(pb::Token {
                     service_account_id: account.clone(),
                     token_id: token.token_id.clone(),
@@ -119,6 +120,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     let rotated = admin
         .rotate_token(authed(
             pb::RotateTokenRequest {
+                validate_only: false,
                 service_account_id: account.clone(),
                 token_id: token.token_id.clone(),
                 grace_period: None,
@@ -138,6 +140,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .disable_service_account(authed(
             pb::DisableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id(),
             },
             &jwt,
@@ -148,6 +151,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .enable_service_account(authed(
             pb::EnableServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id(),
             },
             &jwt,
@@ -158,6 +162,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .set_app_access(authed(
             pb::SetAppAccessRequest {
+                validate_only: false,
                 service_account_id: id(),
                 app_access: Some(pb::AppAccess {
                     all_apps: false,
@@ -172,6 +177,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .grant_app_access(authed(
             pb::GrantAppAccessRequest {
+                validate_only: false,
                 service_account_id: id(),
                 app_ids: vec!["app-3".into()],
             },
@@ -183,6 +189,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .revoke_app_access(authed(
             pb::RevokeAppAccessRequest {
+                validate_only: false,
                 service_account_id: id(),
                 app_ids: vec!["app-3".into()],
             },
@@ -206,6 +213,7 @@ async fn every_kind_of_change_reaches_watchers(backend: Backend) {
     admin
         .delete_service_account(authed(
             pb::DeleteServiceAccountRequest {
+                validate_only: false,
                 service_account_id: id(),
             },
             &jwt,
@@ -420,6 +428,7 @@ async fn a_watcher_that_stops_reading_is_sent_a_reset_instead_of_a_backlog() {
                 admin
                     .update_token(authed(
                         pb::UpdateTokenRequest {
+                            validate_only: false,
                             token: Some(pb::Token {
                                 service_account_id: account.clone(),
                                 token_id: token.clone(),

@@ -746,6 +746,7 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
             .create_token(authed(
                 &jwt,
                 pb::CreateTokenRequest {
+                    validate_only: false,
                     allowed_cidrs: Vec::new(),
                     service_account_id: args.service_account_id.clone(),
                     display_name: "propagation".into(),
@@ -772,6 +773,7 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
                     .revoke_token(authed(
                         &jwt,
                         pb::RevokeTokenRequest {
+                            validate_only: false,
                             service_account_id: args.service_account_id.clone(),
                             token_id,
                         },
@@ -783,6 +785,7 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
                     .disable_service_account(authed(
                         &jwt,
                         pb::DisableServiceAccountRequest {
+                            validate_only: false,
                             service_account_id: args.service_account_id.clone(),
                         },
                     ))
@@ -804,6 +807,7 @@ async fn propagation(args: PropagationArgs) -> Result<(), Box<dyn std::error::Er
                 .enable_service_account(authed(
                     &jwt,
                     pb::EnableServiceAccountRequest {
+                        validate_only: false,
                         service_account_id: args.service_account_id.clone(),
                     },
                 ))
@@ -874,6 +878,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
             .create_token(authed(
                 &jwt,
                 pb::CreateTokenRequest {
+                    validate_only: false,
                     allowed_cidrs: Vec::new(),
                     service_account_id: args.service_account_id.clone(),
                     display_name: "watch propagation".into(),
@@ -891,6 +896,7 @@ async fn watch_propagation(args: WatchPropagationArgs) -> Result<(), Box<dyn std
             .revoke_token(authed(
                 &jwt,
                 pb::RevokeTokenRequest {
+                    validate_only: false,
                     service_account_id: args.service_account_id.clone(),
                     token_id: token_id.clone(),
                 },
@@ -957,6 +963,7 @@ async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
         .create_service_account(authed(
             &jwt,
             pb::CreateServiceAccountRequest {
+                validate_only: false,
                 display_name: args.name.clone(),
                 description: "benchmark".into(),
                 app_access: Some(pb::AppAccess {
@@ -975,6 +982,7 @@ async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
             .create_token(authed(
                 &jwt,
                 pb::CreateTokenRequest {
+                    validate_only: false,
                     allowed_cidrs: Vec::new(),
                     service_account_id: account.service_account_id.clone(),
                     display_name: format!("bench {n}"),
@@ -1017,6 +1025,7 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
             .update_service_account(authed(
                 &args.jwt,
                 pb::UpdateServiceAccountRequest {
+                    validate_only: false,
                     service_account: Some(pb::ServiceAccount {
                         service_account_id: args.service_account_id.clone(),
                         display_name: format!("writer {n}"),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use service_accounts_domain::admin::{Admin, AdminService, CredentialReport};
 use service_accounts_domain::service_account::AccountState;
 use service_accounts_domain::store::AdminStore;
+use service_accounts_domain::token::TokenSecret;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -35,6 +36,14 @@ impl<S: AdminStore> AdminApi<S> {
         }
     }
 
+    /// The admin making a change, which may be only validated (`validate_only`).
+    async fn mutator<T: Mutation>(&self, request: &Request<T>) -> Result<Admin, ApiError> {
+        Ok(self
+            .admin(request)
+            .await?
+            .validating(request.get_ref().validate_only()))
+    }
+
     async fn admin<T>(&self, request: &Request<T>) -> Result<Admin, ApiError> {
         let principal = match (self.auth.authenticate(request.metadata()), &self.jwks) {
             // Perhaps the identity side has started signing with a new key: look again.
@@ -46,6 +55,47 @@ impl<S: AdminStore> AdminApi<S> {
         };
         tracing::Span::current().record("org_id", principal.org_id.as_str());
         Ok(Admin::authorize(principal, request_id(request.metadata()))?)
+    }
+}
+
+/// A mutation request, which may ask only to be validated (AIP-163).
+trait Mutation {
+    fn validate_only(&self) -> bool;
+}
+
+macro_rules! mutations {
+    ($($request:ident),* $(,)?) => {
+        $(impl Mutation for pb::$request {
+            fn validate_only(&self) -> bool {
+                self.validate_only
+            }
+        })*
+    };
+}
+
+mutations!(
+    CreateServiceAccountRequest,
+    UpdateServiceAccountRequest,
+    DeleteServiceAccountRequest,
+    SetAppAccessRequest,
+    GrantAppAccessRequest,
+    RevokeAppAccessRequest,
+    CreateTokenRequest,
+    RevokeTokenRequest,
+    DisableServiceAccountRequest,
+    EnableServiceAccountRequest,
+    RotateTokenRequest,
+    UpdateTokenRequest,
+    UpdateTokenPolicyRequest,
+);
+
+/// A new token's secret as the response carries it: not at all when the request only validated,
+/// since no such token exists.
+fn shown(admin: &Admin, secret: &TokenSecret) -> String {
+    if admin.validate_only() {
+        String::new()
+    } else {
+        secret.expose().to_owned()
     }
 }
 
@@ -110,7 +160,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::CreateServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let new = request.get_ref().parse()?;
             let account = self.service.create_service_account(&admin, new).await?;
             Ok(pb::CreateServiceAccountResponse {
@@ -156,7 +206,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::UpdateServiceAccountRequest>,
     ) -> Result<Response<pb::UpdateServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, patch) = request.get_ref().parse()?;
             let account = self
                 .service
@@ -174,7 +224,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<pb::DeleteServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let id = request.get_ref().parse()?;
             self.service.delete_service_account(&admin, id).await?;
             Ok(pb::DeleteServiceAccountResponse {})
@@ -187,7 +237,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::SetAppAccessRequest>,
     ) -> Result<Response<pb::SetAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, access) = request.get_ref().parse()?;
             let account = self.service.set_app_access(&admin, id, access).await?;
             Ok(pb::SetAppAccessResponse {
@@ -202,7 +252,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::GrantAppAccessRequest>,
     ) -> Result<Response<pb::GrantAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, apps) = request.get_ref().parse()?;
             let account = self.service.grant_app_access(&admin, id, apps).await?;
             Ok(pb::GrantAppAccessResponse {
@@ -217,7 +267,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::RevokeAppAccessRequest>,
     ) -> Result<Response<pb::RevokeAppAccessResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, apps) = request.get_ref().parse()?;
             let account = self.service.revoke_app_access(&admin, id, apps).await?;
             Ok(pb::RevokeAppAccessResponse {
@@ -232,12 +282,12 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, new) = request.get_ref().parse()?;
             let (token, secret) = self.service.create_token(&admin, id, new).await?;
             Ok(pb::CreateTokenResponse {
                 token: Some(render::token(&token)),
-                secret: secret.expose().to_owned(),
+                secret: shown(&admin, &secret),
             })
         })
         .await
@@ -264,7 +314,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, token_id) = request.get_ref().parse()?;
             let token = self.service.revoke_token(&admin, id, token_id).await?;
             Ok(pb::RevokeTokenResponse {
@@ -279,7 +329,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::DisableServiceAccountRequest>,
     ) -> Result<Response<pb::DisableServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let id = request.get_ref().parse()?;
             let account = self
                 .service
@@ -297,7 +347,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::EnableServiceAccountRequest>,
     ) -> Result<Response<pb::EnableServiceAccountResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let id = request.get_ref().parse()?;
             let account = self
                 .service
@@ -315,7 +365,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::RotateTokenRequest>,
     ) -> Result<Response<pb::RotateTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, token_id, rotation) = request.get_ref().parse()?;
             let (token, secret, previous) = self
                 .service
@@ -323,7 +373,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
                 .await?;
             Ok(pb::RotateTokenResponse {
                 token: Some(render::token(&token)),
-                secret: secret.expose().to_owned(),
+                secret: shown(&admin, &secret),
                 previous_token: Some(render::token(&previous)),
             })
         })
@@ -335,7 +385,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::UpdateTokenRequest>,
     ) -> Result<Response<pb::UpdateTokenResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let (id, token_id, patch) = request.get_ref().parse()?;
             let token = self
                 .service
@@ -387,7 +437,7 @@ impl<S: AdminStore> ServiceAccountAdmin for AdminApi<S> {
         request: Request<pb::UpdateTokenPolicyRequest>,
     ) -> Result<Response<pb::UpdateTokenPolicyResponse>, Status> {
         handle(async {
-            let admin = self.admin(&request).await?;
+            let admin = self.mutator(&request).await?;
             let patch = request.get_ref().parse()?;
             let policy = self.service.update_token_policy(&admin, patch).await?;
             Ok(pb::UpdateTokenPolicyResponse {

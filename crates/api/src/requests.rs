@@ -647,6 +647,7 @@ mod tests {
                 nanos: 0,
             }),
             allowed_cidrs: vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()],
+            validate_only: false,
         };
         let Err(Error::InvalidArgument(violations)) = request.parse() else {
             panic!("expected invalid argument");
@@ -674,6 +675,7 @@ mod tests {
                 ..Default::default()
             }),
             update_mask: None,
+            validate_only: false,
         };
         let (parsed, patch) = request.parse().unwrap();
         assert_eq!(parsed, id);

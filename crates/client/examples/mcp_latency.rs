@@ -126,6 +126,7 @@ async fn create_token(control_plane: &str, jwt: &str) -> Result<String, Error> {
     let account = admin
         .create_service_account(authed(
             CreateServiceAccountRequest {
+                validate_only: false,
                 display_name: format!("Latency bench {}", std::process::id()),
                 description: "mcp_latency example".into(),
                 app_access: Some(AppAccess {
@@ -142,6 +143,7 @@ async fn create_token(control_plane: &str, jwt: &str) -> Result<String, Error> {
     let created = admin
         .create_token(authed(
             CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account.service_account_id,
                 display_name: "bench".into(),
                 scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],

@@ -134,6 +134,9 @@ pub struct AuditEvent {
     pub create_time: Timestamp,
     /// A JSON object describing the change. Never contains secrets.
     pub details: String,
+    /// The change is only being validated (AIP-163): the store runs it, checks and all, in its
+    /// transaction, then rolls it back instead of committing; nothing is recorded or published.
+    pub validate_only: bool,
 }
 
 impl AuditEvent {
@@ -219,6 +222,7 @@ mod tests {
     fn a_change_that_alters_introspection_names_its_account_even_for_a_token() {
         let account = ServiceAccountId::generate();
         let event = |action, target| AuditEvent {
+            validate_only: false,
             id: AuditEventId::generate(),
             org_id: OrgId::parse("o").unwrap(),
             actor: UserId::parse("u").unwrap(),

@@ -123,6 +123,7 @@ mod tests {
             request_id: String::new(),
             create_time: crate::time::now(),
             details: String::new(),
+            validate_only: false,
         };
         let revoke = event(
             AuditAction::TokenRevoke,

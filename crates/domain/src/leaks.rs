@@ -161,6 +161,7 @@ impl<S: AdminStore + TokenStore> LeakReporter<S> {
                 "source": source,
             })
             .to_string(),
+            validate_only: false,
         };
         let revocation = Revocation {
             at: now,

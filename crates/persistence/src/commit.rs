@@ -35,6 +35,11 @@ impl Database {
         event: &AuditEvent,
         issued: Option<&TokenHash>,
     ) -> Result<(), Failure> {
+        if event.validate_only {
+            // Every statement of the change ran, so every check held: keep none of it.
+            txn.rollback().await?;
+            return Ok(());
+        }
         audit_event::Entity::insert(audit_row(event))
             .exec_without_returning(&txn)
             .await?;
@@ -138,6 +143,7 @@ mod tests {
             request_id: "request".into(),
             create_time: time::now(),
             details: "{}".into(),
+            validate_only: false,
         }
     }
 

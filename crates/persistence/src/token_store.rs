@@ -320,6 +320,7 @@ mod tests {
             request_id: "request".into(),
             create_time: now,
             details: "{}".into(),
+            validate_only: false,
         };
         db.create_service_account(&account, 10, &created)
             .await

@@ -60,6 +60,7 @@ pub async fn create_account(
         .await
         .create_service_account(authed(
             pb::CreateServiceAccountRequest {
+                validate_only: false,
                 display_name: name.into(),
                 description: format!("{name} description"),
                 app_access: Some(access),
@@ -106,6 +107,7 @@ pub async fn create_token(
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 allowed_cidrs: Vec::new(),
                 service_account_id: account_id.into(),
                 display_name: "test token".into(),
@@ -209,6 +211,7 @@ pub async fn revoke(app: &TestApp, jwt: &str, account_id: &str, token_id: &str) 
         .await
         .revoke_token(authed(
             pb::RevokeTokenRequest {
+                validate_only: false,
                 service_account_id: account_id.into(),
                 token_id: token_id.into(),
             },
@@ -386,6 +389,7 @@ pub async fn issue_token(
         .await
         .create_token(authed(
             pb::CreateTokenRequest {
+                validate_only: false,
                 service_account_id: account_id.into(),
                 display_name: name.into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),

@@ -37,6 +37,7 @@ pub struct Admin {
     user_id: UserId,
     org_id: OrgId,
     request_id: String,
+    validate_only: bool,
 }
 
 impl Admin {
@@ -50,7 +51,21 @@ impl Admin {
             user_id: principal.user_id,
             org_id: principal.org_id,
             request_id,
+            validate_only: false,
         })
+    }
+
+    /// The same admin, for a request that only validates (AIP-163): every change it makes is
+    /// checked by the store and rolled back.
+    pub fn validating(self, validate_only: bool) -> Self {
+        Self {
+            validate_only,
+            ..self
+        }
+    }
+
+    pub fn validate_only(&self) -> bool {
+        self.validate_only
     }
 
     pub fn user_id(&self) -> &UserId {
@@ -76,6 +91,7 @@ impl Admin {
             request_id: self.request_id.clone(),
             create_time: time::now(),
             details: details.to_string(),
+            validate_only: self.validate_only,
         }
     }
 }

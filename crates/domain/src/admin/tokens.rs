@@ -221,7 +221,11 @@ impl<S: AdminStore> AdminService<S> {
             }
             Rotated::OverQuota => return Err(over_quota(account_id, limit)),
         }
-        let previous = self.token(admin, account_id, token_id).await?;
+        let previous = if admin.validate_only() {
+            ended(old, &ending)
+        } else {
+            self.token(admin, account_id, token_id).await?
+        };
         Ok((new, secret, previous))
     }
 
@@ -332,6 +336,9 @@ impl<S: AdminStore> AdminService<S> {
         self.store
             .update_token(&admin.org_id, &token, &event)
             .await?;
+        if admin.validate_only() {
+            return Ok(token);
+        }
         self.token(admin, account_id, token_id).await
     }
 
@@ -360,6 +367,9 @@ impl<S: AdminStore> AdminService<S> {
             self.store
                 .revoke_token(&admin.org_id, account_id, token_id, &revocation, &event)
                 .await?;
+            if admin.validate_only() {
+                return Ok(ended(token, &Ending::Revoke(revocation)));
+            }
         }
         self.token(admin, account_id, token_id).await
     }
@@ -383,6 +393,21 @@ impl<S: AdminStore> AdminService<S> {
             .await?
             .ok_or_else(not_found)
     }
+}
+
+/// A live token as `ending` leaves it: what the store writes, for a change only validated.
+fn ended(mut token: Token, ending: &Ending) -> Token {
+    match ending {
+        Ending::ExpireBy(at) => {
+            token.expire_time = Some(token.expire_time.map_or(*at, |t| t.min(*at)));
+        }
+        Ending::Revoke(revocation) => {
+            token.revoke_time = Some(revocation.at);
+            token.revoked_by = Some(revocation.by.clone());
+            token.revoke_reason = Some(revocation.reason);
+        }
+    }
+    token
 }
 
 fn cidrs_json(cidrs: &AllowedCidrs) -> Vec<String> {

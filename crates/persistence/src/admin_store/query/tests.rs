@@ -300,6 +300,7 @@ async fn account(db: &Database, org: &OrgId, name: &str) -> ServiceAccountId {
         request_id: "request".into(),
         create_time: now,
         details: "{}".into(),
+        validate_only: false,
     };
     db.create_service_account(&account, 10, &event)
         .await

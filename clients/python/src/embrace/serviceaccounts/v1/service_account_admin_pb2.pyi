@@ -31,10 +31,15 @@ class CreateServiceAccountRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     APP_ACCESS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Required, 1-128 characters after trimming, unique within the org (case-insensitively)."""
     description: _builtins.str
     """Optional, at most 1024 characters."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def app_access(self) -> _resources_pb2.AppAccess:
         """The apps the account may act on. Unset means no app yet (an empty explicit list)."""
@@ -45,10 +50,11 @@ class CreateServiceAccountRequest(_message.Message):
         display_name: _builtins.str = ...,
         description: _builtins.str = ...,
         app_access: _resources_pb2.AppAccess | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "description", b"description", "display_name", b"display_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "description", b"description", "display_name", b"display_name", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,6 +194,11 @@ class UpdateServiceAccountRequest(_message.Message):
 
     SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def service_account(self) -> _resources_pb2.ServiceAccount:
         """The account to change, identified by `service_account_id`, carrying the new values."""
@@ -204,10 +215,11 @@ class UpdateServiceAccountRequest(_message.Message):
         *,
         service_account: _resources_pb2.ServiceAccount | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service_account", b"service_account", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account", b"service_account", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account", b"service_account", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,16 +256,22 @@ class DeleteServiceAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     def __init__(
         self,
         *,
         service_account_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,8 +302,13 @@ class SetAppAccessRequest(_message.Message):
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     APP_ACCESS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def app_access(self) -> _resources_pb2.AppAccess:
         """The new app access, replacing the old one entirely. Required."""
@@ -295,10 +318,11 @@ class SetAppAccessRequest(_message.Message):
         *,
         service_account_id: _builtins.str = ...,
         app_access: _resources_pb2.AppAccess | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,8 +360,13 @@ class GrantAppAccessRequest(_message.Message):
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     APP_IDS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id. It must have an explicit app list (not all apps)."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def app_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """App ids to add (at least one). Already granted ones are left as they are."""
@@ -347,10 +376,11 @@ class GrantAppAccessRequest(_message.Message):
         *,
         service_account_id: _builtins.str = ...,
         app_ids: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_ids", b"app_ids", "service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_ids", b"app_ids", "service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -388,8 +418,13 @@ class RevokeAppAccessRequest(_message.Message):
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     APP_IDS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id. It must have an explicit app list (not all apps)."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def app_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """App ids to remove (at least one). Ids that are not granted are ignored."""
@@ -399,10 +434,11 @@ class RevokeAppAccessRequest(_message.Message):
         *,
         service_account_id: _builtins.str = ...,
         app_ids: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_ids", b"app_ids", "service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_ids", b"app_ids", "service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -443,10 +479,15 @@ class CreateTokenRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account that will hold the token."""
     display_name: _builtins.str
     """Required label, 1-128 characters after trimming."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been, without a secret.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required, at least one scope from `ListScopes`; any `mcp:*` scope requires `mcp:tools:call`."""
@@ -472,10 +513,11 @@ class CreateTokenRequest(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "display_name", b"display_name", "expire_time", b"expire_time", "scopes", b"scopes", "service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "display_name", b"display_name", "expire_time", b"expire_time", "scopes", b"scopes", "service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -597,19 +639,25 @@ class RevokeTokenRequest(_message.Message):
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account that holds the token."""
     token_id: _builtins.str
     """The token's id (not its secret)."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     def __init__(
         self,
         *,
         service_account_id: _builtins.str = ...,
         token_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id", "token_id", b"token_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -646,16 +694,22 @@ class DisableServiceAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     def __init__(
         self,
         *,
         service_account_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,16 +746,22 @@ class EnableServiceAccountRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account's id."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     def __init__(
         self,
         *,
         service_account_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_account_id", b"service_account_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,10 +801,15 @@ class RotateTokenRequest(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """The account that holds the token."""
     token_id: _builtins.str
     """The token to replace. It must be neither revoked nor expired (FAILED_PRECONDITION)."""
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been, without a secret.
+    """
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """How long the old token keeps working: its expiry becomes the earlier of its own and now plus
@@ -763,10 +828,11 @@ class RotateTokenRequest(_message.Message):
         token_id: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grace_period", b"grace_period", "service_account_id", b"service_account_id", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "grace_period", b"grace_period", "service_account_id", b"service_account_id", "token_id", b"token_id", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -814,6 +880,11 @@ class UpdateTokenRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def token(self) -> _resources_pb2.Token:
         """The token to change, identified by `service_account_id` and `token_id`, carrying the new
@@ -831,10 +902,11 @@ class UpdateTokenRequest(_message.Message):
         *,
         token: _resources_pb2.Token | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -977,6 +1049,11 @@ class UpdateTokenPolicyRequest(_message.Message):
 
     TOKEN_POLICY_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    validate_only: _builtins.bool
+    """Runs every check, including quotas, policies and name conflicts, and writes nothing
+    (AIP-163): no change, no audit event. The response is what it would have been.
+    """
     @_builtins.property
     def token_policy(self) -> _resources_pb2.TokenPolicy:
         """The new values. A field named in `update_mask` but unset removes that limit."""
@@ -992,10 +1069,11 @@ class UpdateTokenPolicyRequest(_message.Message):
         *,
         token_policy: _resources_pb2.TokenPolicy | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["token_policy", b"token_policy", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_policy", b"token_policy", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_policy", b"token_policy", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
