@@ -46,6 +46,7 @@ pub fn service_account(account: &ServiceAccount) -> pb::ServiceAccount {
         } as i32,
         etag: account.etag(),
         last_used_time: account.last_used_time.map(timestamp),
+        labels: Default::default(),
     }
 }
 

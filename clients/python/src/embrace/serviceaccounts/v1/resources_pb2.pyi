@@ -84,6 +84,26 @@ class ServiceAccount(_message.Message):
     STATE_DISABLED: ServiceAccount.State.ValueType  # 2
     """No token of the account works (`INACTIVE_REASON_ACCOUNT_DISABLED`) until it is enabled."""
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SERVICE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ORG_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
@@ -95,6 +115,7 @@ class ServiceAccount(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     LAST_USED_TIME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     service_account_id: _builtins.str
     """Server-assigned, time-ordered id (UUIDv7, lower-case hyphenated)."""
     org_id: _builtins.str
@@ -127,6 +148,14 @@ class ServiceAccount(_message.Message):
     def last_used_time(self) -> _timestamp_pb2.Timestamp:
         """The latest `last_used_time` of the account's tokens; unset if none was ever used."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels, as Kubernetes has them: at most 32; a key is an optional DNS-subdomain prefix and
+        `/`, then a name of 1-63 characters (alphanumerics, `-`, `_`, `.`, starting and ending
+        alphanumeric); a value is empty or such a name. Set on create, changed by an update naming
+        `labels` in its mask (the whole map is replaced).
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +170,11 @@ class ServiceAccount(_message.Message):
         state: Global___ServiceAccount.State.ValueType = ...,
         etag: _builtins.str = ...,
         last_used_time: _timestamp_pb2.Timestamp | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "create_time", b"create_time", "last_used_time", b"last_used_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "display_name", b"display_name", "etag", b"etag", "last_used_time", b"last_used_time", "org_id", b"org_id", "service_account_id", b"service_account_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "last_used_time", b"last_used_time", "org_id", b"org_id", "service_account_id", b"service_account_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

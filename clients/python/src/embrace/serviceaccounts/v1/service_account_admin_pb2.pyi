@@ -138,21 +138,31 @@ class ListServiceAccountsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of accounts to return: 0 means 50, values above 1000 are treated as 1000,
     negative values are rejected.
     """
     page_token: _builtins.str
-    """`next_page_token` of the previous page; empty for the first page."""
+    """`next_page_token` of the previous page; empty for the first page. Valid only with the
+    `filter` of the request that returned it.
+    """
+    filter: _builtins.str
+    """An AIP-160 expression over `display_name`, `state` (`ACTIVE`, `DISABLED`) and
+    `labels.<key>` (`labels.team = platform`, `labels.team:*` for "has the label"; a key with
+    `/` or `.` is quoted: `labels."app.embrace.io/managed-by" = apply`). At most 2048
+    characters; empty: every account.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,8 +215,8 @@ class UpdateServiceAccountRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Which fields to change: `display_name`, `description`, or `*` for both. When absent, the
-        non-empty fields among those two are changed. When `service_account.etag` is not empty, the
+        """Which fields to change: `display_name`, `description`, `labels`, or `*` for all three.
+        When absent, the non-empty fields among those are changed. When `service_account.etag` is not empty, the
         update applies only if the account is still at that version, else ABORTED.
         """
 
