@@ -301,6 +301,7 @@ async fn accounts_page_by_keyset_with_validated_tokens(backend: Backend) {
         let page = admin
             .list_service_accounts(authed(
                 pb::ListServiceAccountsRequest {
+                    filter: String::new(),
                     page_size: 2,
                     page_token: token.clone(),
                 },
@@ -327,6 +328,7 @@ async fn accounts_page_by_keyset_with_validated_tokens(backend: Backend) {
     let all = admin
         .list_service_accounts(authed(
             pb::ListServiceAccountsRequest {
+                filter: String::new(),
                 page_size: 5000,
                 page_token: String::new(),
             },
@@ -341,6 +343,7 @@ async fn accounts_page_by_keyset_with_validated_tokens(backend: Backend) {
     let list = |size: i32, token: &str| {
         authed(
             pb::ListServiceAccountsRequest {
+                filter: String::new(),
                 page_size: size,
                 page_token: token.into(),
             },
