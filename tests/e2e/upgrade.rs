@@ -397,6 +397,7 @@ async fn a_database_of_the_previous_release_upgrades_without_losing_data(backend
         let duplicate = admin
             .create_service_account(authed(
                 pb::CreateServiceAccountRequest {
+                    labels: Default::default(),
                     validate_only: false,
                     display_name: name.into(),
                     description: String::new(),

@@ -963,6 +963,7 @@ async fn seed(args: SeedArgs) -> Result<(), Box<dyn std::error::Error>> {
         .create_service_account(authed(
             &jwt,
             pb::CreateServiceAccountRequest {
+                labels: Default::default(),
                 validate_only: false,
                 display_name: args.name.clone(),
                 description: "benchmark".into(),

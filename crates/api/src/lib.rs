@@ -2,6 +2,7 @@
 //! authentication, error mapping, and the server wiring used by the `service-accounts` binary.
 
 mod admin_api;
+pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod dev_key;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use service_accounts_api::apply;
 use service_accounts_api::config::{AdminTokenArgs, Cli, Command, ServeConfig, StorageConfig};
 use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::introspection_clients;
@@ -34,6 +35,15 @@ fn main() -> ExitCode {
         // Inside the runtime: the OTLP exporters spawn their connections on it.
         let telemetry = telemetry::init(log_format, otlp_endpoint.as_deref())?;
         let result = match cli.command {
+            Some(Command::Apply(args)) => {
+                let outcome = apply::run(&args, &mut std::io::stdout()).await;
+                telemetry.shutdown();
+                return match outcome {
+                    Ok(apply::Outcome::Done) => Ok(ExitCode::SUCCESS),
+                    Ok(apply::Outcome::Changes) => Ok(ExitCode::from(2)),
+                    Err(message) => Err(message),
+                };
+            }
             None => serve(cli.serve).await,
             Some(Command::Serve(args)) => serve(*args).await,
             Some(Command::Migrate(args)) => migrate(args).await,
@@ -41,10 +51,10 @@ fn main() -> ExitCode {
             Some(Command::IntrospectionClient(args)) => introspection_client(&args.client_id),
         };
         telemetry.shutdown();
-        result
+        result.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE

@@ -39,6 +39,36 @@ pub enum Command {
     /// Create a caller of `/oauth2/introspect`: print its new secret (once) and the line to add
     /// to the --introspection-clients file.
     IntrospectionClient(IntrospectionClientArgs),
+    /// Make the org's service accounts and tokens what a YAML file declares, through the admin
+    /// API: print the plan, validate every step, then apply it. Exit code 0: applied or nothing
+    /// to do; 2: `--dry-run` and the plan has changes; 1: an error.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The file declaring the accounts (docs/provisioning.md).
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete the accounts labelled app.embrace.io/managed-by=apply that the file does not
+    /// declare, and revoke the live tokens of declared accounts that it does not declare.
+    #[arg(long)]
+    pub prune: bool,
+    /// Where new tokens' secrets go: DIR/<account>/<token>, mode 0600.
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
+    /// Print new tokens' secrets to stdout instead.
+    #[arg(long)]
+    pub print_secrets: bool,
+    /// The server's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// A file holding the admin JWT (else the environment variable SERVICE_ACCOUNTS_ADMIN_JWT).
+    #[arg(long)]
+    pub admin_jwt_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
