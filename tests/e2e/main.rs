@@ -7,6 +7,7 @@ mod account_state;
 mod accounts;
 mod admin_guide;
 mod app_access;
+mod apply;
 mod audit_search;
 mod auth;
 mod caller_cache;

@@ -15,6 +15,7 @@ use tonic::{Request, Status};
 use crate::config::ApplyArgs;
 use crate::pb;
 use crate::pb::service_account_admin_client::ServiceAccountAdminClient;
+use crate::requests::Parse;
 use plan::{LiveAccount, LiveToken, Step, Target};
 
 /// How a run ended, as its exit code says (SPEC §23).
@@ -345,7 +346,7 @@ async fn make(
             token,
         } => {
             if validate_only && new_target(account) {
-                return Ok(None);
+                return check_locally(token).map(|()| None);
             }
             let id = ids.of(account, account_name);
             let secret = create_token(admin, jwt, &id, token, validate_only).await?;
@@ -403,6 +404,34 @@ async fn make(
     Ok(None)
 }
 
+fn token_request(
+    account: &str,
+    token: &file::Token,
+    validate_only: bool,
+) -> pb::CreateTokenRequest {
+    pb::CreateTokenRequest {
+        service_account_id: account.to_owned(),
+        display_name: token.display_name.clone(),
+        scopes: token.scopes.iter().cloned().collect(),
+        expire_time: token
+            .lifetime
+            .map(|lifetime| prost_types::Timestamp::from(std::time::SystemTime::now() + lifetime)),
+        allowed_cidrs: token.allowed_cidrs.iter().cloned().collect(),
+        validate_only,
+    }
+}
+
+/// A token of an account this run creates cannot be validated by the server before the
+/// account exists: its request is read by the server's own request parser instead (scopes,
+/// names, networks, expiry), leaving only the org's quota and policy to the step itself.
+fn check_locally(token: &file::Token) -> Result<(), Status> {
+    let placeholder = service_accounts_domain::ids::ServiceAccountId::generate().to_string();
+    token_request(&placeholder, token, true)
+        .parse()
+        .map(drop)
+        .map_err(|e| crate::error::status(e.into()))
+}
+
 async fn create_token(
     admin: &mut Admin,
     jwt: &str,
@@ -410,22 +439,8 @@ async fn create_token(
     token: &file::Token,
     validate_only: bool,
 ) -> Result<Option<String>, Status> {
-    let expire_time = token.lifetime.map(|lifetime| {
-        let at = std::time::SystemTime::now() + lifetime;
-        prost_types::Timestamp::from(at)
-    });
     let created = admin
-        .create_token(authed(
-            pb::CreateTokenRequest {
-                service_account_id: account.to_owned(),
-                display_name: token.display_name.clone(),
-                scopes: token.scopes.iter().cloned().collect(),
-                expire_time,
-                allowed_cidrs: token.allowed_cidrs.iter().cloned().collect(),
-                validate_only,
-            },
-            jwt,
-        ))
+        .create_token(authed(token_request(account, token, validate_only), jwt))
         .await?
         .into_inner();
     Ok((!validate_only).then_some(created.secret))

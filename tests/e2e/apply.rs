@@ -1,0 +1,275 @@
+//! `service-accounts apply`, the real binary against the real server: plans, dry runs, exit
+//! codes, idempotence, token replacement, pruning, secrets files, and nothing changed when any
+//! step is refused.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use service_accounts_api::pb;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+on_both_backends!(
+    a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_nothing,
+    changed_scopes_replace_a_token_and_prune_deletes_only_managed_accounts,
+    a_file_with_one_refused_step_changes_nothing_at_all,
+);
+
+const FILE: &str = r#"
+accounts:
+  - display_name: CI Pipeline
+    description: Builds and deploys
+    labels: {team: platform}
+    app_access: {app_ids: [checkout-ios]}
+    state: active
+    tokens:
+      - display_name: GitHub Actions
+        scopes: [mcp:tools:call, mcp:read]
+        lifetime: 90d
+        allowed_cidrs: [10.0.0.0/8]
+  - display_name: Nightly Export
+    app_access: {all_apps: true}
+    state: disabled
+    tokens:
+      - display_name: exporter
+        scopes: [mcp:tools:call, mcp:write]
+"#;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn apply(app: &TestApp, jwt: &str, dir: &Path, file: &str, flags: &[&str]) -> Run {
+    let path = dir.join("accounts.yaml");
+    std::fs::write(&path, file).unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_service-accounts"))
+        .arg("apply")
+        .arg("-f")
+        .arg(&path)
+        .arg("--server")
+        .arg(format!("http://{}", app.addr))
+        .args(flags)
+        .env("SERVICE_ACCOUNTS_ADMIN_JWT", jwt)
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("the binary runs");
+    let run = Run {
+        code: status.code().expect("exited"),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    };
+    assert!(
+        !run.stdout.contains(jwt) && !run.stderr.contains(jwt),
+        "the JWT was printed"
+    );
+    run
+}
+
+fn secrets_dir(dir: &Path) -> PathBuf {
+    dir.join("secrets")
+}
+
+fn secret(dir: &Path, account: &str, token: &str) -> String {
+    let path = secrets_dir(dir).join(account).join(token);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", path.display());
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+async fn accounts(app: &TestApp, jwt: &str) -> Vec<pb::ServiceAccount> {
+    app.admin()
+        .await
+        .list_service_accounts(authed(
+            pb::ListServiceAccountsRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+            jwt,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_accounts
+}
+
+async fn a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_nothing(
+    backend: Backend,
+) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
+
+    let dry = apply(&app, &jwt, dir.path(), FILE, &["--dry-run"]);
+    assert_eq!(dry.code, 2, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout.contains("+ create account \"CI Pipeline\""),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("~ disable account \"Nightly Export\""));
+    assert!(
+        dry.stdout
+            .contains("+ create token \"GitHub Actions\" of \"CI Pipeline\"")
+    );
+    assert!(
+        audit_events(&app, &jwt).await.is_empty(),
+        "a dry run writes nothing"
+    );
+
+    let applied = apply(&app, &jwt, dir.path(), FILE, &secrets_flag);
+    assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
+    let github = secret(dir.path(), "CI Pipeline", "GitHub Actions");
+    let exporter = secret(dir.path(), "Nightly Export", "exporter");
+    for secret in [&github, &exporter] {
+        assert!(secret.starts_with("emb_sa_"));
+        assert!(
+            !applied.stdout.contains(secret.as_str()),
+            "a secret was printed"
+        );
+        assert!(
+            !applied.stderr.contains(secret.as_str()),
+            "a secret was logged"
+        );
+    }
+    let answer = introspect(&app, &github, "acme", "checkout-ios", &["mcp:read"]).await;
+    assert!(answer.active && answer.allowed, "{answer:?}");
+    let disabled = introspect(&app, &exporter, "", "", &[]).await;
+    assert!(!disabled.allowed, "the exporter's account is disabled");
+
+    let listed = accounts(&app, &jwt).await;
+    let ci = listed
+        .iter()
+        .find(|a| a.display_name == "CI Pipeline")
+        .unwrap();
+    assert_eq!(ci.description, "Builds and deploys");
+    assert_eq!(ci.labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(
+        ci.labels
+            .get("app.embrace.io/managed-by")
+            .map(String::as_str),
+        Some("apply")
+    );
+    let events = audit_events(&app, &jwt).await.len();
+
+    let again = apply(&app, &jwt, dir.path(), FILE, &secrets_flag);
+    assert_eq!(again.code, 0);
+    assert_eq!(again.stdout.trim(), "No changes.", "{}", again.stdout);
+    assert_eq!(audit_events(&app, &jwt).await.len(), events, "no write");
+    let dry = apply(&app, &jwt, dir.path(), FILE, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "nothing to do is exit code 0 in a dry run too");
+}
+
+async fn changed_scopes_replace_a_token_and_prune_deletes_only_managed_accounts(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
+    assert_eq!(apply(&app, &jwt, dir.path(), FILE, &secrets_flag).code, 0);
+    let old = secret(dir.path(), "CI Pipeline", "GitHub Actions");
+    let by_hand = create_account(&app, &jwt, "Made by hand", None).await;
+
+    // GitHub Actions now also writes; Nightly Export is no longer declared.
+    let changed = FILE
+        .replace(
+            "scopes: [mcp:tools:call, mcp:read]",
+            "scopes: [mcp:tools:call, mcp:read, mcp:write]",
+        )
+        .split("  - display_name: Nightly Export")
+        .next()
+        .unwrap()
+        .to_owned();
+    let plan = apply(&app, &jwt, dir.path(), &changed, &["--dry-run", "--prune"]);
+    assert_eq!(plan.code, 2);
+    assert!(
+        plan.stdout
+            .contains("-/+ replace token \"GitHub Actions\" of \"CI Pipeline\""),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("- delete account \"Nightly Export\""));
+    assert!(!plan.stdout.contains("Made by hand"), "{}", plan.stdout);
+
+    let kept = apply(&app, &jwt, dir.path(), &changed, &secrets_flag);
+    assert_eq!(kept.code, 0, "{}{}", kept.stdout, kept.stderr);
+    assert!(
+        !kept.stdout.contains("delete"),
+        "no pruning without --prune"
+    );
+    let new = secret(dir.path(), "CI Pipeline", "GitHub Actions");
+    assert_ne!(new, old);
+    assert!(
+        !introspect(&app, &old, "", "", &[]).await.active,
+        "replaced"
+    );
+    let answer = introspect(&app, &new, "", "", &["mcp:write"]).await;
+    assert!(answer.active && answer.allowed, "{answer:?}");
+
+    let pruned = apply(&app, &jwt, dir.path(), &changed, &["--prune"]);
+    assert_eq!(pruned.code, 0, "{}{}", pruned.stdout, pruned.stderr);
+    let names: Vec<String> = accounts(&app, &jwt)
+        .await
+        .into_iter()
+        .map(|a| a.display_name)
+        .collect();
+    assert!(names.contains(&"CI Pipeline".to_owned()));
+    assert!(names.contains(&by_hand.display_name), "{names:?}");
+    assert!(!names.contains(&"Nightly Export".to_owned()), "{names:?}");
+}
+
+async fn a_file_with_one_refused_step_changes_nothing_at_all(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
+    // Bad labels and a name too long are refused by the server's checks; a token of a new
+    // account with a scope missing its requirement, by the same parser the server runs.
+    create_account(&app, &jwt, "Made by hand", None).await;
+    let events = audit_events(&app, &jwt).await.len();
+    for bad in [
+        FILE.replace("labels: {team: platform}", "labels: {\"bad key!\": x}"),
+        FILE.replace("scopes: [mcp:tools:call, mcp:write]", "scopes: [mcp:write]"),
+        format!("{FILE}  - display_name: {}\n", "x".repeat(200)),
+    ] {
+        let run = apply(&app, &jwt, dir.path(), &bad, &secrets_flag);
+        assert_eq!(run.code, 1, "{bad}\n{}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("refused"), "{}", run.stdout);
+        assert_eq!(
+            audit_events(&app, &jwt).await.len(),
+            events,
+            "nothing applied"
+        );
+    }
+    let unknown = apply(
+        &app,
+        &jwt,
+        dir.path(),
+        "accounts:\n  - display_nme: A\n",
+        &[],
+    );
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("line 2"), "{}", unknown.stderr);
+}
