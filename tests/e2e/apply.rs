@@ -17,25 +17,18 @@ on_both_backends!(
     a_file_with_one_refused_step_changes_nothing_at_all,
 );
 
-const FILE: &str = r#"
-accounts:
-  - display_name: CI Pipeline
-    description: Builds and deploys
-    labels: {team: platform}
-    app_access: {app_ids: [checkout-ios]}
-    state: active
-    tokens:
-      - display_name: GitHub Actions
-        scopes: [mcp:tools:call, mcp:read]
-        lifetime: 90d
-        allowed_cidrs: [10.0.0.0/8]
-  - display_name: Nightly Export
-    app_access: {all_apps: true}
-    state: disabled
-    tokens:
-      - display_name: exporter
-        scopes: [mcp:tools:call, mcp:write]
-"#;
+const DOCS: &str = include_str!("../../docs/provisioning.md");
+
+/// The example file of docs/provisioning.md.
+static FILE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| fenced("<!-- apply-example -->", "```yaml"));
+
+/// The fenced block of `kind` after `marker` in the provisioning doc.
+fn fenced(marker: &str, kind: &str) -> String {
+    let after = &DOCS[DOCS.find(marker).expect("the marker is in the doc")..];
+    let start = after.find(&format!("{kind}\n")).expect("a fenced block") + kind.len() + 1;
+    after[start..][..after[start..].find("```").unwrap()].to_owned()
+}
 
 struct Run {
     code: i32,
@@ -117,7 +110,7 @@ async fn a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_noth
     let secrets = secrets_dir(dir.path());
     let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
 
-    let dry = apply(&app, &jwt, dir.path(), FILE, &["--dry-run"]);
+    let dry = apply(&app, &jwt, dir.path(), &FILE, &["--dry-run"]);
     assert_eq!(dry.code, 2, "{}{}", dry.stdout, dry.stderr);
     assert!(
         dry.stdout.contains("+ create account \"CI Pipeline\""),
@@ -134,7 +127,7 @@ async fn a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_noth
         "a dry run writes nothing"
     );
 
-    let applied = apply(&app, &jwt, dir.path(), FILE, &secrets_flag);
+    let applied = apply(&app, &jwt, dir.path(), &FILE, &secrets_flag);
     assert_eq!(applied.code, 0, "{}{}", applied.stdout, applied.stderr);
     let github = secret(dir.path(), "CI Pipeline", "GitHub Actions");
     let exporter = secret(dir.path(), "Nightly Export", "exporter");
@@ -149,8 +142,11 @@ async fn a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_noth
             "a secret was logged"
         );
     }
+    // It works, only from its declared network (the introspection here names no address).
     let answer = introspect(&app, &github, "acme", "checkout-ios", &["mcp:read"]).await;
-    assert!(answer.active && answer.allowed, "{answer:?}");
+    assert!(answer.active, "{answer:?}");
+    assert_eq!(answer.allowed_cidrs, ["10.0.0.0/8"]);
+    assert_eq!(answer.denial_reason(), pb::DenialReason::ClientIpNotAllowed);
     let disabled = introspect(&app, &exporter, "", "", &[]).await;
     assert!(!disabled.allowed, "the exporter's account is disabled");
 
@@ -169,11 +165,11 @@ async fn a_file_applied_to_an_empty_org_creates_it_and_a_second_run_changes_noth
     );
     let events = audit_events(&app, &jwt).await.len();
 
-    let again = apply(&app, &jwt, dir.path(), FILE, &secrets_flag);
+    let again = apply(&app, &jwt, dir.path(), &FILE, &secrets_flag);
     assert_eq!(again.code, 0);
     assert_eq!(again.stdout.trim(), "No changes.", "{}", again.stdout);
     assert_eq!(audit_events(&app, &jwt).await.len(), events, "no write");
-    let dry = apply(&app, &jwt, dir.path(), FILE, &["--dry-run"]);
+    let dry = apply(&app, &jwt, dir.path(), &FILE, &["--dry-run"]);
     assert_eq!(dry.code, 0, "nothing to do is exit code 0 in a dry run too");
 }
 
@@ -185,7 +181,7 @@ async fn changed_scopes_replace_a_token_and_prune_deletes_only_managed_accounts(
     let dir = tempfile::tempdir().unwrap();
     let secrets = secrets_dir(dir.path());
     let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
-    assert_eq!(apply(&app, &jwt, dir.path(), FILE, &secrets_flag).code, 0);
+    assert_eq!(apply(&app, &jwt, dir.path(), &FILE, &secrets_flag).code, 0);
     let old = secret(dir.path(), "CI Pipeline", "GitHub Actions");
     let by_hand = create_account(&app, &jwt, "Made by hand", None).await;
 
@@ -252,7 +248,7 @@ async fn a_file_with_one_refused_step_changes_nothing_at_all(backend: Backend) {
     for bad in [
         FILE.replace("labels: {team: platform}", "labels: {\"bad key!\": x}"),
         FILE.replace("scopes: [mcp:tools:call, mcp:write]", "scopes: [mcp:write]"),
-        format!("{FILE}  - display_name: {}\n", "x".repeat(200)),
+        format!("{}  - display_name: {}\n", *FILE, "x".repeat(200)),
     ] {
         let run = apply(&app, &jwt, dir.path(), &bad, &secrets_flag);
         assert_eq!(run.code, 1, "{bad}\n{}{}", run.stdout, run.stderr);
@@ -272,4 +268,58 @@ async fn a_file_with_one_refused_step_changes_nothing_at_all(backend: Backend) {
     );
     assert_eq!(unknown.code, 1);
     assert!(unknown.stderr.contains("line 2"), "{}", unknown.stderr);
+}
+
+#[tokio::test]
+async fn the_ci_recipe_plans_on_pull_requests_and_applies_on_merge() {
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("accounts.yaml"), &*FILE).unwrap();
+    let workflow: serde_norway::Value =
+        serde_norway::from_str(&fenced("## In CI", "```yaml")).unwrap();
+    let steps = workflow["jobs"]["plan-or-apply"]["steps"]
+        .as_sequence()
+        .unwrap();
+    let run_of = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"].as_str() == Some(name))
+            .and_then(|s| s["run"].as_str())
+            .unwrap_or_else(|| panic!("the workflow has a {name} step"))
+            .to_owned()
+    };
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_service-accounts"));
+    let path = format!(
+        "{}:{}",
+        binary.parent().unwrap().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let run = |script: &str| {
+        let output = Command::new("bash")
+            .arg("-e")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("SERVICE_ACCOUNTS_ADMIN_JWT", &jwt)
+            .env("SERVICE_ACCOUNTS_URL", format!("http://{}", app.addr))
+            .env("RUNNER_TEMP", dir.path())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+        )
+    };
+    let (code, plan) = run(&run_of("Plan"));
+    assert_eq!(code, Some(0), "a plan with changes passes the step: {plan}");
+    assert!(plan.contains("+ create account \"CI Pipeline\""), "{plan}");
+    assert!(audit_events(&app, &jwt).await.is_empty());
+    let (code, applied) = run(&run_of("Apply"));
+    assert_eq!(code, Some(0), "{applied}");
+    let secret = secret(dir.path(), "CI Pipeline", "GitHub Actions");
+    assert!(introspect(&app, &secret, "", "", &[]).await.active);
+    let (code, plan) = run(&run_of("Plan"));
+    assert_eq!((code, plan.trim()), (Some(0), "No changes."));
 }
