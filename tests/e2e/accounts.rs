@@ -136,6 +136,7 @@ async fn invalid_accounts_are_rejected_and_nothing_is_written(backend: Backend) 
     let create = |name: &str, description: &str, access: Option<pb::AppAccess>| {
         authed(
             pb::CreateServiceAccountRequest {
+                labels: Default::default(),
                 validate_only: false,
                 display_name: name.into(),
                 description: description.into(),

@@ -126,6 +126,7 @@ async fn create_token(control_plane: &str, jwt: &str) -> Result<String, Error> {
     let account = admin
         .create_service_account(authed(
             CreateServiceAccountRequest {
+                labels: Default::default(),
                 validate_only: false,
                 display_name: format!("Latency bench {}", std::process::id()),
                 description: "mcp_latency example".into(),

@@ -60,6 +60,7 @@ pub async fn create_account(
         .await
         .create_service_account(authed(
             pb::CreateServiceAccountRequest {
+                labels: Default::default(),
                 validate_only: false,
                 display_name: name.into(),
                 description: format!("{name} description"),
