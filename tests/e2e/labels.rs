@@ -146,7 +146,12 @@ fn descriptions(status: &Status) -> Vec<String> {
     use tonic_types::StatusExt;
     status
         .get_details_bad_request()
-        .map(|bad| bad.field_violations.into_iter().map(|v| v.description).collect())
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|v| v.description)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -173,7 +178,10 @@ async fn labels_set_on_create_are_shown_by_get_and_list_and_audited(backend: Bac
     let plain = create(&mut admin, &jwt, "Plain", &[]).await.unwrap();
     assert!(plain.labels.is_empty());
 
-    assert_eq!(get(&mut admin, &jwt, &created.service_account_id).await, created);
+    assert_eq!(
+        get(&mut admin, &jwt, &created.service_account_id).await,
+        created
+    );
     assert_eq!(
         list(&mut admin, &jwt, "", 0).await.unwrap(),
         [created.clone(), plain]
@@ -195,9 +203,14 @@ async fn an_update_naming_labels_replaces_them_and_one_without_a_mask_changes_th
     };
     let jwt = app.admin_jwt("org-a");
     let mut admin = app.admin().await;
-    let account = create(&mut admin, &jwt, "Bot", &[("team", "platform"), ("tier", "1")])
-        .await
-        .unwrap();
+    let account = create(
+        &mut admin,
+        &jwt,
+        "Bot",
+        &[("team", "platform"), ("tier", "1")],
+    )
+    .await
+    .unwrap();
     let id = account.service_account_id.clone();
     let patch = |pairs: &[(&str, &str)], description: &str| pb::ServiceAccount {
         service_account_id: id.clone(),
@@ -215,9 +228,15 @@ async fn an_update_naming_labels_replaces_them_and_one_without_a_mask_changes_th
     )
     .await
     .unwrap();
-    assert_eq!(replaced.labels, labels(&[("team", "web"), ("owner", "ana")]));
+    assert_eq!(
+        replaced.labels,
+        labels(&[("team", "web"), ("owner", "ana")])
+    );
     assert_eq!(replaced.description, account.description, "not in the mask");
-    assert_ne!(replaced.etag, account.etag, "labels are part of the version");
+    assert_ne!(
+        replaced.etag, account.etag,
+        "labels are part of the version"
+    );
     assert_eq!(get(&mut admin, &jwt, &id).await, replaced);
 
     // Without a mask, labels left empty are left as they are…
@@ -285,9 +304,8 @@ async fn an_account_has_at_most_thirty_two_labels(backend: Backend) {
     let jwt = app.admin_jwt("org-a");
     let mut admin = app.admin().await;
     let keys: Vec<String> = (0..33).map(|i| format!("key-{i}")).collect();
-    let pairs = |n: usize| -> Vec<(&str, &str)> {
-        keys[..n].iter().map(|k| (k.as_str(), "v")).collect()
-    };
+    let pairs =
+        |n: usize| -> Vec<(&str, &str)> { keys[..n].iter().map(|k| (k.as_str(), "v")).collect() };
     let full = create(&mut admin, &jwt, "Full", &pairs(32)).await.unwrap();
     assert_eq!(full.labels.len(), 32);
     assert_invalid(
@@ -307,7 +325,10 @@ async fn an_account_has_at_most_thirty_two_labels(backend: Backend) {
     .await;
     let status = assert_code(over, Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["service_account.labels"]);
-    assert!(descriptions(&status)[0].contains("at most 32"), "{status:?}");
+    assert!(
+        descriptions(&status)[0].contains("at most 32"),
+        "{status:?}"
+    );
     assert_eq!(
         get(&mut admin, &jwt, &full.service_account_id).await,
         full,
@@ -369,7 +390,10 @@ async fn every_bad_label_is_refused_with_its_field_path_and_nothing_is_written(b
     );
     for description in descriptions(&status) {
         for value in ["two words", &long_value] {
-            assert!(!description.contains(value), "a value is quoted back: {description}");
+            assert!(
+                !description.contains(value),
+                "a value is quoted back: {description}"
+            );
         }
     }
 
@@ -402,7 +426,11 @@ async fn every_bad_label_is_refused_with_its_field_path_and_nothing_is_written(b
         get(&mut admin, &jwt, &account.service_account_id).await,
         account
     );
-    assert_eq!(audit_events(&app, &jwt).await, before, "nothing was audited");
+    assert_eq!(
+        audit_events(&app, &jwt).await,
+        before,
+        "nothing was audited"
+    );
 }
 
 /// Org A's accounts for the filter tests, in creation (listing) order.
@@ -454,7 +482,10 @@ async fn accounts_are_found_by_label_name_and_state(backend: Backend) {
             ],
         ),
         ("labels.team = platform", &["Platform CI", "Platform Ops"]),
-        (r#"labels."team" = "platform""#, &["Platform CI", "Platform Ops"]),
+        (
+            r#"labels."team" = "platform""#,
+            &["Platform CI", "Platform Ops"],
+        ),
         (
             r#"labels."app.embrace.io/managed-by" = apply"#,
             &["Platform CI", "Web Deploy"],
@@ -472,12 +503,10 @@ async fn accounts_are_found_by_label_name_and_state(backend: Backend) {
         ),
         // Names compare as uniqueness does: trimmed, ignoring case.
         (r#"display_name = "  web deploy ""#, &["Web Deploy"]),
-        (r#"display_name != "Unowned""#, &[
-            "Platform CI",
-            "Platform Ops",
-            "Web Deploy",
-            "Empty Team",
-        ]),
+        (
+            r#"display_name != "Unowned""#,
+            &["Platform CI", "Platform Ops", "Web Deploy", "Empty Team"],
+        ),
         ("state = DISABLED", &["Platform Ops"]),
         (
             "state = ACTIVE",

@@ -583,12 +583,12 @@ fn app_ids(v: &mut Violations, field: &str, ids: &[String]) -> Option<BTreeSet<A
 
 /// Parses a labels map; `field` is its path in the request, and a bad entry is named by its
 /// key (`labels["bad key"]`, the key quoted as errors quote input).
-fn labels(
-    v: &mut Violations,
-    field: &str,
-    entries: &HashMap<String, String>,
-) -> Option<Labels> {
-    match Labels::parse(entries.iter().map(|(key, value)| (key.as_str(), value.as_str()))) {
+fn labels(v: &mut Violations, field: &str, entries: &HashMap<String, String>) -> Option<Labels> {
+    match Labels::parse(
+        entries
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    ) {
         Ok(labels) => Some(labels),
         Err(problems) => {
             for problem in problems {

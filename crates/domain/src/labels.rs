@@ -82,11 +82,7 @@ impl Labels {
 
     /// As an audit event's details show them.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.to_owned(), v.into()))
-                .collect(),
-        )
+        serde_json::Value::Object(self.iter().map(|(k, v)| (k.to_owned(), v.into())).collect())
     }
 }
 
@@ -135,9 +131,11 @@ fn check_name(name: &str) -> Result<(), String> {
     if inner_ok && ends_ok {
         Ok(())
     } else {
-        Err("must be ASCII letters, digits, `-`, `_` and `.`, starting and ending with a letter \
+        Err(
+            "must be ASCII letters, digits, `-`, `_` and `.`, starting and ending with a letter \
              or digit"
-            .into())
+                .into(),
+        )
     }
 }
 
@@ -181,7 +179,10 @@ mod tests {
             ("app.embrace.io/managed-by", "apply"),
             ("a", ""),
             ("Tier_1.x-y", "V1.2_3-b"),
-            (&format!("{}/{}", "p".repeat(253), "n".repeat(63)), &"v".repeat(63)),
+            (
+                &format!("{}/{}", "p".repeat(253), "n".repeat(63)),
+                &"v".repeat(63),
+            ),
             ("1-2.example/9", "0"),
         ])
         .unwrap();
@@ -232,7 +233,10 @@ mod tests {
             ("_x", "value must be ASCII letters"),
             ("x-", "value must be ASCII letters"),
             ("a/b", "value must be ASCII letters"),
-            (&*"v".repeat(64), "value must be at most 63 characters, got 64"),
+            (
+                &*"v".repeat(64),
+                "value must be at most 63 characters, got 64",
+            ),
         ] {
             let error = check_value(value).expect_err(value);
             assert!(error.0.contains(words), "{value:?}: {error}");

@@ -393,7 +393,10 @@ pub enum AccountPredicate {
     DisplayName(DisplayName),
     State(AccountState),
     /// `labels.<key> = value` (false when the account has no such label).
-    Label { key: String, value: String },
+    Label {
+        key: String,
+        value: String,
+    },
     /// `labels.<key>:*`.
     HasLabel(String),
 }

@@ -11,7 +11,7 @@ use crate::ids::ServiceAccountId;
 use crate::labels::Labels;
 use crate::listing::AccountListing;
 use crate::page::{Listing, Page};
-use crate::query::{After, AccountQuery};
+use crate::query::{AccountQuery, After};
 use crate::service_account::{
     AccountState, AppAccess, AppId, Description, DisplayName, ServiceAccount,
 };
@@ -109,7 +109,10 @@ impl<S: AdminStore> AdminService<S> {
         let query = AccountQuery {
             org: admin.org_id.clone(),
             filter: listing.filter,
-            after: listing.page.after.map(|a| ServiceAccountId::from_uuid(a.id)),
+            after: listing
+                .page
+                .after
+                .map(|a| ServiceAccountId::from_uuid(a.id)),
             limit: listing.page.size.get() + 1,
         };
         let rows = self.store.list_service_accounts(&query).await?;

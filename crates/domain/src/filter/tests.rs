@@ -248,18 +248,15 @@ fn any_expr() -> impl Strategy<Value = Expr> {
         "[A-Za-z0-9_-]{1,8}".prop_map(|key| format!("labels.{key}")),
         "[ -~é]{0,12}".prop_map(|key| format!("labels.{key}")),
     ];
-    let leaf = (name, op, value).prop_filter_map(
-        "a keyword is not a name",
-        |(name, op, value)| {
-            Some(Expr::Compare(Comparison {
-                name,
-                op,
-                value,
-                name_at: 0,
-                value_at: 0,
-            }))
-        },
-    );
+    let leaf = (name, op, value).prop_filter_map("a keyword is not a name", |(name, op, value)| {
+        Some(Expr::Compare(Comparison {
+            name,
+            op,
+            value,
+            name_at: 0,
+            value_at: 0,
+        }))
+    });
     leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::And),
@@ -337,7 +334,10 @@ fn labels_are_named_by_a_bare_or_quoted_key_after_the_dot() {
     let Expr::Compare(label) = &parts[1] else {
         panic!("{parts:?}")
     };
-    assert_eq!((label.name.as_str(), label.name_at, label.value_at), ("labels.a/b", 16, 32));
+    assert_eq!(
+        (label.name.as_str(), label.name_at, label.value_at),
+        ("labels.a/b", 16, 32)
+    );
 }
 
 #[test]
@@ -369,12 +369,24 @@ fn the_account_fields_take_labels_by_any_valid_key_and_other_listings_do_not() {
         assert_eq!(parsed(ok).check(ACCOUNT_FIELDS), Ok(()), "{ok}");
     }
     let cases: &[(&str, usize, &str)] = &[
-        ("labels.team < x", 1, "`labels.team` takes `=` and `!=`, not `<` (and `:*`)"),
+        (
+            "labels.team < x",
+            1,
+            "`labels.team` takes `=` and `!=`, not `<` (and `:*`)",
+        ),
         ("labels.team:x", 1, "takes `=` and `!=`, not `:`"),
         (r#"labels."bad key" = x"#, 8, "the key's name must be"),
-        (r#"labels."Up.io/x" = x"#, 8, "prefix must be a DNS subdomain"),
+        (
+            r#"labels."Up.io/x" = x"#,
+            8,
+            "prefix must be a DNS subdomain",
+        ),
         (r#"labels.team = "two words""#, 15, "the value must be"),
-        ("labels = x", 1, "known fields: display_name, state, labels.<key>"),
+        (
+            "labels = x",
+            1,
+            "known fields: display_name, state, labels.<key>",
+        ),
         ("state = EXPIRED", 9, "one of ACTIVE, DISABLED"),
         ("display_name:*", 14, "always set"),
         ("owner = me", 1, "unknown field `owner`"),
@@ -387,7 +399,10 @@ fn the_account_fields_take_labels_by_any_valid_key_and_other_listings_do_not() {
     for fields in [TOKEN_FIELDS, AUDIT_FIELDS] {
         let error = parsed("labels.team = platform").check(fields).unwrap_err();
         assert_eq!(error.at, 1);
-        assert!(error.message.contains("unknown field `labels.team`"), "{error}");
+        assert!(
+            error.message.contains("unknown field `labels.team`"),
+            "{error}"
+        );
     }
     // An error quotes at most 64 bytes of a name.
     let long = format!(r#"labels."{}" = x"#, "k".repeat(300));

@@ -21,7 +21,9 @@ use service_accounts_domain::token::Revocation;
 use super::query::{account_predicate, condition};
 use super::{live_accounts, revoke};
 use crate::Database;
-use crate::entity::{service_account, service_account_app as app, service_account_label as label, token};
+use crate::entity::{
+    service_account, service_account_app as app, service_account_label as label, token,
+};
 use crate::error::{Failure, run};
 use crate::rows::{self, account_row};
 
@@ -74,7 +76,10 @@ impl AccountStore for Database {
         .await
     }
 
-    async fn list_service_accounts(&self, query: &AccountQuery) -> StoreResult<Vec<ServiceAccount>> {
+    async fn list_service_accounts(
+        &self,
+        query: &AccountQuery,
+    ) -> StoreResult<Vec<ServiceAccount>> {
         run(async {
             let mut select =
                 live_accounts().filter(service_account::Column::OrgId.eq(query.org.as_str()));
