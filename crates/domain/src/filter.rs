@@ -349,9 +349,7 @@ impl Parser {
             value_at,
         }))
     }
-}
 
-impl Parser {
     /// The name of a label: `key` is what followed `labels.` in the word, or, when nothing did,
     /// the string right after the dot is the key.
     fn label_name(&mut self, key: &str, name_at: usize) -> Result<String, FilterError> {
@@ -434,7 +432,7 @@ impl fmt::Display for Expr {
     }
 }
 
-/// `text` quoted, with `"` and `\\` escaped.
+/// `text` quoted, with `"` and `\` escaped.
 fn write_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     f.write_str("\"")?;
     for ch in text.chars() {
