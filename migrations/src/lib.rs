@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261127_000001_initial;
 mod m20261129_000001_lifecycle;
 mod m20261206_000001_inventory;
+mod m20261207_000001_labels;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_initial::Migration),
             Box::new(m20261129_000001_lifecycle::Migration),
             Box::new(m20261206_000001_inventory::Migration),
+            Box::new(m20261207_000001_labels::Migration),
         ]
     }
 }

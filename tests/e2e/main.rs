@@ -23,6 +23,7 @@ mod gateways;
 mod introspection;
 mod inventory;
 mod jwks_rotation;
+mod labels;
 mod leaks;
 mod lifecycle;
 mod log_alerts;

@@ -358,6 +358,7 @@ async fn a_database_of_the_previous_release_upgrades_without_losing_data(backend
     assert_eq!(account.org_id, ORG);
     assert_eq!(account.display_name, "CI Pipeline");
     assert_eq!(account.description, "Builds and ships");
+    assert!(account.labels.is_empty(), "{account:?}");
     assert_eq!(account.created_by, "alice");
     assert_eq!(account.create_time, timestamp(old.created_at));
     assert_eq!(

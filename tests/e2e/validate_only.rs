@@ -108,6 +108,7 @@ async fn every_mutation_only_validated_answers_as_if_made_and_changes_nothing(ba
         .create_service_account(authed(
             pb::CreateServiceAccountRequest {
                 display_name: "Support Bot".into(),
+                labels: [("team".to_string(), "support".to_string())].into(),
                 validate_only: true,
                 ..Default::default()
             },
@@ -119,6 +120,7 @@ async fn every_mutation_only_validated_answers_as_if_made_and_changes_nothing(ba
         .service_account
         .unwrap();
     assert_eq!(created.display_name, "Support Bot");
+    assert_eq!(created.labels["team"], "support");
     assert!(!created.service_account_id.is_empty());
     unchanged("CreateServiceAccount", &mut called).await;
 
@@ -128,10 +130,11 @@ async fn every_mutation_only_validated_answers_as_if_made_and_changes_nothing(ba
                 service_account: Some(pb::ServiceAccount {
                     service_account_id: id.clone(),
                     display_name: "CI".into(),
+                    labels: [("team".to_string(), "platform".to_string())].into(),
                     ..Default::default()
                 }),
                 update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["display_name".into()],
+                    paths: vec!["display_name".into(), "labels".into()],
                 }),
                 validate_only: true,
             },
@@ -143,6 +146,7 @@ async fn every_mutation_only_validated_answers_as_if_made_and_changes_nothing(ba
         .service_account
         .unwrap();
     assert_eq!(renamed.display_name, "CI");
+    assert_eq!(renamed.labels["team"], "platform");
     assert_ne!(renamed.etag, account.etag, "the etag it would have had");
     unchanged("UpdateServiceAccount", &mut called).await;
 
@@ -367,6 +371,18 @@ async fn a_mutation_only_validated_is_still_refused_by_every_check(backend: Back
         ))
         .await;
     assert_code(taken, Code::AlreadyExists);
+    let labelled = admin
+        .create_service_account(authed(
+            pb::CreateServiceAccountRequest {
+                display_name: "Labelled".into(),
+                labels: [("bad key".to_string(), String::new())].into(),
+                validate_only: true,
+                ..Default::default()
+            },
+            &jwt,
+        ))
+        .await;
+    assert_invalid(labelled, &[r#"labels["bad key"]"#]);
     let invalid = admin
         .create_token(authed(
             pb::CreateTokenRequest {

@@ -46,7 +46,11 @@ pub fn service_account(account: &ServiceAccount) -> pb::ServiceAccount {
         } as i32,
         etag: account.etag(),
         last_used_time: account.last_used_time.map(timestamp),
-        labels: Default::default(),
+        labels: account
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Protobuf requests to domain commands: one [`Parse`] impl per RPC request, each collecting
 //! every field violation before answering.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, TimeDelta};
 use service_accounts_domain::Violations;
@@ -12,9 +12,12 @@ use service_accounts_domain::admin::{
 use service_accounts_domain::error::{Error, Invalid, quote};
 use service_accounts_domain::ids::{ServiceAccountId, TokenId};
 use service_accounts_domain::introspection::Checks;
-use service_accounts_domain::listing::{self, AuditListing, TokenListing, TokenListingRequest};
+use service_accounts_domain::labels::{LabelProblem, Labels};
+use service_accounts_domain::listing::{
+    self, AccountListing, AuditListing, TokenListing, TokenListingRequest,
+};
 use service_accounts_domain::network::AllowedCidrs;
-use service_accounts_domain::page::{Listing, PageRequest, TimedPageRequest};
+use service_accounts_domain::page::{Listing, TimedPageRequest};
 use service_accounts_domain::policy::{self, TokenPolicyPatch};
 use service_accounts_domain::query::{Cond, TokenPredicate};
 use service_accounts_domain::scope::Scopes;
@@ -40,11 +43,13 @@ impl Parse for pb::CreateServiceAccountRequest {
             Some(access) => app_access(&mut v, "app_access", access),
             None => Some(AppAccess::none()),
         };
+        let labels = labels(&mut v, "labels", &self.labels);
         v.finish_with(|| {
             Some(NewServiceAccount {
                 display_name: display_name?,
                 description: description?,
                 app_access: app_access?,
+                labels: labels?,
             })
         })
     }
@@ -83,17 +88,15 @@ impl Parse for pb::EnableServiceAccountRequest {
 }
 
 impl Parse for pb::ListServiceAccountsRequest {
-    type Command = PageRequest;
+    type Command = AccountListing;
 
-    fn parse(&self) -> Result<PageRequest, Error> {
+    fn parse(&self) -> Result<AccountListing, Error> {
         let mut v = Violations::new();
-        let page = page(
+        let listing = all_of(
             &mut v,
-            Listing::ServiceAccounts,
-            self.page_size,
-            &self.page_token,
+            AccountListing::parse(&self.filter, self.page_size, &self.page_token),
         );
-        v.finish_with(|| page)
+        v.finish_with(|| listing)
     }
 }
 
@@ -115,6 +118,7 @@ impl Parse for pb::UpdateServiceAccountRequest {
             _ => [
                 ("display_name", !account.display_name.is_empty()),
                 ("description", !account.description.is_empty()),
+                ("labels", !account.labels.is_empty()),
             ]
             .into_iter()
             .filter_map(|(path, populated)| populated.then_some(path))
@@ -126,17 +130,18 @@ impl Parse for pb::UpdateServiceAccountRequest {
                 "nothing to update: name the fields in update_mask or populate them",
             );
         }
-        let (mut name, mut description) = (false, false);
+        let (mut name, mut description, mut labelled) = (false, false, false);
         for (i, path) in paths.iter().enumerate() {
             match *path {
                 "display_name" => name = true,
                 "description" => description = true,
-                "*" => (name, description) = (true, true),
+                "labels" => labelled = true,
+                "*" => (name, description, labelled) = (true, true, true),
                 other => v.add(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "{} cannot be updated: only display_name and description can \
-                         (app access has its own RPCs)",
+                        "{} cannot be updated: only display_name, description and labels can \
+                         (app access and state have their own RPCs)",
                         quote(other)
                     ),
                 ),
@@ -161,6 +166,11 @@ impl Parse for pb::UpdateServiceAccountRequest {
         } else {
             Some(None)
         };
+        let labels = if labelled {
+            labels(&mut v, "service_account.labels", &account.labels).map(Some)
+        } else {
+            Some(None)
+        };
         let etag = (!account.etag.is_empty()).then(|| account.etag.clone());
         v.finish_with(|| {
             Some((
@@ -168,6 +178,7 @@ impl Parse for pb::UpdateServiceAccountRequest {
                 ServiceAccountPatch {
                     display_name: display_name?,
                     description: description?,
+                    labels: labels?,
                     etag,
                 },
             ))
@@ -570,8 +581,27 @@ fn app_ids(v: &mut Violations, field: &str, ids: &[String]) -> Option<BTreeSet<A
     all_valid.then_some(apps)
 }
 
-fn page(v: &mut Violations, listing: Listing, size: i32, token: &str) -> Option<PageRequest> {
-    all_of(v, PageRequest::parse(listing, size, token))
+/// Parses a labels map; `field` is its path in the request, and a bad entry is named by its
+/// key (`labels["bad key"]`, the key quoted as errors quote input).
+fn labels(v: &mut Violations, field: &str, entries: &HashMap<String, String>) -> Option<Labels> {
+    match Labels::parse(
+        entries
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    ) {
+        Ok(labels) => Some(labels),
+        Err(problems) => {
+            for problem in problems {
+                match problem {
+                    LabelProblem::TooMany(invalid) => v.add(field, invalid.0),
+                    LabelProblem::Entry { key, invalid } => {
+                        v.add(format!("{field}[{}]", quote(&key)), invalid.0)
+                    }
+                }
+            }
+            None
+        }
+    }
 }
 
 /// A value read from several fields, each bad one a violation.
@@ -680,6 +710,39 @@ mod tests {
         let (parsed, patch) = request.parse().unwrap();
         assert_eq!(parsed, id);
         assert!(patch.display_name.is_none());
+        assert!(patch.labels.is_none());
         assert_eq!(patch.description.unwrap().as_str(), "new");
+    }
+
+    #[test]
+    fn a_bad_label_is_named_by_its_key_under_its_map() {
+        let labels = HashMap::from([
+            ("bad key".to_string(), "ok".to_string()),
+            ("team".to_string(), "two words".to_string()),
+            ("good".to_string(), "ok".to_string()),
+        ]);
+        let create = pb::CreateServiceAccountRequest {
+            display_name: "Bot".into(),
+            labels: labels.clone(),
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(violations)) = create.parse() else {
+            panic!("expected invalid argument");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, [r#"labels["bad key"]"#, r#"labels["team"]"#]);
+        let update = pb::UpdateServiceAccountRequest {
+            service_account: Some(pb::ServiceAccount {
+                service_account_id: ServiceAccountId::generate().to_string(),
+                labels,
+                ..Default::default()
+            }),
+            update_mask: None,
+            validate_only: false,
+        };
+        let Err(Error::InvalidArgument(violations)) = update.parse() else {
+            panic!("expected invalid argument");
+        };
+        assert_eq!(violations[0].field, r#"service_account.labels["bad key"]"#);
     }
 }

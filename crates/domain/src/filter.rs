@@ -12,14 +12,19 @@
 //! factor      = term { "OR" term }
 //! term        = [ "NOT" ] ( "(" expression ")" | comparison )
 //! comparison  = name ( "=" | "!=" | "<" | "<=" | ">" | ">=" | ":" ) value
-//! value       = word | "\"" { char | "\\\"" | "\\\\" } "\"" | "*"
+//! name        = field | "labels." ( key | string )
+//! value       = word | string | "*"
+//! string      = "\"" { char | "\\\"" | "\\\\" } "\""
 //! ```
 //!
-//! Names are `[a-z_][a-z0-9_]*`; a bare word is `[A-Za-z0-9_.+-]+`. Values with anything else in
-//! them (an RFC 3339 timestamp's `:`, a scope's `:`, spaces) are quoted.
+//! Fields are `[a-z_][a-z0-9_]*`; a bare word is `[A-Za-z0-9_.+-]+`. Values with anything else in
+//! them (an RFC 3339 timestamp's `:`, a scope's `:`, spaces) are quoted. A label is named by
+//! `labels.` and its key, bare when it is `[A-Za-z0-9_-]+`, else quoted right after the dot
+//! (`labels."app.embrace.io/managed-by"`); the name is then `labels.` and the key.
 
 use std::fmt;
 
+use crate::labels;
 use crate::time::Timestamp;
 
 /// Deepest nesting of parentheses and `NOT`s accepted.
@@ -203,12 +208,28 @@ fn lex(input: &str) -> Result<Vec<(Token, usize)>, FilterError> {
                     _ => Token::Word(word),
                 }
             }
-            _ => return Err(error(at, format!("unexpected `{}`", c.escape_default()))),
+            _ => return Err(unexpected(&tokens, c, at)),
         };
         tokens.push((token, at));
     }
     Ok(tokens)
 }
+
+/// An unexpected character; in an unquoted label key (`labels.example.com/team`), the hint to
+/// quote it, where the key stops being bare.
+fn unexpected(before: &[(Token, usize)], c: char, at: usize) -> FilterError {
+    if let Some((Token::Word(word), word_at)) = before.last()
+        && let Some(key) = word.strip_prefix(LABELS)
+        && word_at + word.chars().count() == at
+    {
+        let bare = key.chars().take_while(|c| is_bare_key(*c)).count();
+        return error(word_at + LABELS.len() + bare, QUOTE_THE_KEY);
+    }
+    error(at, format!("unexpected `{}`", c.escape_default()))
+}
+
+const QUOTE_THE_KEY: &str = "a label key with characters other than letters, digits, `_` and \
+                             `-` is quoted: labels.\"app.embrace.io/managed-by\"";
 
 struct Parser {
     tokens: Vec<(Token, usize)>,
@@ -286,13 +307,19 @@ impl Parser {
     }
 
     fn comparison(&mut self, name: String, name_at: usize) -> Result<Expr, FilterError> {
-        let name_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !name_ok {
-            return Err(error(name_at, "expected a field name such as `state`"));
-        }
+        let name = match name.strip_prefix(LABELS) {
+            Some(key) => self.label_name(key, name_at)?,
+            None => {
+                let name_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !name_ok {
+                    return Err(error(name_at, "expected a field name such as `state`"));
+                }
+                name
+            }
+        };
         let op = match self.take() {
             Some((Token::Op(op), _)) => op,
             Some((_, at)) => {
@@ -322,6 +349,37 @@ impl Parser {
             value_at,
         }))
     }
+
+    /// The name of a label: `key` is what followed `labels.` in the word, or, when nothing did,
+    /// the string right after the dot is the key.
+    fn label_name(&mut self, key: &str, name_at: usize) -> Result<String, FilterError> {
+        let key_at = name_at + LABELS.len();
+        if !key.is_empty() {
+            return match key.chars().position(|c| !is_bare_key(c)) {
+                None => Ok(format!("{LABELS}{key}")),
+                Some(i) => Err(error(key_at + i, QUOTE_THE_KEY)),
+            };
+        }
+        match self.peek() {
+            Some((Token::Quoted(key), at)) if at == key_at => {
+                self.next += 1;
+                Ok(format!("{LABELS}{key}"))
+            }
+            _ => Err(error(
+                key_at,
+                "expected a label key right after `labels.`, such as `labels.team` or \
+                 `labels.\"app.embrace.io/managed-by\"`",
+            )),
+        }
+    }
+}
+
+/// What names a label: `labels.` and its key.
+const LABELS: &str = "labels.";
+
+/// A character of a label key written without quotes.
+fn is_bare_key(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
 }
 
 /// One expression, or several joined (flattened: `a AND (b AND c)` is one `AND` of three).
@@ -354,23 +412,36 @@ impl fmt::Display for Expr {
             Expr::Compare(c) => {
                 let spaced = c.op != Op::Has;
                 let gap = if spaced { " " } else { "" };
-                write!(f, "{}{gap}{}{gap}", c.name, c.op.as_str())?;
+                match c.name.strip_prefix(LABELS) {
+                    Some(key) if !key.is_empty() && key.chars().all(is_bare_key) => {
+                        f.write_str(&c.name)?
+                    }
+                    Some(key) => {
+                        f.write_str(LABELS)?;
+                        write_string(f, key)?;
+                    }
+                    None => f.write_str(&c.name)?,
+                }
+                write!(f, "{gap}{}{gap}", c.op.as_str())?;
                 match &c.value {
                     Value::Any => f.write_str("*"),
-                    Value::Text(text) => {
-                        f.write_str("\"")?;
-                        for ch in text.chars() {
-                            if matches!(ch, '"' | '\\') {
-                                f.write_str("\\")?;
-                            }
-                            write!(f, "{ch}")?;
-                        }
-                        f.write_str("\"")
-                    }
+                    Value::Text(text) => write_string(f, text),
                 }
             }
         }
     }
+}
+
+/// `text` quoted, with `"` and `\` escaped.
+fn write_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str("\"")?;
+    for ch in text.chars() {
+        if matches!(ch, '"' | '\\') {
+            f.write_str("\\")?;
+        }
+        write!(f, "{ch}")?;
+    }
+    f.write_str("\"")
 }
 
 /// `OR` binds tighter than `AND`, so an `OR` inside an `AND` needs no parentheses; it gets them
@@ -412,6 +483,9 @@ pub enum Kind {
     Time,
     /// A list, asked with `:` whether it contains a value.
     List,
+    /// Labels, each named `labels.<key>` (a valid label key) and compared with `=` and `!=` to
+    /// a valid label value; `labels.<key>:*` asks whether the label is set.
+    Labels,
 }
 
 impl Expr {
@@ -429,33 +503,43 @@ impl Expr {
 }
 
 fn check_comparison(c: &Comparison, fields: &[Field]) -> Result<(), FilterError> {
-    let Some(field) = fields.iter().find(|f| f.name == c.name) else {
-        let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    let Some(field) = fields.iter().find(|f| f.names(&c.name)) else {
+        let known: Vec<String> = fields
+            .iter()
+            .map(|f| match f.kind {
+                Kind::Labels => format!("{}.<key>", f.name),
+                _ => f.name.to_owned(),
+            })
+            .collect();
         return Err(error(
             c.name_at,
             format!(
                 "unknown field `{}`; known fields: {}",
-                c.name,
+                cut(&c.name),
                 known.join(", ")
             ),
         ));
     };
+    if let Kind::Labels = field.kind {
+        let key = &c.name[field.name.len() + 1..];
+        labels::check_key(key).map_err(|e| error(c.name_at + field.name.len() + 1, e.0))?;
+    }
     let text = match (&c.value, c.op) {
         (Value::Any, Op::Has) if field.optional => return Ok(()),
         (Value::Any, Op::Has) => {
-            return Err(error(c.value_at, format!("`{}` is always set", c.name)));
+            return Err(error(c.value_at, format!("`{}` is always set", field.name)));
         }
         (Value::Any, _) => return Err(error(c.value_at, "`*` goes only with `:`")),
         (Value::Text(text), _) => text,
     };
     let op_ok = match field.kind {
-        Kind::Text | Kind::Enum(_) => matches!(c.op, Op::Eq | Op::Ne),
+        Kind::Text | Kind::Enum(_) | Kind::Labels => matches!(c.op, Op::Eq | Op::Ne),
         Kind::Time => c.op != Op::Has,
         Kind::List => c.op == Op::Has,
     };
     if !op_ok {
         let allowed = match field.kind {
-            Kind::Text | Kind::Enum(_) => "`=` and `!=`",
+            Kind::Text | Kind::Enum(_) | Kind::Labels => "`=` and `!=`",
             Kind::Time => "`=`, `!=`, `<`, `<=`, `>` and `>=`",
             Kind::List => "`:`",
         };
@@ -463,7 +547,7 @@ fn check_comparison(c: &Comparison, fields: &[Field]) -> Result<(), FilterError>
             c.name_at,
             format!(
                 "`{}` takes {allowed}, not `{}`{}",
-                c.name,
+                cut(&c.name),
                 c.op.as_str(),
                 if field.optional { " (and `:*`)" } else { "" }
             ),
@@ -472,15 +556,39 @@ fn check_comparison(c: &Comparison, fields: &[Field]) -> Result<(), FilterError>
     match field.kind {
         Kind::Enum(values) if !values.contains(&text.as_str()) => Err(error(
             c.value_at,
-            format!("`{}` is one of {}", c.name, values.join(", ")),
+            format!("`{}` is one of {}", field.name, values.join(", ")),
         )),
         Kind::Time if time_of(text).is_none() => Err(error(
             c.value_at,
             "expected an RFC 3339 time, such as \"2026-01-31T00:00:00Z\"",
         )),
+        // A value no label can have would match nothing: a typo, refused.
+        Kind::Labels => labels::check_value(text).map_err(|e| error(c.value_at, e.0)),
         _ => Ok(()),
     }
 }
+
+/// A name as an error shows it: at most [`MAX_ECHO_BYTES`](crate::error::MAX_ECHO_BYTES) of
+/// it (a quoted label key can be any length).
+fn cut(name: &str) -> String {
+    let mut end = name.len().min(crate::error::MAX_ECHO_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == name.len() {
+        name.to_owned()
+    } else {
+        format!("{}…", &name[..end])
+    }
+}
+
+/// The fields of an account listing's filter (SPEC §23).
+pub const ACCOUNT_FIELDS: &[Field] = &[
+    Field::required("display_name", Kind::Text),
+    Field::required("state", Kind::Enum(&["ACTIVE", "DISABLED"])),
+    // Any one label may be unset.
+    Field::optional("labels", Kind::Labels),
+];
 
 /// The fields of a token listing's filter (SPEC §22).
 pub const TOKEN_FIELDS: &[Field] = &[
@@ -528,6 +636,16 @@ const AUDIT_ACTIONS: &[&str] = &[
 ];
 
 impl Field {
+    /// Whether a comparison's name names this field (labels: `labels.` and any key).
+    fn names(&self, name: &str) -> bool {
+        match self.kind {
+            Kind::Labels => name
+                .strip_prefix(self.name)
+                .is_some_and(|rest| rest.starts_with('.')),
+            _ => self.name == name,
+        }
+    }
+
     const fn required(name: &'static str, kind: Kind) -> Self {
         Self {
             name,

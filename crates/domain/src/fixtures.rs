@@ -39,3 +39,22 @@ pub fn issued(account: ServiceAccountId) -> (TokenSecret, TokenRecord) {
     };
     (secret, record)
 }
+
+/// An active account of org `org` named `name`, without labels.
+pub fn account_named(name: &str) -> crate::service_account::ServiceAccount {
+    let now = chrono::Utc::now();
+    crate::service_account::ServiceAccount {
+        id: ServiceAccountId::generate(),
+        org_id: OrgId::parse("org").unwrap(),
+        display_name: crate::service_account::DisplayName::parse(name).unwrap(),
+        description: Default::default(),
+        app_access: AppAccess::AllApps,
+        create_time: now,
+        update_time: now,
+        created_by: crate::ids::UserId::parse("admin").unwrap(),
+        state: Default::default(),
+        labels: Default::default(),
+        last_used_time: None,
+        revision: 1,
+    }
+}

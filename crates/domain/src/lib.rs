@@ -15,6 +15,7 @@ mod fixtures;
 pub mod ids;
 pub mod introspection;
 pub mod issued;
+pub mod labels;
 pub mod last_used;
 pub mod leaks;
 pub mod listing;

@@ -5,7 +5,9 @@ use crate::Invalid;
 use crate::filter::FilterError;
 use crate::ids::ServiceAccountId;
 use crate::page::{self, Listing, QueryPage};
-use crate::query::{self, AuditPredicate, Cond, CreateTime, Order, TokenPredicate, TokenTime};
+use crate::query::{
+    self, AccountPredicate, AuditPredicate, Cond, CreateTime, Order, TokenPredicate, TokenTime,
+};
 
 /// Longest filter accepted, in characters.
 pub const MAX_FILTER_CHARS: usize = 2048;
@@ -109,6 +111,46 @@ impl AuditListing {
                 order,
                 page,
             }),
+            _ => Err(bad),
+        }
+    }
+}
+
+/// `ListServiceAccounts`, in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountListing {
+    pub filter: Option<Cond<AccountPredicate>>,
+    pub page: QueryPage,
+}
+
+impl AccountListing {
+    pub fn parse(
+        filter: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Self, Vec<(&'static str, Invalid)>> {
+        let mut bad = Vec::new();
+        let parsed = within_limit(filter).and_then(|f| query::account_filter(f).map_err(invalid));
+        let page = parsed.is_ok().then(|| {
+            QueryPage::parse(
+                Listing::ServiceAccounts,
+                page_size,
+                page_token,
+                page::binding(&[&query::canonical(filter)]),
+            )
+            .and_then(|page| match page.after {
+                // Ordered by id alone: a position with a time was not written by this listing.
+                Some(after) if after.time.is_some() => Err(vec![(
+                    "page_token",
+                    Invalid::new("is not a page token returned by this listing"),
+                )]),
+                _ => Ok(page),
+            })
+        });
+        let filter = parsed.map_err(|e| bad.push(("filter", e))).ok();
+        let page = page.and_then(|p| p.map_err(|mut e| bad.append(&mut e)).ok());
+        match (filter, page) {
+            (Some(filter), Some(page)) if bad.is_empty() => Ok(Self { filter, page }),
             _ => Err(bad),
         }
     }

@@ -5,6 +5,7 @@
 use crate::filter::{self, Comparison, Expr, FilterError, Op, Value};
 use crate::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
 use crate::scope::Scope;
+use crate::service_account::{AccountState, DisplayName, ServiceAccount};
 use crate::time::Timestamp;
 use crate::token::{RevokeReason, Token, TokenState};
 
@@ -384,6 +385,88 @@ fn audit_predicate(c: &Comparison) -> Result<AuditPredicate, FilterError> {
     })
 }
 
+/// One comparison of an account filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountPredicate {
+    /// The name, compared as uniqueness compares names (trimmed, ignoring case): the account
+    /// a create with this name would collide with.
+    DisplayName(DisplayName),
+    State(AccountState),
+    /// `labels.<key> = value` (false when the account has no such label).
+    Label {
+        key: String,
+        value: String,
+    },
+    /// `labels.<key>:*`.
+    HasLabel(String),
+}
+
+impl AccountPredicate {
+    /// What the comparison means for one account: the definition the store's queries
+    /// implement.
+    pub fn holds(&self, account: &ServiceAccount) -> bool {
+        match self {
+            AccountPredicate::DisplayName(name) => {
+                account.display_name.uniqueness_key() == name.uniqueness_key()
+            }
+            AccountPredicate::State(state) => account.state == *state,
+            AccountPredicate::Label { key, value } => account.labels.get(key) == Some(value),
+            AccountPredicate::HasLabel(key) => account.labels.get(key).is_some(),
+        }
+    }
+}
+
+/// Reads an account listing's filter (SPEC §23); `Ok(None)` when it is empty.
+pub fn account_filter(text: &str) -> Result<Option<Cond<AccountPredicate>>, FilterError> {
+    let Some(expr) = filter::parse(text)? else {
+        return Ok(None);
+    };
+    expr.check(filter::ACCOUNT_FIELDS)?;
+    Cond::from_expr(&expr, &account_predicate).map(Some)
+}
+
+fn account_predicate(c: &Comparison) -> Result<AccountPredicate, FilterError> {
+    // `check` let through only `labels.<key>` with `:*`, and values of the field's kind.
+    let label = c.name.strip_prefix("labels.").map(str::to_owned);
+    let text = match (&c.value, label) {
+        (Value::Any, Some(key)) => return Ok(AccountPredicate::HasLabel(key)),
+        (Value::Text(value), Some(key)) => {
+            return Ok(AccountPredicate::Label {
+                key,
+                value: value.clone(),
+            });
+        }
+        (Value::Text(text), None) => text.as_str(),
+        (Value::Any, None) => {
+            return Err(FilterError {
+                at: c.value_at,
+                message: "`*` goes only with `labels.<key>:`".into(),
+            });
+        }
+    };
+    Ok(match c.name.as_str() {
+        "display_name" => {
+            AccountPredicate::DisplayName(DisplayName::parse(text).map_err(|e| FilterError {
+                at: c.value_at,
+                message: format!("not a display name: {e}"),
+            })?)
+        }
+        _ => AccountPredicate::State(match text {
+            "ACTIVE" => AccountState::Active,
+            _ => AccountState::Disabled,
+        }),
+    })
+}
+
+/// A page of an org's accounts, in id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountQuery {
+    pub org: OrgId,
+    pub filter: Option<Cond<AccountPredicate>>,
+    pub after: Option<ServiceAccountId>,
+    pub limit: u32,
+}
+
 /// A page of an org's audit trail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditQuery {
@@ -421,6 +504,62 @@ mod tests {
                 Cond::Is(TokenPredicate::HasScope(Scope::parse("mcp:write").unwrap())),
             ]))
         );
+    }
+
+    #[test]
+    fn account_filters_read_names_states_and_labels() {
+        let label = |key: &str, value: &str| {
+            Cond::Is(AccountPredicate::Label {
+                key: key.into(),
+                value: value.into(),
+            })
+        };
+        assert_eq!(
+            account_filter(
+                r#"labels.team = platform labels."app.embrace.io/managed-by" != apply NOT labels.x:*"#
+            )
+            .unwrap(),
+            Some(Cond::All(vec![
+                label("team", "platform"),
+                label("app.embrace.io/managed-by", "apply").not(),
+                Cond::Is(AccountPredicate::HasLabel("x".into())).not(),
+            ]))
+        );
+        assert_eq!(
+            account_filter(r#"display_name = " CI Pipeline " OR state = DISABLED"#).unwrap(),
+            Some(Cond::Any(vec![
+                Cond::Is(AccountPredicate::DisplayName(
+                    DisplayName::parse("CI Pipeline").unwrap()
+                )),
+                Cond::Is(AccountPredicate::State(AccountState::Disabled)),
+            ]))
+        );
+        // A name no account can have is refused where it was written.
+        let e = account_filter(r#"state = ACTIVE display_name = "  ""#).unwrap_err();
+        assert_eq!(e.at, 31);
+        assert!(e.message.contains("not a display name"), "{e}");
+        assert_eq!(account_filter("").unwrap(), None);
+    }
+
+    #[test]
+    fn an_account_name_matches_as_uniqueness_compares_names_and_a_label_only_when_set() {
+        let account = crate::fixtures::account_named("CI Pipeline");
+        let name = |n: &str| AccountPredicate::DisplayName(DisplayName::parse(n).unwrap());
+        assert!(name("ci pipeline").holds(&account));
+        assert!(!name("CI").holds(&account));
+        let mut labelled = account.clone();
+        labelled.labels =
+            crate::labels::Labels::parse([("team", "platform"), ("empty", "")]).unwrap();
+        let label = |key: &str, value: &str| AccountPredicate::Label {
+            key: key.into(),
+            value: value.into(),
+        };
+        assert!(label("team", "platform").holds(&labelled));
+        assert!(label("empty", "").holds(&labelled));
+        assert!(!label("empty", "").holds(&account));
+        assert!(AccountPredicate::HasLabel("empty".into()).holds(&labelled));
+        assert!(!AccountPredicate::HasLabel("team".into()).holds(&account));
+        assert!(AccountPredicate::State(AccountState::Active).holds(&account));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::error::Invalid;
 use crate::ids::{OrgId, ServiceAccountId, UserId};
+use crate::labels::Labels;
 use crate::time::Timestamp;
 
 pub const MAX_DISPLAY_NAME_CHARS: usize = 128;
@@ -239,6 +240,7 @@ pub struct ServiceAccount {
     pub update_time: Timestamp,
     pub created_by: UserId,
     pub state: AccountState,
+    pub labels: Labels,
     /// The latest last-used time of its tokens (read, never stored on the account).
     pub last_used_time: Option<Timestamp>,
     /// Bumped on every change; stores update only the revision they read (optimistic locking).

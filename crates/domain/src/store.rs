@@ -9,7 +9,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::error::StoreError;
 use crate::ids::{OrgId, ServiceAccountId, TokenId};
 use crate::policy::{StoredPolicy, TokenPolicy};
-use crate::query::{AuditQuery, ListedToken, TokenQuery};
+use crate::query::{AccountQuery, AuditQuery, ListedToken, TokenQuery};
 use crate::service_account::ServiceAccount;
 use crate::time::Timestamp;
 use crate::token::{Revocation, Token, TokenHash, TokenRecord, Usage};
@@ -50,16 +50,14 @@ pub trait AccountStore: Send + Sync + 'static {
         id: ServiceAccountId,
     ) -> impl Future<Output = StoreResult<Option<ServiceAccount>>> + Send;
 
-    /// Up to `limit` accounts with ids greater than `after`, in id order.
+    /// The page of accounts `query` asks for (deleted ones never), in id order.
     fn list_service_accounts(
         &self,
-        org: &OrgId,
-        after: Option<ServiceAccountId>,
-        limit: u32,
+        query: &AccountQuery,
     ) -> impl Future<Output = StoreResult<Vec<ServiceAccount>>> + Send;
 
-    /// Stores `account` (name, description, app access, state, update time, revision) only if
-    /// the stored revision is still `expected_revision`; otherwise `Stale`.
+    /// Stores `account` (name, description, app access, labels, state, update time, revision)
+    /// only if the stored revision is still `expected_revision`; otherwise `Stale`.
     fn update_service_account(
         &self,
         account: &ServiceAccount,

@@ -169,6 +169,7 @@ mod tests {
             update_time: now,
             created_by: UserId::parse("admin").unwrap(),
             state: AccountState::Active,
+            labels: Default::default(),
             last_used_time: None,
             revision: 1,
         };

@@ -7,6 +7,7 @@ use sea_orm::ActiveValue::Set;
 use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::{AuditEvent, AuditRecord};
 use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
+use service_accounts_domain::labels::{LabelProblem, Labels};
 use service_accounts_domain::network::AllowedCidrs;
 use service_accounts_domain::query::ListedToken;
 use service_accounts_domain::scope::Scopes;
@@ -57,9 +58,21 @@ pub(crate) fn allowed_cidrs(s: &str) -> Result<AllowedCidrs, StoreError> {
     AllowedCidrs::from_stored(s).ok_or_else(|| corrupt("allowed CIDRs", s))
 }
 
+/// Stored labels, as (key, value) rows.
+pub(crate) fn labels(rows: &[(String, String)]) -> Result<Labels, StoreError> {
+    Labels::parse(rows.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|problems| {
+        let what = match problems.first() {
+            Some(LabelProblem::Entry { key, .. }) => key.as_str(),
+            _ => "too many",
+        };
+        corrupt("label", what)
+    })
+}
+
 pub(crate) fn service_account(
     row: service_account::Model,
     app_ids: Vec<String>,
+    labels: &[(String, String)],
     last_used_time: Option<Timestamp>,
 ) -> Result<ServiceAccount, StoreError> {
     Ok(ServiceAccount {
@@ -74,6 +87,7 @@ pub(crate) fn service_account(
         update_time: row.updated_at,
         created_by: user_id(&row.created_by)?,
         state: account_state(&row.state)?,
+        labels: self::labels(labels)?,
         last_used_time,
         revision: row.revision,
     })

@@ -308,6 +308,7 @@ mod tests {
             update_time: now,
             created_by: admin.clone(),
             state: AccountState::Active,
+            labels: Default::default(),
             last_used_time: None,
             revision: 1,
         };

@@ -8,7 +8,10 @@ use super::{Admin, AdminService};
 use crate::audit::{AuditAction, Target};
 use crate::error::{Conflict, Error, StoreError};
 use crate::ids::ServiceAccountId;
-use crate::page::{Listing, Page, PageRequest};
+use crate::labels::Labels;
+use crate::listing::AccountListing;
+use crate::page::{Listing, Page};
+use crate::query::{AccountQuery, After};
 use crate::service_account::{
     AccountState, AppAccess, AppId, Description, DisplayName, ServiceAccount,
 };
@@ -22,6 +25,7 @@ pub struct NewServiceAccount {
     pub display_name: DisplayName,
     pub description: Description,
     pub app_access: AppAccess,
+    pub labels: Labels,
 }
 
 /// A validated `UpdateServiceAccount`: `None` leaves a field as it is.
@@ -29,6 +33,8 @@ pub struct NewServiceAccount {
 pub struct ServiceAccountPatch {
     pub display_name: Option<DisplayName>,
     pub description: Option<Description>,
+    /// Replaces the whole map.
+    pub labels: Option<Labels>,
     /// Apply only to this version of the account (its etag).
     pub etag: Option<String>,
 }
@@ -53,6 +59,7 @@ impl<S: AdminStore> AdminService<S> {
             update_time: now,
             created_by: admin.user_id.clone(),
             state: AccountState::Active,
+            labels: new.labels,
             last_used_time: None,
             revision: 1,
         };
@@ -62,6 +69,7 @@ impl<S: AdminStore> AdminService<S> {
             json!({
                 "display_name": account.display_name.as_str(),
                 "app_access": app_access_json(&account.app_access),
+                "labels": account.labels.to_json(),
             }),
         );
         let limit = self.quotas.service_accounts_per_org;
@@ -96,18 +104,27 @@ impl<S: AdminStore> AdminService<S> {
     pub async fn list_service_accounts(
         &self,
         admin: &Admin,
-        page: PageRequest,
+        listing: AccountListing,
     ) -> Result<Page<ServiceAccount>, Error> {
-        let after = page.after.map(ServiceAccountId::from_uuid);
-        let rows = self
-            .store
-            .list_service_accounts(&admin.org_id, after, page.size.get() + 1)
-            .await?;
-        Ok(Page::from_rows(
+        let query = AccountQuery {
+            org: admin.org_id.clone(),
+            filter: listing.filter,
+            after: listing
+                .page
+                .after
+                .map(|a| ServiceAccountId::from_uuid(a.id)),
+            limit: listing.page.size.get() + 1,
+        };
+        let rows = self.store.list_service_accounts(&query).await?;
+        // In id order: the key is the id alone.
+        Ok(Page::from_query_rows(
             Listing::ServiceAccounts,
             rows,
-            page.size,
-            |a| a.id.as_uuid(),
+            listing.page,
+            |a| After {
+                time: None,
+                id: a.id.as_uuid(),
+            },
         ))
     }
 
@@ -131,6 +148,10 @@ impl<S: AdminStore> AdminService<S> {
             if let Some(description) = &patch.description {
                 account.description = description.clone();
                 details.insert("description".into(), description.as_str().into());
+            }
+            if let Some(labels) = &patch.labels {
+                account.labels = labels.clone();
+                details.insert("labels".into(), labels.to_json());
             }
             Ok(Some(details.into()))
         })

@@ -242,18 +242,21 @@ fn any_expr() -> impl Strategy<Value = Expr> {
         // Anything printable, quotes and backslashes included.
         "[ -~é]{0,12}".prop_map(Value::Text),
     ];
-    let leaf = ("[a-z_][a-z0-9_]{0,8}", op, value).prop_filter_map(
-        "a keyword is not a name",
-        |(name, op, value)| {
-            Some(Expr::Compare(Comparison {
-                name,
-                op,
-                value,
-                name_at: 0,
-                value_at: 0,
-            }))
-        },
-    );
+    // A field, a label with a bare key, or a label with any key (quoted when printed).
+    let name = prop_oneof![
+        "[a-z_][a-z0-9_]{0,8}",
+        "[A-Za-z0-9_-]{1,8}".prop_map(|key| format!("labels.{key}")),
+        "[ -~é]{0,12}".prop_map(|key| format!("labels.{key}")),
+    ];
+    let leaf = (name, op, value).prop_filter_map("a keyword is not a name", |(name, op, value)| {
+        Some(Expr::Compare(Comparison {
+            name,
+            op,
+            value,
+            name_at: 0,
+            value_at: 0,
+        }))
+    });
     leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 2..4).prop_map(Expr::And),
@@ -299,4 +302,111 @@ fn the_audit_filter_knows_every_action_and_target_type() {
     }
     let misspelt = parsed(r#"action = "token.revok""#).check(AUDIT_FIELDS);
     assert_eq!(misspelt.unwrap_err().at, 10);
+}
+
+#[test]
+fn labels_are_named_by_a_bare_or_quoted_key_after_the_dot() {
+    assert_eq!(
+        parsed("labels.team = platform"),
+        compare("labels.team", Op::Eq, text("platform"))
+    );
+    // Quoted or not, one key is one name, printed bare when it can be.
+    let quoted = parsed(r#"labels."team":*"#);
+    assert_eq!(quoted, compare("labels.team", Op::Has, Value::Any));
+    assert_eq!(quoted.to_string(), "labels.team:*");
+    let managed = parsed(r#"NOT labels."app.embrace.io/managed-by" = apply"#);
+    assert_eq!(
+        managed,
+        Expr::Not(Box::new(compare(
+            "labels.app.embrace.io/managed-by",
+            Op::Eq,
+            text("apply")
+        )))
+    );
+    assert_eq!(
+        managed.to_string(),
+        r#"NOT labels."app.embrace.io/managed-by" = "apply""#
+    );
+    // Positions are where the name and the value were written.
+    let Expr::And(parts) = parsed(r#"state = ACTIVE labels."a/b" != x"#) else {
+        panic!("two comparisons")
+    };
+    let Expr::Compare(label) = &parts[1] else {
+        panic!("{parts:?}")
+    };
+    assert_eq!(
+        (label.name.as_str(), label.name_at, label.value_at),
+        ("labels.a/b", 16, 32)
+    );
+}
+
+#[test]
+fn a_label_key_that_is_not_bare_must_be_quoted_right_after_the_dot() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("labels.app.embrace.io = x", 11, "is quoted"),
+        ("labels.team* = x", 12, "is quoted"),
+        ("labels. \"team\" = x", 8, "right after `labels.`"),
+        ("labels. = x", 8, "right after `labels.`"),
+        ("labels.", 8, "right after `labels.`"),
+        ("a = 1 labels.(x) = 1", 14, "right after `labels.`"),
+        ("labels.app.embrace.io/managed-by = apply", 11, "is quoted"),
+    ];
+    for (input, at, words) in cases {
+        let error = refused(input);
+        assert_eq!(error.at, *at, "{input:?}: {error}");
+        assert!(error.message.contains(words), "{input:?}: {error}");
+    }
+}
+
+#[test]
+fn the_account_fields_take_labels_by_any_valid_key_and_other_listings_do_not() {
+    for ok in [
+        "labels.team = platform",
+        r#"labels."app.embrace.io/managed-by" = apply AND state = ACTIVE"#,
+        "NOT labels.team:* OR labels.team != \"\"",
+        r#"display_name = "CI Pipeline" state = DISABLED"#,
+    ] {
+        assert_eq!(parsed(ok).check(ACCOUNT_FIELDS), Ok(()), "{ok}");
+    }
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "labels.team < x",
+            1,
+            "`labels.team` takes `=` and `!=`, not `<` (and `:*`)",
+        ),
+        ("labels.team:x", 1, "takes `=` and `!=`, not `:`"),
+        (r#"labels."bad key" = x"#, 8, "the key's name must be"),
+        (
+            r#"labels."Up.io/x" = x"#,
+            8,
+            "prefix must be a DNS subdomain",
+        ),
+        (r#"labels.team = "two words""#, 15, "the value must be"),
+        (
+            "labels = x",
+            1,
+            "known fields: display_name, state, labels.<key>",
+        ),
+        ("state = EXPIRED", 9, "one of ACTIVE, DISABLED"),
+        ("display_name:*", 14, "always set"),
+        ("owner = me", 1, "unknown field `owner`"),
+    ];
+    for (input, at, words) in cases {
+        let error = parsed(input).check(ACCOUNT_FIELDS).unwrap_err();
+        assert_eq!(error.at, *at, "{input:?}: {error}");
+        assert!(error.message.contains(words), "{input:?}: {error}");
+    }
+    for fields in [TOKEN_FIELDS, AUDIT_FIELDS] {
+        let error = parsed("labels.team = platform").check(fields).unwrap_err();
+        assert_eq!(error.at, 1);
+        assert!(
+            error.message.contains("unknown field `labels.team`"),
+            "{error}"
+        );
+    }
+    // An error quotes at most 64 bytes of a name.
+    let long = format!(r#"labels."{}" = x"#, "k".repeat(300));
+    let error = parsed(&long).check(TOKEN_FIELDS).unwrap_err();
+    assert!(error.message.contains(&"k".repeat(50)), "{error}");
+    assert!(!error.message.contains(&"k".repeat(60)), "{error}");
 }

@@ -11,14 +11,19 @@ use service_accounts_domain::StoreError;
 use service_accounts_domain::audit::AuditEvent;
 use service_accounts_domain::changes::Change;
 use service_accounts_domain::ids::{OrgId, ServiceAccountId};
+use service_accounts_domain::labels::Labels;
+use service_accounts_domain::query::AccountQuery;
 use service_accounts_domain::service_account::{AppAccess, ServiceAccount};
 use service_accounts_domain::store::{AccountStore, Created, StoreResult};
 use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::Revocation;
 
+use super::query::{account_predicate, condition};
 use super::{live_accounts, revoke};
 use crate::Database;
-use crate::entity::{service_account, service_account_app as app, token};
+use crate::entity::{
+    service_account, service_account_app as app, service_account_label as label, token,
+};
 use crate::error::{Failure, run};
 use crate::rows::{self, account_row};
 
@@ -43,7 +48,9 @@ impl AccountStore for Database {
             service_account::Entity::insert(account_row(account))
                 .exec_without_returning(&txn)
                 .await?;
-            write_apps(&txn, &account.id.to_string(), &account.app_access).await?;
+            let id = account.id.to_string();
+            write_apps(&txn, &id, &account.app_access).await?;
+            write_labels(&txn, &id, &account.labels).await?;
             self.commit(txn, event).await?;
             Ok(Created::Created)
         })
@@ -64,58 +71,30 @@ impl AccountStore for Database {
             else {
                 return Ok(None);
             };
-            let apps = app_ids(&self.db, &row.id).await?;
-            let mut last_used = last_used_times(&self.db, vec![row.id.clone()]).await?;
-            let last_used = last_used.remove(&row.id);
-            Ok(Some(rows::service_account(row, apps, last_used)?))
+            Ok(accounts(&self.db, vec![row]).await?.pop())
         })
         .await
     }
 
     async fn list_service_accounts(
         &self,
-        org: &OrgId,
-        after: Option<ServiceAccountId>,
-        limit: u32,
+        query: &AccountQuery,
     ) -> StoreResult<Vec<ServiceAccount>> {
         run(async {
-            let mut query = live_accounts().filter(service_account::Column::OrgId.eq(org.as_str()));
-            if let Some(after) = after {
-                query = query.filter(service_account::Column::Id.gt(after.to_string()));
+            let mut select =
+                live_accounts().filter(service_account::Column::OrgId.eq(query.org.as_str()));
+            if let Some(filter) = &query.filter {
+                select = select.filter(condition(filter, &account_predicate));
             }
-            let accounts = query
+            if let Some(after) = query.after {
+                select = select.filter(service_account::Column::Id.gt(after.to_string()));
+            }
+            let rows = select
                 .order_by_asc(service_account::Column::Id)
-                .limit(u64::from(limit))
+                .limit(u64::from(query.limit))
                 .all(&self.db)
                 .await?;
-            let explicit: Vec<String> = accounts
-                .iter()
-                .filter(|r| !r.all_apps)
-                .map(|r| r.id.clone())
-                .collect();
-            // One query for the page's grants, grouped in one pass.
-            let mut apps: HashMap<String, Vec<String>> = HashMap::new();
-            for grant in app::Entity::find()
-                .filter(app::Column::ServiceAccountId.is_in(explicit))
-                .order_by_asc(app::Column::AppId)
-                .all(&self.db)
-                .await?
-            {
-                apps.entry(grant.service_account_id)
-                    .or_default()
-                    .push(grant.app_id);
-            }
-            let mut last_used =
-                last_used_times(&self.db, accounts.iter().map(|r| r.id.clone()).collect()).await?;
-            let page = accounts
-                .into_iter()
-                .map(|row| {
-                    let ids = apps.remove(&row.id).unwrap_or_default();
-                    let last_used = last_used.remove(&row.id);
-                    rows::service_account(row, ids, last_used)
-                })
-                .collect::<Result<_, StoreError>>()?;
-            Ok(page)
+            accounts(&self.db, rows).await
         })
         .await
     }
@@ -148,6 +127,7 @@ impl AccountStore for Database {
                 return Err(StoreError::Stale.into());
             }
             write_apps(&txn, &id, &account.app_access).await?;
+            write_labels(&txn, &id, &account.labels).await?;
             self.commit(txn, event).await
         })
         .await
@@ -212,6 +192,10 @@ impl AccountStore for Database {
                     .filter(app::Column::ServiceAccountId.is_in(chunk.iter().cloned()))
                     .exec(&txn)
                     .await?;
+                label::Entity::delete_many()
+                    .filter(label::Column::ServiceAccountId.is_in(chunk.iter().cloned()))
+                    .exec(&txn)
+                    .await?;
                 service_account::Entity::delete_many()
                     .filter(service_account::Column::Id.is_in(chunk.iter().cloned()))
                     .exec(&txn)
@@ -235,14 +219,77 @@ impl AccountStore for Database {
     }
 }
 
-/// The account's explicit app ids, sorted.
-async fn app_ids(db: &impl ConnectionTrait, account: &str) -> Result<Vec<String>, DbErr> {
-    let rows = app::Entity::find()
-        .filter(app::Column::ServiceAccountId.eq(account))
-        .order_by_asc(app::Column::AppId)
+/// The accounts of these rows, in their order, with their grants, labels and last use: a
+/// query each for the whole page, grouped in one pass.
+async fn accounts(
+    db: &impl ConnectionTrait,
+    rows: Vec<service_account::Model>,
+) -> Result<Vec<ServiceAccount>, Failure> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let explicit: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.all_apps)
+        .map(|r| r.id.clone())
+        .collect();
+    let mut apps: HashMap<String, Vec<String>> = HashMap::new();
+    if !explicit.is_empty() {
+        for grant in app::Entity::find()
+            .filter(app::Column::ServiceAccountId.is_in(explicit))
+            .order_by_asc(app::Column::AppId)
+            .all(db)
+            .await?
+        {
+            apps.entry(grant.service_account_id)
+                .or_default()
+                .push(grant.app_id);
+        }
+    }
+    let mut labels: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for row in label::Entity::find()
+        .filter(label::Column::ServiceAccountId.is_in(ids.clone()))
         .all(db)
+        .await?
+    {
+        labels
+            .entry(row.service_account_id)
+            .or_default()
+            .push((row.key, row.value));
+    }
+    let mut last_used = last_used_times(db, ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let app_ids = apps.remove(&row.id).unwrap_or_default();
+            let labels = labels.remove(&row.id).unwrap_or_default();
+            let last_used = last_used.remove(&row.id);
+            rows::service_account(row, app_ids, &labels, last_used)
+        })
+        .collect::<Result<_, StoreError>>()?)
+}
+
+/// Replaces the account's labels with `labels`.
+async fn write_labels(
+    db: &impl ConnectionTrait,
+    account: &str,
+    labels: &Labels,
+) -> Result<(), Failure> {
+    label::Entity::delete_many()
+        .filter(label::Column::ServiceAccountId.eq(account))
+        .exec(db)
         .await?;
-    Ok(rows.into_iter().map(|r| r.app_id).collect())
+    if !labels.is_empty() {
+        label::Entity::insert_many(labels.iter().map(|(key, value)| label::ActiveModel {
+            service_account_id: Set(account.to_owned()),
+            key: Set(key.to_owned()),
+            value: Set(value.to_owned()),
+        }))
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Replaces the account's explicit app list with the one in `access`.

@@ -2,15 +2,15 @@
 //! bound values, orders become keyset ranges on an index. Nothing of the request's text is
 //! spliced into SQL.
 
-use sea_orm::sea_query::{LikeExpr, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr, Query, SimpleExpr};
 use sea_orm::{ColumnTrait, Condition, Order, QueryFilter, QueryOrder, QuerySelect};
 use service_accounts_domain::query::{
-    After, AuditPredicate, Cmp, Cond, TokenOptional, TokenPredicate, TokenTime,
+    AccountPredicate, After, AuditPredicate, Cmp, Cond, TokenOptional, TokenPredicate, TokenTime,
 };
 use service_accounts_domain::time::Timestamp;
 use service_accounts_domain::token::TokenState;
 
-use crate::entity::{audit_event, token};
+use crate::entity::{audit_event, service_account, service_account_label, token};
 
 /// A typed filter as a condition; `leaf` turns one comparison, negated or not, into one.
 pub(super) fn condition<P>(cond: &Cond<P>, leaf: &impl Fn(&P, bool) -> Condition) -> Condition {
@@ -82,6 +82,38 @@ pub(super) fn token_predicate(p: &TokenPredicate, negated: bool, now: Timestamp)
         TokenPredicate::CreatedBy(user) => Condition::all().add(C::CreatedBy.eq(user.as_str())),
     };
     if negated { condition.not() } else { condition }
+}
+
+/// One account comparison. A label comparison is an `EXISTS` on the account's labels, so
+/// `NOT` of it holds for an account without the label.
+pub(super) fn account_predicate(p: &AccountPredicate, negated: bool) -> Condition {
+    use service_account::Column as C;
+    let condition = Condition::all().add(match p {
+        // The column uniqueness is checked on, so the name's index answers it.
+        AccountPredicate::DisplayName(name) => C::DisplayNameKey.eq(name.uniqueness_key()),
+        AccountPredicate::State(state) => C::State.eq(state.as_str()),
+        AccountPredicate::Label { key, value } => has_label(key, Some(value)),
+        AccountPredicate::HasLabel(key) => has_label(key, None),
+    });
+    if negated { condition.not() } else { condition }
+}
+
+/// Whether the account of the outer query has the label `key` (with `value`, if given).
+fn has_label(key: &str, value: Option<&str>) -> SimpleExpr {
+    use service_account_label::{Column as L, Entity as Labels};
+    let mut labels = Query::select();
+    labels
+        .expr(Expr::val(1))
+        .from(Labels)
+        .and_where(
+            Expr::col((Labels, L::ServiceAccountId))
+                .equals((service_account::Entity, service_account::Column::Id)),
+        )
+        .and_where(Expr::col((Labels, L::Key)).eq(key));
+    if let Some(value) = value {
+        labels.and_where(Expr::col((Labels, L::Value)).eq(value));
+    }
+    Expr::exists(labels.take())
 }
 
 fn optional_column(optional: TokenOptional) -> token::Column {

@@ -1,7 +1,8 @@
 //! The store's filters and orders against their definition in the domain
-//! ([`TokenPredicate::holds`], [`TokenQuery::compare`]): random tokens with many ties and unset
-//! fields, random filters, every order both ways, paged with random page sizes, on SQLite and
-//! on a fresh PostgreSQL database.
+//! ([`TokenPredicate::holds`], [`TokenQuery::compare`], [`AccountPredicate::holds`]): random
+//! tokens with many ties and unset fields, random accounts with random labels, random filters,
+//! every order both ways, paged with random page sizes, on SQLite and on a fresh PostgreSQL
+//! database.
 
 use chrono::TimeDelta;
 use rand::rngs::StdRng;
@@ -11,8 +12,10 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use service_accounts_domain::audit::{AuditAction, AuditEvent, Target};
 use service_accounts_domain::ids::{AuditEventId, OrgId, ServiceAccountId, TokenId, UserId};
+use service_accounts_domain::labels::Labels;
 use service_accounts_domain::query::{
-    Cmp, Cond, Order, TokenOptional, TokenPredicate, TokenQuery, TokenTime,
+    AccountPredicate, AccountQuery, Cmp, Cond, Order, TokenOptional, TokenPredicate, TokenQuery,
+    TokenTime,
 };
 use service_accounts_domain::scope::{CATALOGUE, Scope, Scopes};
 use service_accounts_domain::service_account::{
@@ -35,6 +38,7 @@ async fn filters_orders_and_pages_on_sqlite_mean_what_the_domain_defines() {
     let db = crate::connect(&url, 2).await.unwrap();
     db.migrate().await.unwrap();
     agree_with_the_domain(&db).await;
+    accounts_agree_with_the_domain(&db).await;
 }
 
 #[tokio::test]
@@ -56,6 +60,7 @@ async fn filters_orders_and_pages_on_postgres_mean_what_the_domain_defines() {
     let db = crate::connect(&url, 2).await.unwrap();
     db.migrate().await.unwrap();
     agree_with_the_domain(&db).await;
+    accounts_agree_with_the_domain(&db).await;
     db.close().await.unwrap();
     admin
         .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
@@ -288,6 +293,7 @@ async fn account(db: &Database, org: &OrgId, name: &str) -> ServiceAccountId {
         update_time: now,
         created_by: admin.clone(),
         state: AccountState::Active,
+        labels: Default::default(),
         last_used_time: None,
         revision: 1,
     };
@@ -306,4 +312,151 @@ async fn account(db: &Database, org: &OrgId, name: &str) -> ServiceAccountId {
         .await
         .unwrap();
     account.id
+}
+
+const ACCOUNTS: usize = 60;
+const LABEL_KEYS: [&str; 3] = ["team", "tier", "app.embrace.io/managed-by"];
+const LABEL_VALUES: [&str; 3] = ["platform", "", "apply"];
+
+async fn accounts_agree_with_the_domain(db: &Database) {
+    let mut rng = StdRng::seed_from_u64(23);
+    let org = OrgId::parse("labelled").unwrap();
+    let mut visible = Vec::new();
+    for n in 0..ACCOUNTS {
+        // Every fifth in another org, every seventh deleted.
+        let owner = if n % 5 == 4 {
+            OrgId::parse("labelled-other").unwrap()
+        } else {
+            org.clone()
+        };
+        let account = random_account(&mut rng, &owner, n);
+        create(db, &account).await;
+        if n % 7 == 6 {
+            service_account::Entity::update_many()
+                .col_expr(
+                    service_account::Column::DeletedAt,
+                    sea_orm::sea_query::Expr::value(time::now()),
+                )
+                .filter(service_account::Column::Id.eq(account.id.to_string()))
+                .exec(&db.db)
+                .await
+                .unwrap();
+        } else if owner == org {
+            visible.push(account);
+        }
+    }
+    let names: Vec<DisplayName> = visible.iter().map(|a| a.display_name.clone()).collect();
+    for case in 0..FILTERS {
+        let filter = (case > 0).then(|| random_account_cond(&mut rng, &names, 3));
+        let mut query = AccountQuery {
+            org: org.clone(),
+            filter: filter.clone(),
+            after: None,
+            limit: rng.random_range(1..=12),
+        };
+        let expected: Vec<ServiceAccountId> = visible
+            .iter()
+            .filter(|a| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| f.holds(&|p: &AccountPredicate| p.holds(a)))
+            })
+            .map(|a| a.id)
+            .collect();
+        let mut listed = Vec::new();
+        loop {
+            let page = db.list_service_accounts(&query).await.unwrap();
+            listed.extend(page.iter().map(|a| a.id));
+            // Read back with its labels as stored.
+            for account in &page {
+                let original = visible.iter().find(|a| a.id == account.id).unwrap();
+                assert_eq!(account.labels, original.labels);
+            }
+            if page.len() < query.limit as usize {
+                break;
+            }
+            query.after = page.last().map(|a| a.id);
+            assert!(listed.len() <= ACCOUNTS, "paging does not end");
+        }
+        assert_eq!(listed, expected, "filter {filter:?}");
+    }
+}
+
+fn random_account(rng: &mut StdRng, org: &OrgId, n: usize) -> ServiceAccount {
+    let now = time::now();
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    for key in LABEL_KEYS {
+        if rng.random_bool(0.5) {
+            labels.push((key, LABEL_VALUES.choose(rng).unwrap()));
+        }
+    }
+    ServiceAccount {
+        id: ServiceAccountId::generate(),
+        org_id: org.clone(),
+        display_name: DisplayName::parse(&format!("Account {n}")).unwrap(),
+        description: Description::parse("").unwrap(),
+        app_access: AppAccess::AllApps,
+        create_time: now,
+        update_time: now,
+        created_by: UserId::parse("alice").unwrap(),
+        state: *[AccountState::Active, AccountState::Disabled]
+            .choose(rng)
+            .unwrap(),
+        labels: Labels::parse(labels).unwrap(),
+        last_used_time: None,
+        revision: 1,
+    }
+}
+
+fn random_account_cond(
+    rng: &mut StdRng,
+    names: &[DisplayName],
+    depth: u32,
+) -> Cond<AccountPredicate> {
+    if depth == 0 || rng.random_bool(0.4) {
+        let key = LABEL_KEYS.choose(rng).unwrap().to_string();
+        return Cond::Is(match rng.random_range(0..4) {
+            0 => {
+                // In another case: names match as uniqueness compares them.
+                let name = names.choose(rng).unwrap().as_str().to_uppercase();
+                AccountPredicate::DisplayName(DisplayName::parse(&name).unwrap())
+            }
+            1 => AccountPredicate::State(
+                *[AccountState::Active, AccountState::Disabled]
+                    .choose(rng)
+                    .unwrap(),
+            ),
+            2 => AccountPredicate::Label {
+                key,
+                value: LABEL_VALUES.choose(rng).unwrap().to_string(),
+            },
+            _ => AccountPredicate::HasLabel(key),
+        });
+    }
+    let kind = rng.random_range(0..3);
+    let mut parts: Vec<_> = (0..rng.random_range(2..=3))
+        .map(|_| random_account_cond(rng, names, depth - 1))
+        .collect();
+    match kind {
+        0 => Cond::All(parts),
+        1 => Cond::Any(parts),
+        _ => Cond::Not(Box::new(parts.remove(0))),
+    }
+}
+
+async fn create(db: &Database, account: &ServiceAccount) {
+    let event = AuditEvent {
+        id: AuditEventId::generate(),
+        org_id: account.org_id.clone(),
+        actor: account.created_by.clone(),
+        action: AuditAction::ServiceAccountCreate,
+        target: Target::ServiceAccount(account.id),
+        request_id: "request".into(),
+        create_time: account.create_time,
+        details: "{}".into(),
+        validate_only: false,
+    };
+    db.create_service_account(account, 1000, &event)
+        .await
+        .unwrap();
 }

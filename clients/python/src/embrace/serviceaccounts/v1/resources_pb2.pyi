@@ -142,7 +142,7 @@ class ServiceAccount(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the account last changed: name, description, app access or state."""
+        """When the account last changed: name, description, labels, app access or state."""
 
     @_builtins.property
     def last_used_time(self) -> _timestamp_pb2.Timestamp:

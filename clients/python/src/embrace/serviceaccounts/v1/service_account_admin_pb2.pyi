@@ -28,10 +28,31 @@ class CreateServiceAccountRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     APP_ACCESS_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Required, 1-128 characters after trimming, unique within the org (case-insensitively)."""
     description: _builtins.str
@@ -44,6 +65,10 @@ class CreateServiceAccountRequest(_message.Message):
     def app_access(self) -> _resources_pb2.AppAccess:
         """The apps the account may act on. Unset means no app yet (an empty explicit list)."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The account's labels (see `ServiceAccount.labels`)."""
+
     def __init__(
         self,
         *,
@@ -51,10 +76,11 @@ class CreateServiceAccountRequest(_message.Message):
         description: _builtins.str = ...,
         app_access: _resources_pb2.AppAccess | None = ...,
         validate_only: _builtins.bool = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "description", b"description", "display_name", b"display_name", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_access", b"app_access", "description", b"description", "display_name", b"display_name", "labels", b"labels", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,7 +177,9 @@ class ListServiceAccountsRequest(_message.Message):
     """An AIP-160 expression over `display_name`, `state` (`ACTIVE`, `DISABLED`) and
     `labels.<key>` (`labels.team = platform`, `labels.team:*` for "has the label"; a key with
     `/` or `.` is quoted: `labels."app.embrace.io/managed-by" = apply`). At most 2048
-    characters; empty: every account.
+    characters; empty: every account. `display_name` compares as uniqueness does (trimmed,
+    ignoring case); `!=` is `NOT =`, so `labels.team != platform` includes accounts without
+    the label.
     """
     def __init__(
         self,

@@ -95,7 +95,7 @@ export type ServiceAccount = Message<"embrace.serviceaccounts.v1.ServiceAccount"
   createTime?: Timestamp | undefined;
 
   /**
-   * When the account last changed: name, description, app access or state.
+   * When the account last changed: name, description, labels, app access or state.
    *
    * @generated from field: google.protobuf.Timestamp update_time = 7;
    */
