@@ -125,6 +125,8 @@ fn main() {
         "CreateServiceAccountRequest",
         "valid",
         &pb::CreateServiceAccountRequest {
+            validate_only: false,
+            labels: Default::default(),
             display_name: "CI pipeline".into(),
             description: "Deploys".into(),
             app_access: Some(apps.clone()),
@@ -134,6 +136,8 @@ fn main() {
         "CreateServiceAccountRequest",
         "invalid",
         &pb::CreateServiceAccountRequest {
+            validate_only: false,
+            labels: Default::default(),
             display_name: " ".into(),
             description: "a\u{1}b".into(),
             app_access: Some(pb::AppAccess {
@@ -153,6 +157,7 @@ fn main() {
         "DeleteServiceAccountRequest",
         "valid",
         &pb::DeleteServiceAccountRequest {
+            validate_only: false,
             service_account_id: account.clone(),
         },
     );
@@ -160,6 +165,7 @@ fn main() {
         "ListServiceAccountsRequest",
         "valid",
         &pb::ListServiceAccountsRequest {
+            filter: String::new(),
             page_size: 10,
             page_token: String::new(),
         },
@@ -168,6 +174,7 @@ fn main() {
         "ListServiceAccountsRequest",
         "foreign-token",
         &pb::ListServiceAccountsRequest {
+            filter: String::new(),
             page_size: -1,
             page_token: page_token.clone(),
         },
@@ -176,6 +183,7 @@ fn main() {
         "UpdateServiceAccountRequest",
         "masked",
         &pb::UpdateServiceAccountRequest {
+            validate_only: false,
             service_account: Some(pb::ServiceAccount {
                 service_account_id: account.clone(),
                 display_name: "Renamed".into(),
@@ -190,6 +198,7 @@ fn main() {
         "UpdateServiceAccountRequest",
         "unmasked",
         &pb::UpdateServiceAccountRequest {
+            validate_only: false,
             service_account: Some(pb::ServiceAccount {
                 service_account_id: account.clone(),
                 description: "New".into(),
@@ -202,6 +211,7 @@ fn main() {
         "SetAppAccessRequest",
         "valid",
         &pb::SetAppAccessRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             app_access: Some(apps.clone()),
         },
@@ -210,6 +220,7 @@ fn main() {
         "GrantAppAccessRequest",
         "valid",
         &pb::GrantAppAccessRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             app_ids: vec!["app1".into()],
         },
@@ -218,6 +229,7 @@ fn main() {
         "RevokeAppAccessRequest",
         "invalid",
         &pb::RevokeAppAccessRequest {
+            validate_only: false,
             service_account_id: "nope".into(),
             app_ids: vec!["".into(); 25],
         },
@@ -226,6 +238,7 @@ fn main() {
         "CreateTokenRequest",
         "valid",
         &pb::CreateTokenRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             display_name: "deploy".into(),
             scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],
@@ -240,6 +253,7 @@ fn main() {
         "CreateTokenRequest",
         "invalid",
         &pb::CreateTokenRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             display_name: String::new(),
             scopes: vec!["mcp:write".into()],
@@ -254,6 +268,8 @@ fn main() {
         "ListTokensRequest",
         "valid",
         &pb::ListTokensRequest {
+            order_by: String::new(),
+            filter: String::new(),
             service_account_id: account.clone(),
             page_size: 2,
             page_token,
@@ -263,6 +279,7 @@ fn main() {
         "RevokeTokenRequest",
         "valid",
         &pb::RevokeTokenRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             token_id: token_id.clone(),
         },
@@ -272,6 +289,8 @@ fn main() {
         "ListAuditEventsRequest",
         "valid",
         &pb::ListAuditEventsRequest {
+            order_by: String::new(),
+            filter: String::new(),
             page_size: 1000,
             page_token: String::new(),
         },
@@ -281,6 +300,7 @@ fn main() {
         "DisableServiceAccountRequest",
         "valid",
         &pb::DisableServiceAccountRequest {
+            validate_only: false,
             service_account_id: account.clone(),
         },
     );
@@ -288,6 +308,7 @@ fn main() {
         "EnableServiceAccountRequest",
         "invalid",
         &pb::EnableServiceAccountRequest {
+            validate_only: false,
             service_account_id: "nope".into(),
         },
     );
@@ -295,6 +316,7 @@ fn main() {
         "RotateTokenRequest",
         "valid",
         &pb::RotateTokenRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             token_id: token_id.clone(),
             grace_period: duration(3600, 0),
@@ -305,6 +327,7 @@ fn main() {
         "RotateTokenRequest",
         "invalid",
         &pb::RotateTokenRequest {
+            validate_only: false,
             service_account_id: account.clone(),
             token_id: String::new(),
             grace_period: duration(-1, 5),
@@ -318,6 +341,7 @@ fn main() {
         "UpdateTokenRequest",
         "valid",
         &pb::UpdateTokenRequest {
+            validate_only: false,
             token: Some(pb::Token {
                 service_account_id: account.clone(),
                 token_id: token_id.clone(),
@@ -344,6 +368,7 @@ fn main() {
         "UpdateTokenPolicyRequest",
         "valid",
         &pb::UpdateTokenPolicyRequest {
+            validate_only: false,
             token_policy: Some(pb::TokenPolicy {
                 max_lifetime: duration(7_776_000, 0),
                 default_lifetime: duration(2_592_000, 0),

@@ -149,6 +149,8 @@ async fn tokens(plane: &ControlPlane, count: usize, cidrs: &[&str]) -> Vec<Strin
     let account = admin
         .create_service_account(authed(
             pb::CreateServiceAccountRequest {
+                validate_only: false,
+                labels: Default::default(),
                 display_name: format!("Bench {}", rand_suffix()),
                 description: String::new(),
                 app_access: Some(pb::AppAccess {
@@ -169,6 +171,7 @@ async fn tokens(plane: &ControlPlane, count: usize, cidrs: &[&str]) -> Vec<Strin
         let created = admin
             .create_token(authed(
                 pb::CreateTokenRequest {
+                    validate_only: false,
                     service_account_id: account.clone(),
                     display_name: format!("token {i}"),
                     scopes: vec!["mcp:tools:call".into(), "mcp:read".into()],

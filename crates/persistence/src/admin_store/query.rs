@@ -253,7 +253,9 @@ where
             {
                 select = select.filter(beyond(id, after_id));
             }
-            select
+            // The key is NULL throughout, but ordering by it too lets PostgreSQL read the
+            // segment in the order of the `(org_id, key, id)` index instead of sorting it.
+            select.order_by(key, order.clone())
         }
     };
     select.order_by(id, order).limit(limit)
