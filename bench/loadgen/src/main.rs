@@ -25,6 +25,8 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+mod inventory;
+
 #[derive(Parser)]
 #[command(about = "Load generator for the service-accounts introspection benchmark")]
 struct Cli {
@@ -55,6 +57,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         target: String,
     },
+    /// Time filtered inventory listings (`ListTokens`, `ListAuditEvents`) of a big org and
+    /// stream its credential report while sampling the server's RSS (bench/inventory.sh).
+    Inventory(inventory::InventoryArgs),
+    /// Print SQLite's `EXPLAIN QUERY PLAN` of statements, through the server's SQLite build.
+    SqlitePlans(inventory::SqlitePlansArgs),
     /// Print the resident set size of a process, in KiB.
     Rss {
         #[arg(long)]
@@ -256,6 +263,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::GrpcBody(args) => grpc_body(args),
         Command::Seed(args) => seed(args).await,
         Command::AdminWrites(args) => admin_writes(args).await,
+        Command::Inventory(args) => inventory::inventory(args).await,
+        Command::SqlitePlans(args) => inventory::sqlite_plans(args).await,
         Command::Ready { target } => {
             let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
             for _ in 0..600 {
@@ -274,15 +283,20 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Err("the server did not become ready within a minute".into())
         }
         Command::Rss { pid } => {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-            let line = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .ok_or("no VmRSS")?;
-            println!("{}", line.split_whitespace().nth(1).ok_or("bad VmRSS")?);
+            println!("{}", rss_kib(pid)?);
             Ok(())
         }
     }
+}
+
+/// The resident set size of a process, in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS")?.parse()?)
 }
 
 async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
