@@ -219,7 +219,8 @@ async fn changed_scopes_replace_a_token_and_prune_deletes_only_managed_accounts(
         "replaced"
     );
     let answer = introspect(&app, &new, "", "", &["mcp:write"]).await;
-    assert!(answer.active && answer.allowed, "{answer:?}");
+    assert!(answer.active, "{answer:?}");
+    assert!(answer.missing_scopes.is_empty(), "{answer:?}");
 
     let pruned = apply(&app, &jwt, dir.path(), &changed, &["--prune"]);
     assert_eq!(pruned.code, 0, "{}{}", pruned.stdout, pruned.stderr);
@@ -270,7 +271,8 @@ async fn a_file_with_one_refused_step_changes_nothing_at_all(backend: Backend) {
     assert!(unknown.stderr.contains("line 2"), "{}", unknown.stderr);
 }
 
-#[tokio::test]
+// Two workers: the test blocks one on the binary while the server answers on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ci_recipe_plans_on_pull_requests_and_applies_on_merge() {
     let app = spawn(Backend::Sqlite).await.unwrap();
     let jwt = app.admin_jwt("acme");
@@ -322,4 +324,219 @@ async fn the_ci_recipe_plans_on_pull_requests_and_applies_on_merge() {
     assert!(introspect(&app, &secret, "", "", &[]).await.active);
     let (code, plan) = run(&run_of("Plan"));
     assert_eq!((code, plan.trim()), (Some(0), "No changes."));
+}
+
+on_both_backends!(
+    every_declared_field_of_an_account_is_updated_in_place,
+    a_refusal_by_the_token_policy_is_shown_for_its_step,
+);
+
+async fn every_declared_field_of_an_account_is_updated_in_place(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
+    assert_eq!(apply(&app, &jwt, dir.path(), &FILE, &secrets_flag).code, 0);
+    let before = accounts(&app, &jwt).await;
+    let changed = FILE
+        .replace(
+            "description: Builds and deploys",
+            "description: Builds only",
+        )
+        .replace(
+            "labels: {team: platform}",
+            "labels: {team: infra, tier: one}",
+        )
+        .replace(
+            "app_access: {app_ids: [checkout-ios]}",
+            "app_access: {all_apps: true}",
+        )
+        .replace("    state: disabled", "    state: active")
+        .replace(
+            "allowed_cidrs: [10.0.0.0/8]",
+            "allowed_cidrs: [192.168.0.0/16]",
+        );
+    let plan = apply(&app, &jwt, dir.path(), &changed, &["--dry-run"]);
+    assert_eq!(plan.code, 2);
+    for line in [
+        "~ update account \"CI Pipeline\": description → \"Builds only\", labels →",
+        "~ set app access of \"CI Pipeline\": all apps",
+        "~ enable account \"Nightly Export\"",
+        "~ update token \"GitHub Actions\" of \"CI Pipeline\": allowed_cidrs 10.0.0.0/8 → 192.168.0.0/16",
+    ] {
+        assert!(plan.stdout.contains(line), "{line}\n{}", plan.stdout);
+    }
+    let run = apply(&app, &jwt, dir.path(), &changed, &secrets_flag);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let after = accounts(&app, &jwt).await;
+    let ci = after
+        .iter()
+        .find(|a| a.display_name == "CI Pipeline")
+        .unwrap();
+    let ci_before = before
+        .iter()
+        .find(|a| a.display_name == "CI Pipeline")
+        .unwrap();
+    assert_eq!(
+        ci.service_account_id, ci_before.service_account_id,
+        "updated, not replaced"
+    );
+    assert_eq!(ci.description, "Builds only");
+    assert_eq!(ci.labels.get("tier").map(String::as_str), Some("one"));
+    assert!(ci.app_access.as_ref().unwrap().all_apps);
+    let export = after
+        .iter()
+        .find(|a| a.display_name == "Nightly Export")
+        .unwrap();
+    assert_eq!(export.state(), pb::service_account::State::Active);
+    let tokens = tokens_of(&app, &jwt, &ci.service_account_id).await;
+    assert_eq!(tokens.len(), 1, "the token was updated, not replaced");
+    assert_eq!(tokens[0].allowed_cidrs, ["192.168.0.0/16"]);
+    let again = apply(&app, &jwt, dir.path(), &changed, &["--dry-run"]);
+    assert_eq!((again.code, again.stdout.trim()), (0, "No changes."));
+}
+
+async fn a_refusal_by_the_token_policy_is_shown_for_its_step(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let jwt = app.admin_jwt("acme");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let secrets_flag = ["--secrets-dir", secrets.to_str().unwrap()];
+    let without_tokens = FILE.split("    tokens:").next().unwrap().to_owned();
+    assert_eq!(
+        apply(&app, &jwt, dir.path(), &without_tokens, &secrets_flag).code,
+        0
+    );
+    app.admin()
+        .await
+        .update_token_policy(authed(
+            pb::UpdateTokenPolicyRequest {
+                token_policy: Some(pb::TokenPolicy {
+                    max_lifetime: Some(prost_types::Duration {
+                        seconds: 30 * 86_400,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_lifetime".into()],
+                }),
+                validate_only: false,
+            },
+            &jwt,
+        ))
+        .await
+        .unwrap();
+    let events = audit_events(&app, &jwt).await.len();
+    let run = apply(&app, &jwt, dir.path(), &FILE, &secrets_flag);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let refusal = run
+        .stdout
+        .split("  + create token \"GitHub Actions\"")
+        .nth(2)
+        .unwrap_or_else(|| panic!("the refused step is listed: {}", run.stdout));
+    assert!(refusal.contains("refused:"), "{}", run.stdout);
+    assert!(
+        refusal.contains("lifetime") || refusal.contains("policy"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        audit_events(&app, &jwt).await.len(),
+        events,
+        "nothing applied"
+    );
+}
+
+/// A random file in the documented format, from a fixed seed.
+fn random_file(rng: &mut rand::rngs::StdRng, case: usize) -> String {
+    use rand::Rng;
+    use rand::seq::IndexedRandom;
+    let mut yaml = String::from("accounts:\n");
+    for n in 0..rng.random_range(1..=3) {
+        yaml += &format!("  - display_name: account {case}-{n}\n");
+        yaml += &format!(
+            "    description: {}\n",
+            ["", "Builds", "Exports nightly"].choose(rng).unwrap()
+        );
+        let labels: Vec<&str> = [
+            "team: a",
+            "team: b",
+            "tier: x",
+            "app.example.com/owner: ops",
+        ]
+        .into_iter()
+        .filter(|_| rng.random_bool(0.4))
+        .collect();
+        yaml += &format!(
+            "    labels: {{{}}}\n",
+            labels.join(", ").replace("team: a, team: b", "team: a")
+        );
+        if rng.random_bool(0.3) {
+            yaml += "    app_access: {all_apps: true}\n";
+        } else {
+            let apps: Vec<&str> = ["checkout-ios", "checkout-web", "backoffice"]
+                .into_iter()
+                .filter(|_| rng.random_bool(0.5))
+                .collect();
+            yaml += &format!("    app_access: {{app_ids: [{}]}}\n", apps.join(", "));
+        }
+        yaml += &format!(
+            "    state: {}\n",
+            ["active", "disabled"].choose(rng).unwrap()
+        );
+        yaml += "    tokens:\n";
+        for t in 0..rng.random_range(0..=2) {
+            let mut scopes = vec!["mcp:tools:call"];
+            scopes.extend(
+                ["mcp:read", "mcp:write"]
+                    .into_iter()
+                    .filter(|_| rng.random_bool(0.5)),
+            );
+            yaml += &format!("      - display_name: token {t}\n");
+            yaml += &format!("        scopes: [{}]\n", scopes.join(", "));
+            if rng.random_bool(0.5) {
+                yaml += "        lifetime: 30d\n";
+            }
+            if rng.random_bool(0.3) {
+                yaml += "        allowed_cidrs: [10.0.0.0/8]\n";
+            }
+        }
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_generated_files_a_second_apply_plans_nothing() {
+    use rand::SeedableRng;
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    for case in 0..12 {
+        // An org per file: each starts empty.
+        let jwt = app.admin_jwt(&format!("org-{case}"));
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = secrets_dir(dir.path());
+        let file = random_file(&mut rng, case);
+        let first = apply(
+            &app,
+            &jwt,
+            dir.path(),
+            &file,
+            &["--secrets-dir", secrets.to_str().unwrap()],
+        );
+        assert_eq!(first.code, 0, "{file}\n{}{}", first.stdout, first.stderr);
+        let events = audit_events(&app, &jwt).await.len();
+        let second = apply(&app, &jwt, dir.path(), &file, &["--dry-run"]);
+        assert_eq!(
+            (second.code, second.stdout.trim()),
+            (0, "No changes."),
+            "{file}"
+        );
+        assert_eq!(audit_events(&app, &jwt).await.len(), events);
+    }
 }

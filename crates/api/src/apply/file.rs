@@ -65,8 +65,14 @@ mod lifetime {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
+        text.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "lifetime {t:?} ({e}): write it as 90d, 12h or 30m"
+                ))
+            })
+        })
+        .transpose()
     }
 }
 
@@ -153,7 +159,9 @@ accounts:
             "accounts:\n  - display_name: A\n    tokens:\n      - display_name: t\n        scopes: []\n        lifetime: soon\n",
         )
         .unwrap_err();
-        assert!(error.starts_with("line 6"), "{error}");
+        // The token's entry is where the bad lifetime is reported.
+        assert!(error.starts_with("line 4"), "{error}");
+        assert!(error.contains("lifetime \"soon\""), "{error}");
     }
 
     #[test]
