@@ -540,3 +540,41 @@ async fn for_generated_files_a_second_apply_plans_nothing() {
         assert_eq!(audit_events(&app, &jwt).await.len(), events);
     }
 }
+
+on_both_backends!(a_refusal_by_a_quota_is_shown_for_its_step);
+
+async fn a_refusal_by_a_quota_is_shown_for_its_step(backend: Backend) {
+    let Some(mut app) = unstarted(Setup::new(backend)).await else {
+        return;
+    };
+    app.options.max_service_accounts_per_org = 1;
+    app.start().await;
+    let jwt = app.admin_jwt("acme");
+    create_account(&app, &jwt, "Made by hand", None).await;
+    let events = audit_events(&app, &jwt).await.len();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(dir.path());
+    let run = apply(
+        &app,
+        &jwt,
+        dir.path(),
+        &FILE,
+        &["--secrets-dir", secrets.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let refusal = run
+        .stdout
+        .split("  + create account \"CI Pipeline\"")
+        .nth(2)
+        .unwrap_or_else(|| panic!("the refused step is listed: {}", run.stdout));
+    assert!(
+        refusal.contains("refused: an org may have at most 1 service accounts"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        audit_events(&app, &jwt).await.len(),
+        events,
+        "nothing applied"
+    );
+}
