@@ -20,6 +20,9 @@ const SECTION: &str = "## Token inventory and audit search";
 on_both_backends!(the_inventory_and_audit_search_recipes_return_what_the_guide_says);
 
 async fn the_inventory_and_audit_search_recipes_return_what_the_guide_says(backend: Backend) {
+    if !jq_installed() {
+        return;
+    }
     let Some(app) = Setup::new(backend)
         .last_used_flush_interval(Duration::from_millis(100))
         .start()
@@ -53,6 +56,19 @@ async fn the_inventory_and_audit_search_recipes_return_what_the_guide_says(backe
             }
         }
     }
+}
+
+/// Whether `jq`, which the recipes build bodies with, is installed: without it the test says
+/// it is skipped, and under `CI` fails instead.
+fn jq_installed() -> bool {
+    let found = Command::new("jq").arg("--version").output().is_ok();
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set but `jq` is not installed (.ci/run installs it: apt-get install jq)");
+        }
+        eprintln!("skipping the admin guide's recipes: `jq` is not installed");
+    }
+    found
 }
 
 /// The section's example org, made as its introduction says.
