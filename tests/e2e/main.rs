@@ -31,6 +31,7 @@ mod mcp_rust;
 mod networks;
 mod oauth2_introspect;
 mod operations;
+mod pgbouncer;
 mod quotas;
 mod rotation;
 mod secret_scanning;

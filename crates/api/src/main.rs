@@ -74,7 +74,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
 
 async fn migrate(storage: StorageConfig) -> Result<(), String> {
     create_data_dir(&storage)?;
-    let db = server::open_database(storage.database_url().expose(), 1)
+    let db = server::open_database(&storage, 1)
         .await
         .map_err(|e| e.to_string())?;
     db.close().await.map_err(|e| e.to_string())?;

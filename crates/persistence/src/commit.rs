@@ -153,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let recorder = Arc::new(Recorder::default());
-        let db = crate::connect(&url, 2)
+        let db = crate::connect(&url, 2, crate::QueryPath::Direct)
             .await
             .unwrap()
             .publishing_to(ChangeBus::new(vec![recorder.clone()]));

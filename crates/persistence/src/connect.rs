@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use service_accounts_domain::StoreError;
@@ -16,6 +16,7 @@ use service_accounts_domain::changes::ChangeBus;
 use service_accounts_migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Failure, run, store_error};
+use crate::pooling::{POOLED_BEGIN, QueryPath, Reader};
 
 /// Advisory lock key that serialises migrations across replicas ("sa-migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0073_612d_6d69_6772;
@@ -33,6 +34,8 @@ pub struct Database {
     pub(crate) changes: ChangeBus,
     /// Names this process in the change notifications it sends, so that it skips its own.
     pub(crate) origin: Arc<str>,
+    /// Whether queries go through a transaction pooler (see [`crate::pooling`]).
+    path: QueryPath,
     /// Held while any clone lives: see [`lock_sqlite_file`].
     _file_lock: Option<Arc<File>>,
 }
@@ -46,18 +49,26 @@ impl std::fmt::Debug for Database {
 }
 
 /// Opens a pool to `url` (`sqlite://…` or `postgres://…`) and checks that it answers.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Database, StoreError> {
-    let db = connect_lazy(url, max_connections).await?;
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    path: QueryPath,
+) -> Result<Database, StoreError> {
+    let db = connect_lazy(url, max_connections, path).await?;
     db.ping().await?;
     Ok(db)
 }
 
 /// Like [`connect`], but connects on first use, so that a server can come up (and report
 /// NOT_SERVING) before its database answers.
-pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, StoreError> {
+pub async fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    path: QueryPath,
+) -> Result<Database, StoreError> {
     let file_lock = lock_sqlite_file(url)?;
     let pool = async |max_connections| {
-        let mut options = options(url, max_connections);
+        let mut options = options(url, max_connections, path);
         options.connect_lazy(true);
         sea_orm::Database::connect(options)
             .await
@@ -75,6 +86,7 @@ pub async fn connect_lazy(url: &str, max_connections: u32) -> Result<Database, S
         // Nobody listens until told: commands such as `migrate` serve no introspection.
         changes: ChangeBus::default(),
         origin: crate::changes::new_origin().into(),
+        path,
         _file_lock: file_lock,
     })
 }
@@ -127,7 +139,7 @@ fn lock_sqlite_file(url: &str) -> Result<Option<Arc<File>>, StoreError> {
 /// never wait on anything but the database, so only a lost client gets near it.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
 
-fn options(url: &str, max_connections: u32) -> ConnectOptions {
+fn options(url: &str, max_connections: u32, path: QueryPath) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
@@ -146,11 +158,13 @@ fn options(url: &str, max_connections: u32) -> ConnectOptions {
         })
         // A replica cut off mid-transaction (a partition that closes nothing) would otherwise
         // hold its row locks forever and block every other replica's revocations of those rows.
-        .map_sqlx_postgres_opts(|o| {
-            o.options([(
+        // Through a transaction pooler, sessions are shared: see `crate::pooling`.
+        .map_sqlx_postgres_opts(move |o| match path {
+            QueryPath::Direct => o.options([(
                 "idle_in_transaction_session_timeout",
                 IDLE_IN_TRANSACTION_TIMEOUT,
-            )])
+            )]),
+            QueryPath::Pooler => o.statement_cache_capacity(0).extra_float_digits(None),
         });
     options
 }
@@ -173,7 +187,7 @@ impl Database {
         run(async {
             // One transaction on one connection: on SQLite a pooled connection in the middle of
             // a read could otherwise see the schema from before a step of the migration.
-            let txn = self.db.begin().await?;
+            let txn = self.begin().await?;
             if self.is_postgres() {
                 txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
                     .await?;
@@ -186,17 +200,37 @@ impl Database {
         .await
     }
 
-    /// Sends `payload` on the change channel outside any transaction (heartbeats).
+    /// Sends `payload` on the change channel outside any change (heartbeats).
     pub(crate) async fn notify_raw(&self, payload: &str) -> Result<(), StoreError> {
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                sea_orm::DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [crate::changes::CHANNEL.into(), payload.into()],
-            ))
-            .await
-            .map(drop)
-            .map_err(store_error)
+        async {
+            let reader = self.reader().await?;
+            crate::changes::notify(&reader, payload).await?;
+            reader.done().await
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    /// A transaction on the pool, ready for statements on either query path.
+    pub(crate) async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        let txn = self.db.begin().await?;
+        self.prepare(&txn).await?;
+        Ok(txn)
+    }
+
+    /// Where a read runs: the pool, or a transaction when a transaction pooler is in the way.
+    pub(crate) async fn reader(&self) -> Result<Reader<'_>, DbErr> {
+        match self.path {
+            QueryPath::Direct => Ok(Reader::Pool(&self.db)),
+            QueryPath::Pooler => Ok(Reader::Transaction(self.begin().await?)),
+        }
+    }
+
+    async fn prepare(&self, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        if self.path == QueryPath::Pooler && self.is_postgres() {
+            txn.execute_unprepared(POOLED_BEGIN).await?;
+        }
+        Ok(())
     }
 
     /// Pooled connections: (open, idle).
@@ -250,6 +284,8 @@ impl Database {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        Ok(self.writer.begin_with_options(options).await?)
+        let txn = self.writer.begin_with_options(options).await?;
+        self.prepare(&txn).await?;
+        Ok(txn)
     }
 }

@@ -116,7 +116,8 @@ impl TokenStore for Database {
                 lookup_query(backend, hashes.len()),
                 hashes.iter().map(|h| h.as_bytes().to_vec().into()),
             );
-            let rows = self.db.query_all_raw(statement).await?;
+            let reader = self.reader().await?;
+            let rows = reader.query_all_raw(statement).await?;
             // A row that cannot be read fails the lookups of its own token only; a row whose
             // very hash cannot be read cannot be told apart, and fails the batch.
             let mut found = Vec::with_capacity(rows.len());
@@ -129,7 +130,8 @@ impl TokenStore for Database {
                 .filter(|f| !f.all_apps)
                 .map(|f| f.account_id.as_str())
                 .collect();
-            let apps = apps_of(&self.db, &explicit).await?;
+            let apps = apps_of(&reader, &explicit).await?;
+            reader.done().await?;
             let records = found
                 .into_iter()
                 .map(|(hash, f)| {
@@ -147,13 +149,14 @@ impl TokenStore for Database {
 
     async fn issued_prefixes(&self) -> StoreResult<Vec<u64>> {
         run(async {
-            let rows = self
-                .db
+            let reader = self.reader().await?;
+            let rows = reader
                 .query_all_raw(Statement::from_string(
                     self.db.get_database_backend(),
                     "SELECT token_hash FROM tokens",
                 ))
                 .await?;
+            reader.done().await?;
             let mut prefixes = Vec::with_capacity(rows.len());
             for row in rows {
                 let hash: Vec<u8> = row.try_get("", "token_hash")?;
@@ -361,7 +364,9 @@ mod tests {
     async fn a_flush_of_several_statements_records_every_use_and_never_moves_backwards() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = crate::connect(&url, 2).await.unwrap();
+        let db = crate::connect(&url, 2, crate::QueryPath::Direct)
+            .await
+            .unwrap();
         db.migrate().await.unwrap();
         let count = 2 * USES_PER_STATEMENT + 1;
         let ids = tokens(&db, count).await;

@@ -7,6 +7,7 @@
 //! - [`wait`]: [`wait_until`] and [`Wait`], instead of hand-written polling loops.
 //! - [`plain_http`]: a plain HTTP client for the HTTP listener and gateways.
 //! - [`process`]: the binary as a child process (start, SERVING, SIGTERM, exit).
+//! - [`pgbouncer`]: a real PgBouncer in transaction pooling, to stop and start again.
 //! - [`proxy`]: a TCP proxy to slow, freeze or cut a replica's link to PostgreSQL.
 //! - [`logs`]: every log line the in-process servers emit.
 //! - [`pki`] and [`keys`]: certificates and admin-JWT signing keys made at test time.
@@ -17,6 +18,7 @@ pub mod clients;
 pub mod database;
 pub mod keys;
 pub mod logs;
+pub mod pgbouncer;
 pub mod pki;
 pub mod plain_http;
 pub mod process;
@@ -29,6 +31,7 @@ pub use clients::*;
 pub use database::*;
 pub use keys::*;
 pub use logs::*;
+pub use pgbouncer::PgBouncer;
 pub use pki::*;
 pub use plain_http::*;
 pub use process::*;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use service_accounts_domain::admin::Quotas;
+use service_accounts_persistence::QueryPath;
 
 use crate::gateway::Challenge;
 use crate::server::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
@@ -104,6 +105,14 @@ pub struct StorageConfig {
         default_value_t = 16
     )]
     pub db_max_connections: u32,
+
+    /// PostgreSQL URL for the change listener (LISTEN), when --database-url goes through a
+    /// transaction pooler such as PgBouncer in `pool_mode = transaction`, where LISTEN does not
+    /// work: PostgreSQL itself, or a session-pooling PgBouncer. When set, queries are made fit
+    /// for a transaction pooler (each in a transaction, no prepared statement kept across
+    /// transactions). Unset: the listener uses --database-url.
+    #[arg(long, env = "DATABASE_LISTEN_URL", hide_env_values = true, value_parser = DatabaseUrl::parse)]
+    pub database_listen_url: Option<DatabaseUrl>,
 }
 
 impl StorageConfig {
@@ -119,6 +128,21 @@ impl StorageConfig {
 
     pub fn is_embedded(&self) -> bool {
         self.database_url().is_sqlite()
+    }
+
+    /// Where the change listener connects: --database-listen-url, else --database-url.
+    pub fn listen_url(&self) -> DatabaseUrl {
+        self.database_listen_url
+            .clone()
+            .unwrap_or_else(|| self.database_url())
+    }
+
+    /// A separate listener URL says the query URL may be a transaction pooler.
+    pub fn query_path(&self) -> QueryPath {
+        match self.database_listen_url {
+            Some(_) => QueryPath::Pooler,
+            None => QueryPath::Direct,
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub use admin_keys::{AdminTrust, JwksSource, JwksTrust, authenticator};
 pub use tls::TlsFiles;
 
 use crate::admin_api::AdminApi;
-use crate::config::{DatabaseUrl, ServeConfig};
+use crate::config::{DatabaseUrl, ServeConfig, StorageConfig};
 use crate::dev_key::DevKeyError;
 use crate::envoy_api::{self, EnvoyAuthApi};
 use crate::error::ClientCertRule;
@@ -84,6 +84,10 @@ pub enum ServeError {
     GithubKeys(String),
     #[error("cannot use introspection clients: {0}")]
     IntrospectionClients(String),
+    #[error(
+        "--database-listen-url is for PostgreSQL: both it and --database-url must be postgres:// URLs"
+    )]
+    ListenUrlWithoutPostgres,
     #[error("cannot listen on {address} for HTTP: {reason}")]
     HttpListen {
         address: SocketAddr,
@@ -92,10 +96,17 @@ pub enum ServeError {
 }
 
 /// Connects to the database and applies pending migrations.
-pub async fn open_database(url: &str, max_connections: u32) -> Result<Database, ServeError> {
-    let db = service_accounts_persistence::connect(url, max_connections)
-        .await
-        .map_err(ServeError::Database)?;
+pub async fn open_database(
+    storage: &StorageConfig,
+    max_connections: u32,
+) -> Result<Database, ServeError> {
+    let db = service_accounts_persistence::connect(
+        storage.database_url().expose(),
+        max_connections,
+        storage.query_path(),
+    )
+    .await
+    .map_err(ServeError::Database)?;
     let applied = db.migrate().await.map_err(ServeError::Migration)?;
     if applied > 0 {
         tracing::info!(applied, "database migrations applied");
@@ -176,6 +187,11 @@ impl App {
             config.introspection_cache_max_age,
         ));
         let database_url = config.storage.database_url();
+        if config.storage.database_listen_url.is_some()
+            && !(database_url.is_postgres() && config.storage.listen_url().is_postgres())
+        {
+            return Err(ServeError::ListenUrlWithoutPostgres);
+        }
         let issued = Arc::new(IssuedTokens::default());
         // On PostgreSQL, down until this replica hears the others.
         let feed = Arc::new(ChangeFeed::new(
@@ -199,6 +215,7 @@ impl App {
         let db = service_accounts_persistence::connect_lazy(
             database_url.expose(),
             config.storage.db_max_connections,
+            config.storage.query_path(),
         )
         .await
         .map_err(ServeError::Database)?
@@ -380,7 +397,7 @@ impl App {
         if database_url.is_postgres() {
             // Not trusted until the subscription is live, from before the first RPC.
             changes.publish(&Change::Lost);
-            let (url, db) = (database_url, db.clone());
+            let (url, db) = (config.storage.listen_url(), db.clone());
             background.spawn(|stop| background::follow_changes(url, db, changes, stop));
         }
         let (flush_introspector, flush_metrics) = (introspector.clone(), metrics.clone());

@@ -63,15 +63,18 @@ impl AccountStore for Database {
         id: ServiceAccountId,
     ) -> StoreResult<Option<ServiceAccount>> {
         run(async {
-            let Some(row) = live_accounts()
+            let reader = self.reader().await?;
+            let row = live_accounts()
                 .filter(service_account::Column::Id.eq(id.to_string()))
                 .filter(service_account::Column::OrgId.eq(org.as_str()))
-                .one(&self.db)
-                .await?
-            else {
-                return Ok(None);
+                .one(&reader)
+                .await?;
+            let account = match row {
+                Some(row) => accounts(&reader, vec![row]).await?.pop(),
+                None => None,
             };
-            Ok(accounts(&self.db, vec![row]).await?.pop())
+            reader.done().await?;
+            Ok(account)
         })
         .await
     }
@@ -89,12 +92,15 @@ impl AccountStore for Database {
             if let Some(after) = query.after {
                 select = select.filter(service_account::Column::Id.gt(after.to_string()));
             }
+            let reader = self.reader().await?;
             let rows = select
                 .order_by_asc(service_account::Column::Id)
                 .limit(u64::from(query.limit))
-                .all(&self.db)
+                .all(&reader)
                 .await?;
-            accounts(&self.db, rows).await
+            let accounts = accounts(&reader, rows).await?;
+            reader.done().await?;
+            Ok(accounts)
         })
         .await
     }

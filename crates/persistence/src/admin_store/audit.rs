@@ -20,6 +20,7 @@ impl AuditStore for Database {
             if let Some(filter) = &query.filter {
                 select = select.filter(condition(filter, &audit_predicate));
             }
+            let reader = self.reader().await?;
             let events = keyset(
                 select,
                 audit_event::Column::CreatedAt,
@@ -32,8 +33,9 @@ impl AuditStore for Database {
                 }),
                 u64::from(query.limit),
             )
-            .all(&self.db)
+            .all(&reader)
             .await?;
+            reader.done().await?;
             Ok(events
                 .into_iter()
                 .map(rows::audit_record)

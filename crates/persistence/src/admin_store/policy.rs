@@ -15,10 +15,12 @@ use crate::error::run;
 impl PolicyStore for Database {
     async fn get_token_policy(&self, org: &OrgId) -> StoreResult<StoredPolicy> {
         run(async {
-            let Some(row) = token_policy::Entity::find_by_id(org.as_str())
-                .one(&self.db)
-                .await?
-            else {
+            let reader = self.reader().await?;
+            let row = token_policy::Entity::find_by_id(org.as_str())
+                .one(&reader)
+                .await?;
+            reader.done().await?;
+            let Some(row) = row else {
                 return Ok(StoredPolicy::default());
             };
             Ok(StoredPolicy {

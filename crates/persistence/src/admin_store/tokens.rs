@@ -66,11 +66,13 @@ impl TokenAdminStore for Database {
         id: TokenId,
     ) -> StoreResult<Option<Token>> {
         run(async {
+            let reader = self.reader().await?;
             let row = token::Entity::find_by_id(id.to_string())
                 .filter(token::Column::OrgId.eq(org.as_str()))
                 .filter(token::Column::ServiceAccountId.eq(account.to_string()))
-                .one(&self.db)
+                .one(&reader)
                 .await?;
+            reader.done().await?;
             Ok(row.map(rows::token).transpose()?)
         })
         .await
@@ -91,6 +93,7 @@ impl TokenAdminStore for Database {
                 }));
             }
             let key = time_column(query.order.by);
+            let reader = self.reader().await?;
             let after = query.after.map(|after| After {
                 time: after.time,
                 id: after.id.to_string(),
@@ -117,8 +120,9 @@ impl TokenAdminStore for Database {
                     cursor,
                     wanted,
                 );
-                rows.extend(page.all(&self.db).await?);
+                rows.extend(page.all(&reader).await?);
             }
+            reader.done().await?;
             Ok(rows
                 .into_iter()
                 .map(listed)

@@ -35,7 +35,9 @@ const FILTERS: usize = 40;
 async fn filters_orders_and_pages_on_sqlite_mean_what_the_domain_defines() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let db = crate::connect(&url, 2).await.unwrap();
+    let db = crate::connect(&url, 2, crate::QueryPath::Direct)
+        .await
+        .unwrap();
     db.migrate().await.unwrap();
     agree_with_the_domain(&db).await;
     accounts_agree_with_the_domain(&db).await;
@@ -57,7 +59,9 @@ async fn filters_orders_and_pages_on_postgres_mean_what_the_domain_defines() {
         .await
         .unwrap();
     let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-    let db = crate::connect(&url, 2).await.unwrap();
+    let db = crate::connect(&url, 2, crate::QueryPath::Direct)
+        .await
+        .unwrap();
     db.migrate().await.unwrap();
     agree_with_the_domain(&db).await;
     accounts_agree_with_the_domain(&db).await;
