@@ -4,8 +4,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
+use service_accounts_api::config::{AdminTrust, JwksSource, JwksTrust};
 use service_accounts_api::pb;
-use service_accounts_api::server::{AdminTrust, JwksSource, JwksTrust};
 use tonic::Code;
 
 use crate::on_both_backends;

@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use service_accounts_api::config::ServeConfig;
+use service_accounts_api::config::{AdminTrust, JwksSource};
 use service_accounts_api::dev_key::DevKey;
 use service_accounts_api::pb::service_account_admin_client::ServiceAccountAdminClient;
 use service_accounts_api::pb::token_introspection_client::TokenIntrospectionClient;
-use service_accounts_api::server::{self, AdminTrust, JwksSource};
+use service_accounts_api::server;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

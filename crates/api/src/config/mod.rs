@@ -12,7 +12,7 @@ use service_accounts_domain::admin::Quotas;
 use service_accounts_persistence::QueryPath;
 
 use crate::gateway::Challenge;
-use crate::server::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
+pub use trust::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -567,6 +567,8 @@ impl ServeConfig {
         self.otlp_endpoint.is_some()
     }
 }
+
+mod trust;
 
 #[cfg(test)]
 mod tests;

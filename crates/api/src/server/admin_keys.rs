@@ -1,53 +1,13 @@
 //! Who may sign admin JWTs: a configured JWKS, and the local development key when allowed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jsonwebtoken::jwk::JwkSet;
 
 use super::ServeError;
 use crate::auth::{AdminAuthenticator, KeyConfigError};
+use crate::config::{AdminTrust, JwksSource, JwksTrust};
 use crate::dev_key::{self, DevKey};
-
-#[derive(Debug, Clone)]
-pub struct AdminTrust {
-    /// A JWKS file with the issuer and audience its keys sign for.
-    pub jwks: Option<JwksTrust>,
-    /// Trust the development key in the data dir even though a JWKS is configured.
-    pub trust_dev_key: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct JwksTrust {
-    pub source: JwksSource,
-    pub issuer: String,
-    pub audience: String,
-}
-
-/// Where the admin JWKS comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// Read at start.
-    File(PathBuf),
-    /// Fetched at start and refreshed while the server runs.
-    Url(String),
-}
-
-impl JwksSource {
-    pub fn parse(text: &str) -> Self {
-        if text.starts_with("https://") || text.starts_with("http://") {
-            JwksSource::Url(text.to_owned())
-        } else {
-            JwksSource::File(PathBuf::from(text))
-        }
-    }
-
-    fn describe(&self) -> PathBuf {
-        match self {
-            JwksSource::File(path) => path.clone(),
-            JwksSource::Url(url) => PathBuf::from(url),
-        }
-    }
-}
 
 /// Builds the admin JWT verifier. The development key is trusted only when asked for
 /// (`trust_dev_key`), or by default for the local embedded setup (SQLite on a loopback address)

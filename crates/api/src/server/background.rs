@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use super::gauges::record_flush;
-use super::set_health;
+use super::services::Health;
 use crate::config::DatabaseUrl;
 use crate::telemetry::ServiceMetrics;
 
@@ -119,7 +119,7 @@ pub(super) async fn purge_deleted(db: Database, retention: Duration, stop: Cance
 /// balancers route around a replica that could only fail.
 pub(super) async fn follow_storage(
     db: Database,
-    health: tonic_health::server::HealthReporter,
+    health: Health,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -140,10 +140,10 @@ pub(super) async fn follow_storage(
         serving = healthy;
         if healthy {
             tracing::info!("storage answers again; health is SERVING");
-            set_health(&health, ServingStatus::Serving).await;
+            health.set(ServingStatus::Serving).await;
         } else {
             tracing::warn!("storage does not answer; health is NOT_SERVING");
-            set_health(&health, ServingStatus::NotServing).await;
+            health.set(ServingStatus::NotServing).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin_keys;
 mod background;
 mod gauges;
+mod services;
 mod tls;
 
 use std::future::Future;
@@ -27,10 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
-pub use admin_keys::{AdminTrust, JwksSource, JwksTrust, authenticator};
-pub use tls::TlsFiles;
+pub use admin_keys::authenticator;
 
 use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig, StorageConfig};
@@ -47,6 +46,7 @@ use crate::pb::service_account_admin_server::ServiceAccountAdminServer;
 use crate::secret_scanning::GithubKeys;
 use crate::telemetry::{RpcLayer, ServiceMetrics};
 use background::Background;
+use services::{Health, Services};
 
 /// Admin requests are small; the largest legitimate one grants 1000 app ids.
 const MAX_ADMIN_MESSAGE_BYTES: usize = 256 * 1024;
@@ -150,7 +150,7 @@ pub struct App {
     stopping: CancellationToken,
     introspector: Arc<Introspector<Database>>,
     metrics: ServiceMetrics,
-    health: HealthReporter,
+    health: Health,
     router: Router<TelemetryLayer>,
     http: Option<Http>,
 }
@@ -291,8 +291,7 @@ impl App {
                 tls: tls.as_ref().map(tls::http_tls_acceptor).transpose()?,
             }),
         };
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::NotServing).await;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
@@ -314,22 +313,24 @@ impl App {
             ))
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(reflection_v1alpha);
+        // Each service with the largest request it takes.
+        let (router, health) = Services::new(router)
+            .add(
                 ServiceAccountAdminServer::new(admin)
                     .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
             )
-            .add_service(
-                LeakReportingServer::new(leaks).max_decoding_message_size(MAX_LEAK_REPORT_BYTES),
-            )
-            .add_service(
+            .add(LeakReportingServer::new(leaks).max_decoding_message_size(MAX_LEAK_REPORT_BYTES))
+            .add(
                 TokenIntrospectionServer::new(introspection)
                     .max_decoding_message_size(MAX_INTROSPECT_MESSAGE_BYTES),
             )
-            .add_service(
+            .add(
                 AuthorizationServer::new(envoy_check)
                     .max_decoding_message_size(MAX_ENVOY_CHECK_MESSAGE_BYTES),
-            );
+            )
+            .into_parts(health_reporter);
+        health.set(ServingStatus::NotServing).await;
         Ok(Self {
             config,
             jwks,
@@ -449,7 +450,7 @@ impl App {
             Some(Err(error)) => Err(error),
             Some(Ok(())) => {
                 drain_grace = config.shutdown_grace;
-                set_health(&health, ServingStatus::Serving).await;
+                health.set(ServingStatus::Serving).await;
                 if let Some(api) = &http_api {
                     api.set_ready();
                 }
@@ -478,7 +479,7 @@ impl App {
         };
 
         // One teardown, whatever happened above. A failed start has nothing worth draining.
-        set_health(&health, ServingStatus::NotServing).await;
+        health.set(ServingStatus::NotServing).await;
         background.stopping().cancel();
         // Both listeners drain at once, within one grace period.
         let drained_by = tokio::time::Instant::now() + drain_grace;
@@ -503,7 +504,7 @@ impl App {
         }
         background.stop().await;
         // Again: the storage watch may have reported SERVING while it was being stopped.
-        set_health(&health, ServingStatus::NotServing).await;
+        health.set(ServingStatus::NotServing).await;
         match introspector.flush_last_used().await {
             Ok(0) => {}
             Ok(written) => {
@@ -527,32 +528,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(envoy_api::FILE_DESCRIPTOR_SET)
-}
-
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <ServiceAccountAdminServer<AdminApi<Database>> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    health
-        .set_service_status(
-            <TokenIntrospectionServer<IntrospectionApi<Database>> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    health
-        .set_service_status(
-            <LeakReportingServer<LeakApi<Database>> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    health
-        .set_service_status(
-            <AuthorizationServer<EnvoyAuthApi<Database>> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
 }

@@ -12,14 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::ServeError;
-
-/// PEM files for TLS, and optionally the CA whose client certificates introspection requires.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
+use crate::config::TlsFiles;
 
 pub(super) fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
     let read = |path: &PathBuf| {
