@@ -35,6 +35,7 @@ mod pgbouncer;
 mod quotas;
 mod rotation;
 mod secret_scanning;
+mod slow_clients;
 mod telemetry;
 mod tls;
 mod token_policy;

@@ -5,6 +5,7 @@ mod admin_api;
 pub mod apply;
 pub mod auth;
 pub mod config;
+mod connections;
 pub mod dev_key;
 mod envoy_api;
 mod error;

@@ -14,6 +14,9 @@ use service_accounts_persistence::QueryPath;
 use crate::gateway::Challenge;
 pub use trust::{AdminTrust, JwksSource, JwksTrust, TlsFiles};
 
+mod connections;
+pub use connections::ConnectionLimits;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "service-accounts",
@@ -376,6 +379,9 @@ pub struct ServeConfig {
     /// listener. With --tls-cert it serves HTTPS with the same certificate.
     #[arg(long, env = "SERVICE_ACCOUNTS_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
 
     /// Authenticate callers of the HTTP listener's `/oauth2/introspect` (RFC 7662) with the
     /// clients in this file: one `client_id:<hex SHA-256 of its secret>` per line, made by the

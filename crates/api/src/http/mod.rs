@@ -6,10 +6,12 @@
 //! paths are 404. `HEAD` is answered like `GET`, without the body, for every route.
 //!
 //! Limits, for every route: request headers at most [`MAX_HEADER_BYTES`] in at most
-//! [`MAX_HEADERS`] fields (else 431), sent within [`HEADER_READ_TIMEOUT`]; a TLS handshake
-//! within [`HANDSHAKE_TIMEOUT`]; each answer within `--rpc-timeout` (else 503). A request body is
-//! never read unless a route reads it, and a route that does bounds it.
+//! [`MAX_HEADERS`] fields (else 431); each answer within `--rpc-timeout` (else 503). A request
+//! body is never read unless a route reads it, and a route that does bounds it. Connections:
+//! see [`Limits`] (a cap, an idle timeout, and a deadline for each request head, the TLS
+//! handshake included).
 
+mod connection;
 mod forward_auth;
 mod github;
 pub mod oauth2_introspect;
@@ -36,20 +38,23 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::ConnectionCap;
 use crate::error::{ApiError, ClientCertRule, ErrorCode};
 use crate::gateway::Challenge;
 use crate::introspection_clients::IntrospectionClients;
 use crate::secret_scanning::GithubKeys;
+use connection::{Tracker, Watched};
+
+pub use connection::Limits;
 
 /// Request line and headers together. Generous, because nginx's `auth_request` forwards every
 /// header the client sent (cookies included), and nginx itself accepts 32 KiB by default.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Header fields per request.
 pub const MAX_HEADERS: usize = 128;
-/// A client (gateway) must send a request's headers within this, idle connections included.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A TLS client must finish its handshake within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The answer to a connection over the cap when every connection is serving a request.
+const REFUSED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 pub type Response = http::Response<Full<Bytes>>;
 
@@ -166,16 +171,26 @@ pub async fn serve<S: AdminStore + TokenStore>(
     api: Arc<HttpApi<S>>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: Limits,
     stop: CancellationToken,
 ) {
+    let cap = ConnectionCap::new("HTTP", limits.max_connections);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (api, tls, stop) = (api.clone(), tls.clone(), stop.clone());
-                    connections.spawn(connection(api, stream, tls, stop));
-                }
+                Ok((stream, _)) => match cap.admit() {
+                    Some(slot) => {
+                        let (api, tls, stop) = (api.clone(), tls.clone(), stop.clone());
+                        let tracker = Tracker::new(slot, limits);
+                        connections.spawn(connection(api, stream, tls, tracker, stop));
+                    }
+                    None if tls.is_none() => {
+                        // Best effort, without waiting: the socket's buffer takes it.
+                        let _ = stream.try_write(REFUSED);
+                    }
+                    None => {}
+                },
                 Err(error) => {
                     // Out of file descriptors, typically: do not spin.
                     tracing::warn!(%error, "HTTP listener cannot accept a connection");
@@ -194,16 +209,20 @@ async fn connection<S: AdminStore + TokenStore>(
     api: Arc<HttpApi<S>>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
+    tracker: Arc<Tracker>,
     stop: CancellationToken,
 ) {
     // Small responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = tls else {
         let peer = Peer { client_cert: false };
-        return http1_connection(api, TokioIo::new(stream), peer, stop).await;
+        let io = Watched::new(stream, tracker.clone());
+        return http1_connection(api, TokioIo::new(io), peer, tracker, stop).await;
     };
+    // The handshake counts against the first request head's deadline.
+    let deadline = tracker.deadline().unwrap_or_else(tokio::time::Instant::now);
     let stream = tokio::select! {
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => {
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => {
             match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -213,6 +232,7 @@ async fn connection<S: AdminStore + TokenStore>(
                 Err(_) => return,
             }
         }
+        () = tracker.evicted() => return,
         () = stop.cancelled() => return,
     };
     let client_cert = stream
@@ -220,37 +240,70 @@ async fn connection<S: AdminStore + TokenStore>(
         .1
         .peer_certificates()
         .is_some_and(|certs| !certs.is_empty());
-    http1_connection(api, TokioIo::new(stream), Peer { client_cert }, stop).await;
+    let io = Watched::new(stream, tracker.clone());
+    let peer = Peer { client_cert };
+    http1_connection(api, TokioIo::new(io), peer, tracker, stop).await;
 }
 
-async fn http1_connection<S, I>(api: Arc<HttpApi<S>>, io: I, peer: Peer, stop: CancellationToken)
-where
+async fn http1_connection<S, I>(
+    api: Arc<HttpApi<S>>,
+    io: I,
+    peer: Peer,
+    tracker: Arc<Tracker>,
+    stop: CancellationToken,
+) where
     S: AdminStore + TokenStore,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let serving = tracker.clone();
     let service = service_fn(move |request| {
-        let api = api.clone();
-        async move { Ok::<_, Infallible>(api.route(request, peer).await) }
+        let (api, serving) = (api.clone(), serving.clone());
+        async move {
+            serving.request_started();
+            let response = api.route(request, peer).await;
+            serving.request_finished();
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Off: hyper's starts when a connection goes idle; the tracker's deadlines replace it.
+        .header_read_timeout(None)
         .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
+    loop {
+        let deadline = tracker.deadline();
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "HTTP connection ended with an error");
+                }
+                return;
             }
-            return;
+            () = until(deadline) => {
+                if let Some(reason) = tracker.expired() {
+                    tracing::debug!(reason, "HTTP connection closed");
+                    return;
+                }
+            }
+            () = tracker.changed() => {}
+            () = tracker.evicted() => return,
+            () = stop.cancelled() => break,
         }
-        () = stop.cancelled() => {}
     }
     // Shutting down: finish the request in flight, then close (idle connections close now).
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a request body was not read.

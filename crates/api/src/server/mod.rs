@@ -4,6 +4,7 @@
 mod admin_keys;
 mod background;
 mod gauges;
+mod grpc_listener;
 mod services;
 mod tls;
 
@@ -26,10 +27,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
 pub use admin_keys::authenticator;
+pub use grpc_listener::Limits as GrpcLimits;
 
 use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig, StorageConfig};
@@ -152,6 +154,7 @@ pub struct App {
     metrics: ServiceMetrics,
     health: Health,
     router: Router<TelemetryLayer>,
+    grpc_tls: Option<TlsAcceptor>,
     http: Option<Http>,
 }
 
@@ -298,16 +301,13 @@ impl App {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
-        let mut builder = tonic::transport::Server::builder()
+        let grpc_tls = tls.as_ref().map(tls::grpc_tls_acceptor).transpose()?;
+        let router = tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .timeout(config.rpc_timeout);
-        if let Some(files) = &tls {
-            builder = builder
-                .tls_config(tls::tls_config(files)?)
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
-        }
-        let router = builder
+            .http2_keepalive_interval(Some(config.connections.grpc_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.connections.grpc_keepalive_timeout))
+            .timeout(config.rpc_timeout)
             .layer(tower::util::option_layer(
                 config.rpc_telemetry().then(RpcLayer::new),
             ))
@@ -344,6 +344,7 @@ impl App {
             metrics,
             health,
             router,
+            grpc_tls,
             http,
         })
     }
@@ -368,6 +369,7 @@ impl App {
             metrics,
             health,
             router,
+            grpc_tls,
             http,
         } = self;
         // Both ports open, or neither: a taken HTTP port is a start-up mistake.
@@ -409,20 +411,29 @@ impl App {
         let _gauges = gauges::register_gauges(&cache, &db);
 
         let local_addr = listener.local_addr().ok();
-        // Small unary responses must not wait for Nagle's algorithm.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stopping = background.stopping();
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-            stopping.cancelled().await;
-        }));
+        let limits = config.connections.grpc();
+        let mut server = tokio::spawn(grpc_listener::serve(
+            router,
+            listener,
+            grpc_tls,
+            limits,
+            async move { stopping.cancelled().await },
+        ));
         let http_address = http
             .as_ref()
             .and_then(|(_, listener)| listener.local_addr().ok());
         let (http_api, mut http_server) = match http {
             None => (None, None),
             Some((http, listener)) => {
-                let serving =
-                    crate::http::serve(http.api.clone(), listener, http.tls, background.stopping());
+                let limits = config.connections.http();
+                let serving = crate::http::serve(
+                    http.api.clone(),
+                    listener,
+                    http.tls,
+                    limits,
+                    background.stopping(),
+                );
                 (Some(http.api), Some(tokio::spawn(serving)))
             }
         };

@@ -9,29 +9,22 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::ServeError;
 use crate::config::TlsFiles;
 
-pub(super) fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-    if let Some(ca) = &files.client_ca {
-        // Optional at the handshake so that admin callers (JWT) need no certificate; a
-        // certificate that is presented must chain to this CA. Introspection insists on one.
-        config = config
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(config)
+/// The gRPC port's TLS (HTTP/2). The port does its own handshakes rather than tonic's, so that
+/// the handshake deadline and the connection cap see each connection from its first byte.
+pub(super) fn grpc_tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    acceptor(files, b"h2")
 }
 
 /// The same certificate (and client CA) for the HTTP listener, which speaks HTTP/1.1 only.
 pub(super) fn http_tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    acceptor(files, b"http/1.1")
+}
+
+fn acceptor(files: &TlsFiles, alpn: &[u8]) -> Result<TlsAcceptor, ServeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -49,7 +42,9 @@ pub(super) fn http_tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeEr
                     .add(cert.map_err(|e| pem_error(ca, e))?)
                     .map_err(|e| ServeError::Tls(format!("{}: {e}", ca.display())))?;
             }
-            // As on the gRPC port: optional at the handshake, required by forward-auth.
+            // Optional at the handshake so that admin callers (JWT) need no certificate; a
+            // certificate that is presented must chain to this CA. Introspection and
+            // forward-auth insist on one.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
@@ -60,7 +55,7 @@ pub(super) fn http_tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeEr
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ServeError::Tls(format!("{}: {e}", files.cert.display())))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,0 +1,411 @@
+//! Slow-client (slowloris) attacks on both listeners: many connections that send their request
+//! head, or the HTTP/2 preface, one byte a second and never finish. Legitimate callers must keep
+//! being answered within a bound while they last; the connection cap makes room for them by
+//! closing the attackers' connections. Also the HTTP listener's idle and header timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use service_accounts_api::config::ConnectionLimits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+
+use crate::support::*;
+
+/// The connection cap both listeners get here.
+const CAP: usize = 32;
+/// Attackers: several times the cap.
+const ATTACKERS: usize = 3 * CAP;
+/// Header and handshake timeouts during an attack: longer than the check that connections are
+/// being closed to make room, so that it is eviction, not a timeout, that closes them.
+const ATTACK_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a legitimate request may take, connecting included, while the attack runs.
+const BOUND: Duration = Duration::from_secs(1);
+/// How long legitimate callers keep calling during the attack.
+const ATTACK_LENGTH: Duration = Duration::from_secs(6);
+
+/// An HTTP request head that is never finished (no blank line).
+const SLOW_HEAD: &[u8] = b"GET /v1/forward-auth HTTP/1.1\r\nHost: service-accounts\r\n\
+    X-Embrace-Org-Id: org-a\r\nX-Embrace-App-Id: checkout-ios\r\nX-Padding: aaaaaaaaaaaaaaaa";
+/// HTTP/2's client connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn start(limits: impl FnOnce(&mut ConnectionLimits)) -> TestApp {
+    let mut app = unstarted(Setup::new(Backend::Sqlite))
+        .await
+        .expect("SQLite is always there");
+    app.enable_http();
+    limits(&mut app.options.connections);
+    app.start().await;
+    app
+}
+
+/// A token allowed for org-a's checkout-ios with scope mcp:read.
+async fn real_token(app: &TestApp) -> String {
+    let jwt = app.admin_jwt("org-a");
+    let account = create_account(app, &jwt, "Slow clients", Some(&["checkout-ios"])).await;
+    create_token(
+        app,
+        &jwt,
+        &account.service_account_id,
+        &["mcp:tools:call", "mcp:read"],
+    )
+    .await
+    .1
+}
+
+/// Slow clients, as attack tools run them: connections to `addr` opened at a steady
+/// [`ATTACK_RATE`], up to `count` open at once (a closed one is replaced), each sending `head`
+/// one byte a second; `closed` counts the connections the server closed.
+struct SlowClients {
+    closed: Arc<AtomicUsize>,
+    opener: JoinHandle<()>,
+}
+
+/// New attacker connections per second.
+const ATTACK_RATE: u32 = 300;
+
+impl SlowClients {
+    fn start(addr: SocketAddr, count: usize, head: &'static [u8]) -> Self {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Semaphore::new(count));
+        let counting = closed.clone();
+        let opener = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            let mut pace = tokio::time::interval(Duration::from_secs(1) / ATTACK_RATE);
+            pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                pace.tick().await;
+                let place = open.clone().acquire_owned().await.expect("never closed");
+                let closed = counting.clone();
+                connections.spawn(async move {
+                    if let Ok(stream) = TcpStream::connect(addr).await {
+                        trickle(stream, head).await;
+                        closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(place);
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Self { closed, opener }
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SlowClients {
+    fn drop(&mut self) {
+        // Its connections go with it.
+        self.opener.abort();
+    }
+}
+
+/// Sends `head` a byte a second, reading whatever the server sends, until it closes.
+async fn trickle(mut stream: TcpStream, head: &[u8]) {
+    let mut sink = [0u8; 1024];
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return;
+        }
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                read = stream.read(&mut sink) => if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                },
+                () = tokio::time::sleep_until(next) => break,
+            }
+        }
+    }
+    until_closed(&mut stream).await;
+}
+
+/// Reads and discards until the peer closes the connection.
+async fn until_closed(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// How long the server takes to close `stream` (reading and discarding what it sends).
+async fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    tokio::time::timeout(limit, until_closed(stream))
+        .await
+        .unwrap_or_else(|_| panic!("the server did not close the connection within {limit:?}"));
+    started.elapsed()
+}
+
+/// `GET /v1/forward-auth` with `secret` on `stream`, keep-alive; the status.
+async fn forward_auth_on(stream: &mut TcpStream, secret: &str) -> Result<u16, String> {
+    let request = format!(
+        "GET /v1/forward-auth HTTP/1.1\r\nHost: service-accounts\r\n\
+         Authorization: Bearer {secret}\r\nX-Embrace-Org-Id: org-a\r\n\
+         X-Embrace-App-Id: checkout-ios\r\nX-Embrace-Required-Scopes: mcp:read\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        if read == 0 {
+            return Err(format!(
+                "closed before an answer: {:?}",
+                String::from_utf8_lossy(&answer)
+            ));
+        }
+        answer.extend_from_slice(&chunk[..read]);
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    while answer.len() < head_end + length {
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?;
+        if read == 0 {
+            return Err("closed in the body".into());
+        }
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    head.get(9..12)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))
+}
+
+/// `forward_auth_on` on a fresh connection; the time taken, connecting included, if allowed.
+async fn fresh_forward_auth(addr: SocketAddr, secret: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(BOUND, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        forward_auth_on(&mut stream, secret).await
+    })
+    .await
+    .map_err(|_| format!("no answer within {BOUND:?}"))?;
+    match answer? {
+        200 => Ok(started.elapsed()),
+        status => Err(format!("status {status}")),
+    }
+}
+
+/// `Introspect` on a fresh channel; the time taken, connecting included, if the token is active.
+async fn fresh_introspect(addr: SocketAddr, secret: &str) -> Result<Duration, String> {
+    use service_accounts_api::pb;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(BOUND, async {
+        let channel = connect(addr)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        pb::token_introspection_client::TokenIntrospectionClient::new(channel)
+            .introspect(pb::IntrospectRequest {
+                token: secret.into(),
+                org_id: "org-a".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| format!("{status:?}"))
+    })
+    .await
+    .map_err(|_| format!("no answer within {BOUND:?}"))??;
+    match answer.into_inner().active {
+        true => Ok(started.elapsed()),
+        false => Err("the token is not active".into()),
+    }
+}
+
+/// The slowest of `took`, for the record.
+fn report(what: &str, took: &[Duration]) {
+    let slowest = took.iter().max().copied().unwrap_or_default();
+    eprintln!("{what}: {} answered, slowest {slowest:?}", took.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_callers_are_answered_promptly_while_slow_clients_flood_the_listener() {
+    let app = start(|limits| {
+        limits.http_max_connections = CAP as u32;
+        limits.http_header_timeout = ATTACK_TIMEOUT;
+    })
+    .await;
+    let secret = real_token(&app).await;
+    let addr = app.http_addr();
+
+    let attack = SlowClients::start(addr, ATTACKERS, SLOW_HEAD);
+    // Well before the header timeout, so closed to make room.
+    Wait::new("slow clients over the cap are closed to make room")
+        .within(ATTACK_TIMEOUT / 2)
+        .until(async || attack.closed() >= ATTACKERS - CAP)
+        .await;
+
+    // A gateway's keep-alive connection in steady use. (One left idle is closed to make room
+    // like any other waiting connection, once as many newer ones as the cap have arrived.)
+    let reusing = tokio::spawn(keep_alive_requests(addr, secret.clone()));
+    let mut fresh = Vec::new();
+    Wait::new("every request on a fresh connection is answered 200 within the bound")
+        .within(ATTACK_LENGTH)
+        .every(Duration::from_millis(50))
+        .throughout(async || {
+            fresh_forward_auth(addr, &secret)
+                .await
+                .map(|t| fresh.push(t))
+        })
+        .await;
+    let reused = reusing
+        .await
+        .expect("keep-alive requests")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let closed = attack.closed();
+    assert!(
+        closed >= 2 * ATTACKERS,
+        "the attackers' connections keep being closed: {closed}"
+    );
+    report("HTTP fresh connections", &fresh);
+    report("HTTP keep-alive connection", &reused);
+    eprintln!("HTTP attacker connections closed: {closed}");
+}
+
+/// Requests on one keep-alive connection, every 10 ms for [`ATTACK_LENGTH`], each answered 200
+/// within [`BOUND`]; the time each took.
+async fn keep_alive_requests(addr: SocketAddr, secret: String) -> Result<Vec<Duration>, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let mut took = Vec::new();
+    let until = Instant::now() + ATTACK_LENGTH;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let status = tokio::time::timeout(BOUND, forward_auth_on(&mut stream, &secret)).await;
+        match status {
+            Ok(Ok(200)) => took.push(started.elapsed()),
+            other => return Err(format!("keep-alive request {}: {other:?}", took.len() + 1)),
+        }
+        // The gateway's pace.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_are_answered_promptly_while_slow_clients_flood_the_port() {
+    let app = start(|limits| {
+        limits.grpc_max_connections = CAP as u32;
+        limits.grpc_handshake_timeout = ATTACK_TIMEOUT;
+        limits.grpc_keepalive_interval = Duration::from_secs(1);
+        limits.grpc_keepalive_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let secret = real_token(&app).await;
+
+    // Connections that send the preface at once, then nothing (nor answer pings).
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        stream.write_all(PREFACE).await.expect("preface");
+        silent.push(stream);
+    }
+
+    let attack = SlowClients::start(app.addr, ATTACKERS, PREFACE);
+    Wait::new("slow clients over the cap are closed to make room")
+        .within(ATTACK_TIMEOUT / 2)
+        .until(async || attack.closed() >= ATTACKERS - CAP)
+        .await;
+
+    let mut took = Vec::new();
+    Wait::new("every Introspect is answered within the bound")
+        .within(ATTACK_LENGTH)
+        .every(Duration::from_millis(50))
+        .throughout(async || {
+            fresh_introspect(app.addr, &secret)
+                .await
+                .map(|t| took.push(t))
+        })
+        .await;
+    let closed = attack.closed();
+    assert!(
+        closed >= 2 * ATTACKERS,
+        "the attackers' connections keep being closed: {closed}"
+    );
+    // Keepalive: 1 s of silence, then 1 s for the unanswered ping.
+    for stream in &mut silent {
+        time_to_close(stream, Duration::from_secs(5)).await;
+    }
+    report("gRPC fresh channels", &took);
+    eprintln!("gRPC attacker connections closed: {closed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout_and_a_slow_head_after_the_header_timeout()
+ {
+    let header_timeout = Duration::from_secs(1);
+    let idle_timeout = Duration::from_secs(3);
+    let app = start(|limits| {
+        limits.http_header_timeout = header_timeout;
+        limits.http_idle_timeout = idle_timeout;
+    })
+    .await;
+    let secret = real_token(&app).await;
+    let addr = app.http_addr();
+
+    // Idle past the header timeout but within the idle timeout: still open, and usable.
+    let mut kept_alive = TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(forward_auth_on(&mut kept_alive, &secret).await, Ok(200));
+    Wait::new("the idle connection stays open past the header timeout")
+        .within(2 * header_timeout)
+        .every(Duration::from_millis(50))
+        .throughout(async || {
+            let mut byte = [0u8; 1];
+            matches!(kept_alive.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .await;
+    assert_eq!(forward_auth_on(&mut kept_alive, &secret).await, Ok(200));
+    let idle = time_to_close(&mut kept_alive, 2 * idle_timeout).await;
+    assert!(
+        idle >= idle_timeout - Duration::from_millis(100),
+        "closed after {idle:?} idle"
+    );
+
+    // A head sent a byte every 100 ms, far below the cap: cut at the header timeout.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let mut sending = SLOW_HEAD.iter();
+    let closed = loop {
+        let byte = sending.next().expect("the head outlasts the timeout");
+        if slow.write_all(&[*byte]).await.is_err() {
+            break started.elapsed();
+        }
+        let mut sink = [0u8; 64];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(100), slow.read(&mut sink)).await
+            && matches!(read, Ok(0) | Err(_))
+        {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        closed >= header_timeout - Duration::from_millis(100)
+            && closed < header_timeout + Duration::from_secs(1),
+        "a slow head was cut after {closed:?}"
+    );
+    eprintln!("idle keep-alive closed after {idle:?}; slow head cut after {closed:?}");
+}
