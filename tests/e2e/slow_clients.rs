@@ -409,3 +409,30 @@ async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout_and_a_slow_
     );
     eprintln!("idle keep-alive closed after {idle:?}; slow head cut after {closed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_connection_without_its_preface_in_time_is_closed_at_the_handshake_timeout() {
+    let handshake_timeout = Duration::from_secs(1);
+    let app = start(|limits| limits.grpc_handshake_timeout = handshake_timeout).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(app.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(app.addr).await.expect("connect");
+    partial
+        .write_all(&PREFACE[..10])
+        .await
+        .expect("part of the preface");
+    for (what, stream) in [("silent", &mut silent), ("partial preface", &mut partial)] {
+        time_to_close(stream, 3 * handshake_timeout).await;
+        let closed = started.elapsed();
+        assert!(
+            closed >= handshake_timeout - Duration::from_millis(100)
+                && closed < handshake_timeout + Duration::from_millis(500),
+            "{what}: closed {closed:?} after opening"
+        );
+    }
+    // A caller that sends its preface at once is served as usual.
+    let secret = real_token(&app).await;
+    fresh_introspect(app.addr, &secret)
+        .await
+        .expect("a prompt caller is served");
+}
