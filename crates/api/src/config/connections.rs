@@ -59,6 +59,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// What the HTTP listener takes.
     pub fn http(&self) -> crate::http::Limits {
         crate::http::Limits {
             max_connections: self.http_max_connections as usize,
@@ -67,6 +68,7 @@ impl ConnectionLimits {
         }
     }
 
+    /// What the gRPC port's accept loop takes (keepalive is set on the tonic server).
     pub fn grpc(&self) -> crate::server::GrpcLimits {
         crate::server::GrpcLimits {
             max_connections: self.grpc_max_connections as usize,
