@@ -61,9 +61,12 @@ async fn real_token(app: &TestApp) -> String {
 
 /// Slow clients, as attack tools run them: connections to `addr` opened at a steady
 /// [`ATTACK_RATE`], up to `count` open at once (a closed one is replaced), each sending `head`
-/// one byte a second; `closed` counts the connections the server closed.
+/// one byte a second.
 struct SlowClients {
+    /// Connections the server closed.
     closed: Arc<AtomicUsize>,
+    /// Of those, the ones it had sent something on first.
+    answered: Arc<AtomicUsize>,
     opener: JoinHandle<()>,
 }
 
@@ -73,8 +76,9 @@ const ATTACK_RATE: u32 = 300;
 impl SlowClients {
     fn start(addr: SocketAddr, count: usize, head: &'static [u8]) -> Self {
         let closed = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(Semaphore::new(count));
-        let counting = closed.clone();
+        let counts = (closed.clone(), answered.clone());
         let opener = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             let mut pace = tokio::time::interval(Duration::from_secs(1) / ATTACK_RATE);
@@ -82,10 +86,12 @@ impl SlowClients {
             loop {
                 pace.tick().await;
                 let place = open.clone().acquire_owned().await.expect("never closed");
-                let closed = counting.clone();
+                let (closed, answered) = counts.clone();
                 connections.spawn(async move {
                     if let Ok(stream) = TcpStream::connect(addr).await {
-                        trickle(stream, head).await;
+                        if trickle(stream, head).await {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
                         closed.fetch_add(1, Ordering::Relaxed);
                     }
                     drop(place);
@@ -93,11 +99,19 @@ impl SlowClients {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Self { closed, opener }
+        Self {
+            closed,
+            answered,
+            opener,
+        }
     }
 
     fn closed(&self) -> usize {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
     }
 }
 
@@ -108,30 +122,37 @@ impl Drop for SlowClients {
     }
 }
 
-/// Sends `head` a byte a second, reading whatever the server sends, until it closes.
-async fn trickle(mut stream: TcpStream, head: &[u8]) {
+/// Sends `head` a byte a second, reading whatever the server sends, until it closes; whether
+/// the server sent anything.
+async fn trickle(mut stream: TcpStream, head: &[u8]) -> bool {
     let mut sink = [0u8; 1024];
+    let mut heard = false;
     for byte in head {
         if stream.write_all(&[*byte]).await.is_err() {
-            return;
+            return heard;
         }
         let next = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             tokio::select! {
-                read = stream.read(&mut sink) => if matches!(read, Ok(0) | Err(_)) {
-                    return;
+                read = stream.read(&mut sink) => match read {
+                    Ok(0) | Err(_) => return heard,
+                    Ok(_) => heard = true,
                 },
                 () = tokio::time::sleep_until(next) => break,
             }
         }
     }
-    until_closed(&mut stream).await;
+    until_closed(&mut stream).await || heard
 }
 
-/// Reads and discards until the peer closes the connection.
-async fn until_closed(stream: &mut TcpStream) {
+/// Reads and discards until the peer closes the connection; whether it sent anything.
+async fn until_closed(stream: &mut TcpStream) -> bool {
     let mut sink = [0u8; 1024];
-    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    let mut heard = false;
+    while let Ok(1..) = stream.read(&mut sink).await {
+        heard = true;
+    }
+    heard
 }
 
 /// How long the server takes to close `stream` (reading and discarding what it sends).
@@ -252,8 +273,8 @@ async fn http_callers_are_answered_promptly_while_slow_clients_flood_the_listene
     let addr = app.http_addr();
 
     let attack = SlowClients::start(addr, ATTACKERS, SLOW_HEAD);
-    // Well before the header timeout, so closed to make room.
-    Wait::new("slow clients over the cap are closed to make room")
+    // Well before the header timeout: closed to make room, or refused.
+    Wait::new("slow clients over the cap are closed")
         .within(ATTACK_TIMEOUT / 2)
         .until(async || attack.closed() >= ATTACKERS - CAP)
         .await;
@@ -280,6 +301,8 @@ async fn http_callers_are_answered_promptly_while_slow_clients_flood_the_listene
         closed >= 2 * ATTACKERS,
         "the attackers' connections keep being closed: {closed}"
     );
+    // A refusal is a 503: none, as a slow client never holds a busy connection.
+    assert_eq!(attack.answered(), 0, "slow clients refused with a 503");
     report("HTTP fresh connections", &fresh);
     report("HTTP keep-alive connection", &reused);
     eprintln!("HTTP attacker connections closed: {closed}");
@@ -326,7 +349,7 @@ async fn grpc_callers_are_answered_promptly_while_slow_clients_flood_the_port() 
     }
 
     let attack = SlowClients::start(app.addr, ATTACKERS, PREFACE);
-    Wait::new("slow clients over the cap are closed to make room")
+    Wait::new("slow clients over the cap are closed")
         .within(ATTACK_TIMEOUT / 2)
         .until(async || attack.closed() >= ATTACKERS - CAP)
         .await;
@@ -346,6 +369,9 @@ async fn grpc_callers_are_answered_promptly_while_slow_clients_flood_the_port() 
         closed >= 2 * ATTACKERS,
         "the attackers' connections keep being closed: {closed}"
     );
+    // An admitted connection hears the server's HTTP/2 settings; a refused one hears nothing.
+    let refused = closed - attack.answered();
+    assert_eq!(refused, 0, "slow clients refused");
     // Keepalive: 1 s of silence, then 1 s for the unanswered ping.
     for stream in &mut silent {
         time_to_close(stream, Duration::from_secs(5)).await;
