@@ -67,12 +67,4 @@ impl ConnectionLimits {
             header_timeout: self.http_header_timeout,
         }
     }
-
-    /// What the gRPC port's accept loop takes (keepalive is set on the tonic server).
-    pub fn grpc(&self) -> crate::server::GrpcLimits {
-        crate::server::GrpcLimits {
-            max_connections: self.grpc_max_connections as usize,
-            handshake_timeout: self.grpc_handshake_timeout,
-        }
-    }
 }

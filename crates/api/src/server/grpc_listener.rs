@@ -23,6 +23,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::{Connected, Router};
 
 use super::TelemetryLayer;
+use crate::config::ConnectionLimits;
 use crate::connections::{ConnectionCap, Slot};
 
 /// HTTP/2's client connection preface, `PRI * HTTP/2.0…`.
@@ -34,6 +35,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// For the TLS handshake and the HTTP/2 preface together, from the connection's opening.
     pub handshake_timeout: Duration,
+}
+
+impl From<&ConnectionLimits> for Limits {
+    /// Keepalive is set on the tonic server; the accept loop takes the rest.
+    fn from(flags: &ConnectionLimits) -> Self {
+        Self {
+            max_connections: flags.grpc_max_connections as usize,
+            handshake_timeout: flags.grpc_handshake_timeout,
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `signal`.

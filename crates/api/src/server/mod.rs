@@ -31,7 +31,7 @@ use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 
 pub use admin_keys::authenticator;
-pub use grpc_listener::Limits as GrpcLimits;
+use grpc_listener::Limits as GrpcLimits;
 
 use crate::admin_api::AdminApi;
 use crate::config::{DatabaseUrl, ServeConfig, StorageConfig};
@@ -412,7 +412,7 @@ impl App {
 
         let local_addr = listener.local_addr().ok();
         let stopping = background.stopping();
-        let limits = config.connections.grpc();
+        let limits = GrpcLimits::from(&config.connections);
         let mut server = tokio::spawn(grpc_listener::serve(
             router,
             listener,

@@ -1,7 +1,7 @@
 //! TLS for the gRPC port and the HTTP listener (one certificate for both), and the CA whose
 //! client certificates introspection and forward-auth require.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
