@@ -5,15 +5,12 @@
 //! slow request head (not fine). The connection tracks both here instead: reads tell it when a
 //! request begins, the service when one is being served and when it is done.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::io::InspectReader;
 
 use crate::connections::Slot;
 
@@ -113,58 +110,13 @@ impl Tracker {
 }
 
 /// A connection's stream, telling its tracker when bytes arrive.
-pub(super) struct Watched<IO> {
+pub(super) fn watched<IO: tokio::io::AsyncRead>(
     io: IO,
     tracker: Arc<Tracker>,
-}
-
-impl<IO> Watched<IO> {
-    pub fn new(io: IO, tracker: Arc<Tracker>) -> Self {
-        Self { io, tracker }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.tracker.bytes_arrived();
+) -> InspectReader<IO, impl FnMut(&[u8])> {
+    InspectReader::new(io, move |bytes: &[u8]| {
+        if !bytes.is_empty() {
+            tracker.bytes_arrived();
         }
-        polled
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    })
 }

@@ -43,7 +43,7 @@ use crate::error::{ApiError, ClientCertRule, ErrorCode};
 use crate::gateway::Challenge;
 use crate::introspection_clients::IntrospectionClients;
 use crate::secret_scanning::GithubKeys;
-use connection::{Tracker, Watched};
+use connection::{Tracker, watched};
 
 pub use connection::Limits;
 
@@ -216,7 +216,7 @@ async fn connection<S: AdminStore + TokenStore>(
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = tls else {
         let peer = Peer { client_cert: false };
-        let io = Watched::new(stream, tracker.clone());
+        let io = watched(stream, tracker.clone());
         return http1_connection(api, TokioIo::new(io), peer, tracker, stop).await;
     };
     // The handshake counts against the first request head's deadline.
@@ -240,7 +240,7 @@ async fn connection<S: AdminStore + TokenStore>(
         .1
         .peer_certificates()
         .is_some_and(|certs| !certs.is_empty());
-    let io = Watched::new(stream, tracker.clone());
+    let io = watched(stream, tracker.clone());
     let peer = Peer { client_cert };
     http1_connection(api, TokioIo::new(io), peer, tracker, stop).await;
 }
