@@ -17,10 +17,19 @@ use crate::support::*;
 
 /// Two replicas on one fresh database, both querying through `bouncer`, listening directly.
 async fn replicas_behind(bouncer: &PgBouncer) -> (TestApp, TestApp) {
+    replicas_listening_through(bouncer, None).await
+}
+
+/// The same, listening through `listener_bouncer` when given.
+async fn replicas_listening_through(
+    bouncer: &PgBouncer,
+    listener_bouncer: Option<&PgBouncer>,
+) -> (TestApp, TestApp) {
     let mut a = unstarted(Setup::new(Backend::Postgres)).await.unwrap();
     let direct = a.database.url.clone();
+    let listen = listener_bouncer.map_or(direct.clone(), |b| b.url_for(&direct));
     a.options.storage.database_url = Some(bouncer.url_for(&direct).as_str().into());
-    a.options.storage.database_listen_url = Some(direct.as_str().into());
+    a.options.storage.database_listen_url = Some(listen.as_str().into());
     a.start().await;
     let b = a.replica_on(&bouncer.url_for(&direct)).await;
     (a, b)
@@ -185,6 +194,39 @@ async fn behind_pgbouncer_a_revocation_reaches_the_other_replica_and_a_restart_i
     })
     .await;
     revoked_on_a_is_inactive_on_b(&a, &b, "After").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_through_a_session_pooling_pgbouncer_hears_the_other_replicas_revocations() {
+    let Some(admin_url) = postgres_admin_url() else {
+        return;
+    };
+    let (Some(queries), Some(listener)) = (
+        PgBouncer::start(&admin_url).await,
+        PgBouncer::start_session_pooling(&admin_url).await,
+    ) else {
+        return;
+    };
+    let (a, b) = replicas_listening_through(&queries, Some(&listener)).await;
+    let jwt = a.admin_jwt("org-a");
+    let id = create_account(&a, &jwt, "Bot", None)
+        .await
+        .service_account_id;
+    let (token, secret) = create_token(&a, &jwt, &id, &["mcp:tools:call"]).await;
+    wait_until("B answers from its cache", async || {
+        introspect(&b, &secret, "", "", &[]).await.active
+    })
+    .await;
+    revoke(&a, &jwt, &id, &token.token_id).await;
+    Wait::new("B no longer reports the token active")
+        .within(CONVERGENCE_BOUND)
+        .every(Duration::from_millis(2))
+        .until(async || !introspect(&b, &secret, "", "", &[]).await.active)
+        .await;
+    // The only way to PostgreSQL is PgBouncer's port: both subscriptions are live through it
+    // (PgBouncer passes `application_name` on to its server connections).
+    let (listeners, _) = backends(&admin_url, &database_name(&a.database.url)).await;
+    assert_eq!(listeners, 2, "both listeners subscribed through PgBouncer");
 }
 
 /// The admin RPCs of the compiled descriptor set.

@@ -16,7 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use sea_orm::sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement};
 use service_accounts_domain::changes::{Change, ChangeBus};
 use service_accounts_domain::ids::{OrgId, ServiceAccountId, TokenId};
@@ -128,7 +130,7 @@ const HEARTBEAT_PREFIX: &str = "heartbeat:";
 /// delivered that heartbeat within [`HEARTBEAT_TIMEOUT`] is lost.
 /// Runs until the task is aborted.
 pub fn watch(database_url: &str, db: Database, bus: ChangeBus) -> JoinHandle<()> {
-    let url = with_application_name(database_url);
+    let url = database_url.to_owned();
     let me = format!("{HEARTBEAT_PREFIX}{}", uuid::Uuid::now_v7());
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
@@ -232,16 +234,23 @@ impl Drop for AbortOnDrop {
 }
 
 async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
-    let mut listener = PgListener::connect(url).await?;
+    // No startup parameter a session-pooling PgBouncer would refuse (sqlx sends
+    // `extra_float_digits` unless told not to); named, so that operators can find the backend.
+    let options = PgConnectOptions::from_str(url)?
+        .extra_float_digits(None)
+        .application_name(LISTENER_APPLICATION_NAME);
+    // sqlx's listener keeps a pool of one for its connection: no lifetime or idle limit.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(options)
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
     // Reconnection is ours, so that we know exactly when the subscription is live again.
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
-}
-
-fn with_application_name(url: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}application_name={LISTENER_APPLICATION_NAME}")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use service_accounts_domain::changes::ChangeBus;
 use service_accounts_migrations::{Migrator, MigratorTrait};
 
 use crate::error::{Failure, run, store_error};
-use crate::pooling::{POOLED_BEGIN, QueryPath, Reader};
+use crate::pooling::{QueryPath, Reader, pooled_begin};
 
 /// Advisory lock key that serialises migrations across replicas ("sa-migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0073_612d_6d69_6772;
@@ -137,7 +137,7 @@ fn lock_sqlite_file(url: &str) -> Result<Option<Arc<File>>, StoreError> {
 
 /// How long PostgreSQL lets one of our sessions sit idle inside a transaction. Our transactions
 /// never wait on anything but the database, so only a lost client gets near it.
-const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
+pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
 
 fn options(url: &str, max_connections: u32, path: QueryPath) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
@@ -200,15 +200,22 @@ impl Database {
         .await
     }
 
-    /// Sends `payload` on the change channel outside any change (heartbeats).
+    /// Sends `payload` on the change channel outside any change (heartbeats): one statement in
+    /// the simple protocol, so one round trip on either query path. The payload is the
+    /// replica's own (letters, digits, `:` and `-`), never input, and is checked to be.
     pub(crate) async fn notify_raw(&self, payload: &str) -> Result<(), StoreError> {
-        async {
-            let reader = self.reader().await?;
-            crate::changes::notify(&reader, payload).await?;
-            reader.done().await
+        if !payload
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-')
+        {
+            return Err(StoreError::Other(format!("not a heartbeat: {payload:?}")));
         }
-        .await
-        .map_err(store_error)
+        let channel = crate::changes::CHANNEL;
+        self.db
+            .execute_unprepared(&format!("SELECT pg_notify('{channel}', '{payload}')"))
+            .await
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// A transaction on the pool, ready for statements on either query path.
@@ -228,7 +235,7 @@ impl Database {
 
     async fn prepare(&self, txn: &DatabaseTransaction) -> Result<(), DbErr> {
         if self.path == QueryPath::Pooler && self.is_postgres() {
-            txn.execute_unprepared(POOLED_BEGIN).await?;
+            txn.execute_unprepared(&pooled_begin()).await?;
         }
         Ok(())
     }

@@ -8,12 +8,13 @@
 //!
 //! - every statement runs inside a transaction, reads included ([`Reader`]);
 //! - nothing is cached across transactions (statement cache off), and each transaction starts by
-//!   dropping the statements other clients left on its server connection ([`POOLED_BEGIN`]);
+//!   dropping the statements other clients left on its server connection ([`pooled_begin`]);
 //! - no session state is set at connect (no startup `options`, no `extra_float_digits`, which
 //!   PgBouncer refuses): the idle-in-transaction timeout is set per transaction instead.
 //!
-//! The price is a round trip per transaction and a parse per statement. A direct connection
-//! ([`QueryPath::Direct`]) keeps prepared statements and runs reads on the pool.
+//! The price: a read that takes one round trip on a direct connection ([`QueryPath::Direct`],
+//! which keeps prepared statements and reads on the pool) takes about five here (`BEGIN`, the
+//! step above, parse, execute, `COMMIT`).
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
@@ -34,8 +35,12 @@ pub enum QueryPath {
 /// another client prepared on this server connection would collide with ours (sqlx numbers them
 /// from 1 on every client connection), and the session-level timeout set at connect on a direct
 /// connection has to be set for the transaction here.
-pub(crate) const POOLED_BEGIN: &str =
-    "DEALLOCATE ALL; SET LOCAL idle_in_transaction_session_timeout = '5s'";
+pub(crate) fn pooled_begin() -> String {
+    format!(
+        "DEALLOCATE ALL; SET LOCAL idle_in_transaction_session_timeout = '{}'",
+        crate::connect::IDLE_IN_TRANSACTION_TIMEOUT
+    )
+}
 
 /// Where a read runs: on the pool, or (through a transaction pooler) in a transaction of its
 /// own. Finish it with [`Reader::done`]; one dropped early rolls back, which a read may.

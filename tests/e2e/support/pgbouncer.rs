@@ -1,5 +1,5 @@
-//! A real PgBouncer (Debian's `pgbouncer`) in transaction pooling in front of the test
-//! PostgreSQL server, as a child process the test can stop and start again on the same port.
+//! A real PgBouncer (Debian's `pgbouncer`) in transaction (or session) pooling in front of the
+//! test PostgreSQL server, as a child process the test can stop and start again on the same port.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,8 +37,18 @@ pub fn pgbouncer_binary() -> Option<PathBuf> {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer in front of the server of `admin_url` (host:port, trust authentication).
+    /// Starts PgBouncer in transaction pooling in front of the server of `admin_url` (host:port,
+    /// trust authentication).
     pub async fn start(admin_url: &str) -> Option<Self> {
+        Self::start_pooling(admin_url, "transaction").await
+    }
+
+    /// The same in session pooling, where LISTEN works.
+    pub async fn start_session_pooling(admin_url: &str) -> Option<Self> {
+        Self::start_pooling(admin_url, "session").await
+    }
+
+    async fn start_pooling(admin_url: &str, mode: &str) -> Option<Self> {
         pgbouncer_binary()?;
         let (host, port) = host_port(admin_url);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -55,7 +65,7 @@ impl PgBouncer {
              unix_socket_dir =\n\
              auth_type = trust\n\
              auth_file = {dir}/users.txt\n\
-             pool_mode = transaction\n\
+             pool_mode = {mode}\n\
              default_pool_size = {POOL_SIZE}\n\
              max_client_conn = 500\n\
              logfile = {dir}/pgbouncer.log\n\
