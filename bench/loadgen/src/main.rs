@@ -26,6 +26,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 mod inventory;
+mod listeners;
 
 #[derive(Parser)]
 #[command(about = "Load generator for the service-accounts introspection benchmark")]
@@ -62,6 +63,9 @@ enum Command {
     Inventory(inventory::InventoryArgs),
     /// Print SQLite's `EXPLAIN QUERY PLAN` of statements, through the server's SQLite build.
     SqlitePlans(inventory::SqlitePlansArgs),
+    /// Open extra connections that `LISTEN` on the service's change channel and read every
+    /// notification, as other replicas' listeners would (bench/capacity.sh).
+    Listeners(listeners::ListenersArgs),
     /// Print the resident set size of a process, in KiB.
     Rss {
         #[arg(long)]
@@ -214,7 +218,8 @@ struct AdminWritesArgs {
     service_account_id: String,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Time between the starts of two writes (one write at a time).
+    /// Time between the starts of two writes (one write at a time); `0s`: back to back, as
+    /// fast as the server answers (closed loop).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     every: Duration,
     /// Also write each write's start (microseconds since the Unix epoch) and duration
@@ -265,6 +270,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::AdminWrites(args) => admin_writes(args).await,
         Command::Inventory(args) => inventory::inventory(args).await,
         Command::SqlitePlans(args) => inventory::sqlite_plans(args).await,
+        Command::Listeners(args) => listeners::listeners(args).await,
         Command::Ready { target } => {
             let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
             for _ in 0..600 {
@@ -1021,8 +1027,10 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
     let mut admin =
         ServiceAccountAdminClient::new(Channel::from_shared(args.target)?.connect().await?);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut pace = tokio::time::interval(args.every);
-    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = (!args.every.is_zero()).then(|| tokio::time::interval(args.every));
+    if let Some(pace) = &mut pace {
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     let started = Instant::now();
     let mut worst_at = Duration::ZERO;
     let mut log = match &args.log {
@@ -1030,7 +1038,9 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
         None => None,
     };
     for n in 0u64.. {
-        pace.tick().await;
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
         if started.elapsed() >= args.duration {
             break;
         }
@@ -1043,7 +1053,8 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
                     validate_only: false,
                     service_account: Some(pb::ServiceAccount {
                         service_account_id: args.service_account_id.clone(),
-                        display_name: format!("writer {n}"),
+                        // Unique to this run: names are unique within an org.
+                        display_name: format!("writer {} {n}", std::process::id()),
                         ..Default::default()
                     }),
                     update_mask: None,
@@ -1065,8 +1076,9 @@ async fn admin_writes(args: AdminWritesArgs) -> Result<(), Box<dyn std::error::E
         log.flush()?;
     }
     println!(
-        "{{\"writes\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"max_at_ms\":{}}}",
+        "{{\"writes\":{},\"per_s\":{:.1},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"max_at_ms\":{}}}",
         histogram.len(),
+        histogram.len() as f64 / started.elapsed().as_secs_f64(),
         histogram.value_at_quantile(0.5),
         histogram.value_at_quantile(0.99),
         histogram.max(),
