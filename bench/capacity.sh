@@ -57,7 +57,9 @@ source bench/release.sh
 PGROOT=$(mktemp -d "${TMPDIR:-/tmp}/sa-capacity-pg.XXXXXX")
 PIDS=()
 listeners_pid=
+sampler=
 cleanup() {
+  [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
   [ -z "$listeners_pid" ] || kill "$listeners_pid" 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -67,6 +69,9 @@ cleanup() {
   rm -rf "$PGROOT" "$WORK"
 }
 trap cleanup EXIT
+# A signal ends the script (and so cleans up) once the command in progress returns.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 say() { printf '\n### %s\n' "$*" >&2; }
 : >"$RESULTS"
 emit() { tee -a "$RESULTS"; } # a JSON line to stdout and the results
@@ -254,7 +259,7 @@ phase() {
     say "no extra listeners"
   fi
   conns "idle-$tag-$n" | emit
-  local pss_after queue0 l0 p0 l1 p1 sampler
+  local pss_after queue0 l0 p0 l1 p1
   pss_after=$(pg_pss_kib)
   queue0=$(queue_usage)
   l0=$( [ -n "$listeners_pid" ] && ticks "$listeners_pid" || echo 0 ); p0=$(pg_ticks)
@@ -267,7 +272,7 @@ phase() {
   queue1=$(queue_usage)
   measure "propagation-$tag" "$n" timeout "$PROPAGATION_TIMEOUT" "${PIN_B[@]}" "$LOAD" propagation --writer "$A" --reader "$B" \
     --service-account-id "$prop_account" --trials "$TRIALS"
-  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=
   most_conns "$WORK/conns-$tag-$n.jsonl" "load-$tag-$n" | emit
   measure "closed-writes-$tag" "$n" "${PIN_B[@]}" "$LOAD" admin-writes --target "$A" \
     --service-account-id "$closed_writer" --duration "$CLOSED_DURATION" --every 0s
@@ -308,7 +313,7 @@ if [ "$CONNECTION_LOAD" = 1 ]; then
     --duration 8s --every 0s >"$WORK/c-writes.json" &
   c_writes=$!
   wait "$c_load" "$c_writes" || true
-  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true; sampler=
   most_conns "$WORK/conns-c.jsonl" "introspection-misses-and-writes" | emit
 fi
 
