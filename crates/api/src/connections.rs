@@ -1,10 +1,12 @@
 //! A listener's cap on open connections, shared by the HTTP and gRPC listeners.
 //!
-//! Each open connection is either waiting (for its handshake or request head, or idle between
-//! requests) or busy. A connection that arrives at the cap closes the one that has been waiting
-//! longest; if none is waiting, the newcomer is refused. A slow client that trickles its headers
-//! never becomes busy, so under such an attack the attacker's connections are always the ones
-//! closed, and a caller that sends its request at once waits for nothing but its own request.
+//! Each open connection is either busy (serving a request: an HTTP request whose head is in, or
+//! at least one open RPC on a gRPC connection) or waiting (for its handshake or a request, or
+//! idle between requests). A connection that arrives at the cap closes the one that has been
+//! waiting longest; if none is waiting, the newcomer is refused. A client that trickles its
+//! headers, or opens a connection and sends nothing more, never becomes busy, so under such an
+//! attack the attacker's connections are the ones closed, and a caller that sends its request at
+//! once is admitted and served. An idle keep-alive connection may be closed the same way.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -185,10 +187,22 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The connection is serving a request (or, for gRPC, has finished its handshake): it is
-    /// not closed to make room.
+    /// The connection is serving a request: it is not closed to make room.
     pub fn busy(&self) {
         self.cap.update(self.id, Inner::busy);
+    }
+
+    /// Busy if `busy()`, else waiting (from now, if it was busy). `busy` is asked under the cap's
+    /// lock: callers that track requests outside it settle after each change, and the last to
+    /// settle sees the last change.
+    pub fn settle(&self, busy: impl FnOnce() -> bool) {
+        self.cap.update(self.id, |inner, id| {
+            if busy() {
+                inner.busy(id);
+            } else {
+                inner.waiting(id);
+            }
+        });
     }
 
     /// The connection waits for a request again, from now.
@@ -249,6 +263,19 @@ mod tests {
         let slots = admit_all(&cap, 2);
         slots[0].busy();
         slots[0].waiting();
+        cap.admit().expect("room made");
+        assert!(slots[1].evicted().is_cancelled());
+        assert!(!slots[0].evicted().is_cancelled());
+    }
+
+    #[test]
+    fn a_settled_connection_is_busy_or_waiting_as_told() {
+        let cap = ConnectionCap::new("test", 2);
+        let slots = admit_all(&cap, 2);
+        slots[0].settle(|| true);
+        slots[1].settle(|| true);
+        assert!(cap.admit().is_none());
+        slots[1].settle(|| false);
         cap.admit().expect("room made");
         assert!(slots[1].evicted().is_cancelled());
         assert!(!slots[0].evicted().is_cancelled());

@@ -11,7 +11,8 @@ pub struct ConnectionLimits {
     /// Connections the HTTP listener holds open at once. At the cap, a new connection closes the
     /// one that has waited longest without sending a complete request (an idle keep-alive
     /// connection, or one still sending its headers); when every connection is serving a
-    /// request, the new one is answered 503 and closed.
+    /// request, the new one is closed (over plain HTTP, answered 503 first; over HTTPS, closed
+    /// before the TLS handshake).
     #[arg(
         long,
         env = "SERVICE_ACCOUNTS_HTTP_MAX_CONNECTIONS",
@@ -33,8 +34,8 @@ pub struct ConnectionLimits {
     pub http_header_timeout: Duration,
 
     /// Connections the gRPC port holds open at once. At the cap, a new connection closes the one
-    /// that has waited longest in its handshake (TLS and the HTTP/2 preface); when every
-    /// connection has finished its handshake, the new one is closed.
+    /// that has waited longest with no RPC open (in its handshake, or idle since its last RPC;
+    /// clients reconnect); when every connection has an RPC open, the new one is closed.
     #[arg(
         long,
         env = "SERVICE_ACCOUNTS_GRPC_MAX_CONNECTIONS",
@@ -56,15 +57,4 @@ pub struct ConnectionLimits {
     /// How long a gRPC peer has to answer a keepalive ping.
     #[arg(long, env = "SERVICE_ACCOUNTS_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
     pub grpc_keepalive_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    /// What the HTTP listener takes.
-    pub fn http(&self) -> crate::http::Limits {
-        crate::http::Limits {
-            max_connections: self.http_max_connections as usize,
-            idle_timeout: self.http_idle_timeout,
-            header_timeout: self.http_header_timeout,
-        }
-    }
 }

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::io::InspectReader;
 
+use crate::config::ConnectionLimits;
 use crate::connections::Slot;
 
 /// The HTTP listener's connection limits (`--http-max-connections` and the timeouts).
@@ -23,6 +24,16 @@ pub struct Limits {
     /// A request head must be complete within this of the connection's opening, or of its
     /// first byte on a keep-alive connection.
     pub header_timeout: Duration,
+}
+
+impl From<&ConnectionLimits> for Limits {
+    fn from(flags: &ConnectionLimits) -> Self {
+        Self {
+            max_connections: flags.http_max_connections as usize,
+            idle_timeout: flags.http_idle_timeout,
+            header_timeout: flags.http_header_timeout,
+        }
+    }
 }
 
 /// Where a connection is, and by when it must have moved on.
@@ -59,7 +70,10 @@ impl Tracker {
         self.slot.busy();
     }
 
-    /// The answer is written out: the connection waits for the next request.
+    /// The handler has answered; hyper writes the answer out next. The connection counts as
+    /// waiting for its next request from now, so it may be closed to make room or for idleness,
+    /// but gracefully: an answer still being written is finished first (see
+    /// `http1_connection`).
     pub fn request_finished(&self) {
         self.set(Phase::Idle(Instant::now() + self.limits.idle_timeout));
         self.slot.waiting();
@@ -74,6 +88,12 @@ impl Tracker {
             drop(phase);
             self.changed.notify_one();
         }
+    }
+
+    /// Whether a request head is due and not complete (or the connection has sent nothing yet):
+    /// no answer is being written.
+    pub fn reading_head(&self) -> bool {
+        matches!(*self.phase.lock().expect("phase lock"), Phase::Head(_))
     }
 
     /// When the connection is to be closed unless it moves on; `None` while serving.

@@ -165,8 +165,8 @@ impl<S: AdminStore + TokenStore> HttpApi<S> {
     }
 }
 
-/// Accepts connections until `stop`, then asks each open connection to finish its request in
-/// flight and close. Dropping (aborting) the returned future drops every connection at once.
+/// Accepts connections until `stop`, then closes each open connection that is not serving a
+/// request at once, and asks the others to finish their request in flight and close. Dropping (aborting) the returned future drops every connection at once.
 pub async fn serve<S: AdminStore + TokenStore>(
     api: Arc<HttpApi<S>>,
     listener: TcpListener,
@@ -273,7 +273,7 @@ async fn http1_connection<S, I>(
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    loop {
+    let reason = loop {
         let deadline = tracker.deadline();
         tokio::select! {
             result = connection.as_mut() => {
@@ -284,16 +284,21 @@ async fn http1_connection<S, I>(
             }
             () = until(deadline) => {
                 if let Some(reason) = tracker.expired() {
-                    tracing::debug!(reason, "HTTP connection closed");
-                    return;
+                    break reason;
                 }
             }
             () = tracker.changed() => {}
-            () = tracker.evicted() => return,
-            () = stop.cancelled() => break,
+            () = tracker.evicted() => break "closed to make room for a new connection",
+            () = stop.cancelled() => break "shutting down",
         }
+    };
+    tracing::debug!(reason, "HTTP connection closed");
+    // No request, or an incomplete head: nothing to finish.
+    if tracker.reading_head() {
+        return;
     }
-    // Shutting down: finish the request in flight, then close (idle connections close now).
+    // A request being served (only on shutdown: a busy connection is neither evicted nor timed
+    // out) or an answer being written is finished first; an idle connection closes now.
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }

@@ -131,10 +131,14 @@ pub async fn serve(
         .await
 }
 
-/// The optional per-RPC telemetry layer, as tonic's router stacks it.
-type TelemetryLayer = tower::layer::util::Stack<
-    tower::util::Either<RpcLayer, tower::layer::util::Identity>,
-    tower::layer::util::Identity,
+/// The router's layers, as tonic stacks them: the optional per-RPC telemetry, then (inside it)
+/// the open-RPC count that tells the connection cap which gRPC connections are busy.
+type GrpcLayers = tower::layer::util::Stack<
+    grpc_listener::OpenRpcsLayer,
+    tower::layer::util::Stack<
+        tower::util::Either<RpcLayer, tower::layer::util::Identity>,
+        tower::layer::util::Identity,
+    >,
 >;
 
 /// Everything a server runs, built but not yet serving.
@@ -153,7 +157,9 @@ pub struct App {
     introspector: Arc<Introspector<Database>>,
     metrics: ServiceMetrics,
     health: Health,
-    router: Router<TelemetryLayer>,
+    router: Router<GrpcLayers>,
+    /// The gRPC port's connections under its cap, which the router's layer marks busy.
+    grpc_connections: Arc<grpc_listener::Connections>,
     grpc_tls: Option<TlsAcceptor>,
     http: Option<Http>,
 }
@@ -302,6 +308,9 @@ impl App {
             .build_v1alpha()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
         let grpc_tls = tls.as_ref().map(tls::grpc_tls_acceptor).transpose()?;
+        let grpc_connections = grpc_listener::Connections::new(
+            GrpcLimits::from(&config.connections).max_connections,
+        );
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
@@ -311,6 +320,7 @@ impl App {
             .layer(tower::util::option_layer(
                 config.rpc_telemetry().then(RpcLayer::new),
             ))
+            .layer(grpc_listener::OpenRpcsLayer::new(grpc_connections.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -344,6 +354,7 @@ impl App {
             metrics,
             health,
             router,
+            grpc_connections,
             grpc_tls,
             http,
         })
@@ -369,6 +380,7 @@ impl App {
             metrics,
             health,
             router,
+            grpc_connections,
             grpc_tls,
             http,
         } = self;
@@ -417,7 +429,8 @@ impl App {
             router,
             listener,
             grpc_tls,
-            limits,
+            grpc_connections,
+            limits.handshake_timeout,
             async move { stopping.cancelled().await },
         ));
         let http_address = http
@@ -426,7 +439,7 @@ impl App {
         let (http_api, mut http_server) = match http {
             None => (None, None),
             Some((http, listener)) => {
-                let limits = config.connections.http();
+                let limits = crate::http::Limits::from(&config.connections);
                 let serving = crate::http::serve(
                     http.api.clone(),
                     listener,
