@@ -448,10 +448,7 @@ async fn an_idle_keep_alive_connection_closes_after_the_idle_timeout_and_a_slow_
         .await;
     assert_eq!(forward_auth_on(&mut kept_alive, &secret).await, Ok(200));
     let idle = time_to_close(&mut kept_alive, 2 * idle_timeout).await;
-    assert!(
-        idle >= idle_timeout - slack,
-        "closed after {idle:?} idle"
-    );
+    assert!(idle >= idle_timeout - slack, "closed after {idle:?} idle");
 
     // A head sent a byte every 100 ms, far below the cap: cut at the header timeout.
     let mut slow = TcpStream::connect(addr).await.expect("connect");

@@ -127,7 +127,11 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let mut by_peer = self.connections.by_peer.write().expect("gRPC connections lock");
+        let mut by_peer = self
+            .connections
+            .by_peer
+            .write()
+            .expect("gRPC connections lock");
         // The address may be a newer connection's by now.
         if by_peer
             .get(&self.peer)
@@ -398,7 +402,14 @@ pub(super) struct Guarded<IO> {
 
 impl<IO> Guarded<IO> {
     fn new(io: IO, registered: Registered, deadline: Instant) -> Self {
-        let evicted = Box::pin(registered.connection.slot.evicted().clone().cancelled_owned());
+        let evicted = Box::pin(
+            registered
+                .connection
+                .slot
+                .evicted()
+                .clone()
+                .cancelled_owned(),
+        );
         Self {
             io,
             _registered: registered,

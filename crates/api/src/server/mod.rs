@@ -308,9 +308,8 @@ impl App {
             .build_v1alpha()
             .map_err(|e| ServeError::Transport(e.to_string()))?;
         let grpc_tls = tls.as_ref().map(tls::grpc_tls_acceptor).transpose()?;
-        let grpc_connections = grpc_listener::Connections::new(
-            GrpcLimits::from(&config.connections).max_connections,
-        );
+        let grpc_connections =
+            grpc_listener::Connections::new(GrpcLimits::from(&config.connections).max_connections);
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
