@@ -512,3 +512,29 @@ async fn a_grpc_connection_without_its_preface_in_time_is_closed_at_the_handshak
         .await
         .expect("a prompt caller is served");
 }
+
+/// On SIGTERM a connection still sending its request head, or idle, is closed at once: only
+/// requests being served get the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_head_does_not_hold_up_shutdown() {
+    let mut app = unstarted(Setup::new(Backend::Sqlite))
+        .await
+        .expect("SQLite is always there");
+    app.enable_http();
+    app.options.connections.http_header_timeout = Duration::from_secs(60);
+    app.options.connections.http_idle_timeout = Duration::from_secs(60);
+    app.options.shutdown_grace = Duration::from_secs(30);
+    app.start().await;
+    let mut half_sent = TcpStream::connect(app.http_addr()).await.unwrap();
+    half_sent.write_all(&SLOW_HEAD[..20]).await.unwrap();
+    let mut idle = TcpStream::connect(app.http_addr()).await.unwrap();
+    let secret = real_token(&app).await;
+    assert_eq!(forward_auth_on(&mut idle, &secret).await, Ok(200));
+
+    let started = Instant::now();
+    app.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    time_to_close(&mut half_sent, Duration::from_secs(1)).await;
+    time_to_close(&mut idle, Duration::from_secs(1)).await;
+}
